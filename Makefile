@@ -1,0 +1,32 @@
+# `make train` and `make test` each set up .venv first (once; again only when the dependencies change).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-fast bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins a known-good resolution (torch/torchvision from this machine's disk), so a fresh
+# install needs no backtracking; pyproject.toml keeps the ranges a user's own environment may take.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) jobs/train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

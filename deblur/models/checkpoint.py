@@ -1,0 +1,103 @@
+"""Recognise and load generator checkpoints safely (`weights_only=True`: a checkpoint may be untrusted).
+
+Two kinds are understood:
+- this project's: a dict with `"format": "deblur"`, the generator's registry name and kwargs and its
+  state dict (training checkpoints are a superset; a Ray Train checkpoint directory holds one as
+  `checkpoint.pt`);
+- the official DeblurGAN `latest_net_G.pth`: a bare ResnetGenerator state dict (optionally with the
+  `module.` prefix that DataParallel adds).
+Anything else fails with a one-line `CheckpointError` saying why.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import storage
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = "deblur"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def generator_checkpoint(model: nn.Module, name: str, kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The dict this project saves for a generator (training adds critic, optimizers, ...)."""
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    return {"format": FORMAT, "generator_name": name, "generator_kwargs": dict(kwargs), "generator": state, **extra}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _resolve(uri: str) -> str:
+    """A run directory or Ray checkpoint directory → the checkpoint file inside it."""
+    fs, path = storage.filesystem(uri)
+    if fs.isdir(path):
+        for candidate in (CHECKPOINT_FILE, "latest_net_G.pth"):
+            if fs.exists(storage.join(path, candidate)):
+                return storage.join(uri, candidate)
+        raise CheckpointError(f"{uri}: a directory without {CHECKPOINT_FILE} or latest_net_G.pth")
+    if not fs.exists(path):
+        raise CheckpointError(f"{uri}: checkpoint not found")
+    return uri
+
+
+def read_checkpoint(uri: str) -> dict[str, Any]:
+    """Load a checkpoint dict with weights_only=True from a local path or URI."""
+    uri = _resolve(str(uri))
+    data = storage.read_bytes(uri)
+    if not data:
+        raise CheckpointError(f"{uri}: empty file")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # arbitrary bytes fail in arbitrary ways inside the unpickler
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{uri}: not a loadable PyTorch checkpoint ({first[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{uri}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_generator(path_or_uri: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Build and load the generator a checkpoint describes, in eval mode, on `device`."""
+    from . import build_generator
+
+    obj = read_checkpoint(path_or_uri)
+    if obj.get("format") == FORMAT:
+        name, kwargs, state = obj.get("generator_name"), obj.get("generator_kwargs", {}), obj.get("generator")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path_or_uri}: deblur checkpoint without a generator state dict")
+        model = build_generator(name, **kwargs)
+    elif all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
+        state = _strip_module(obj)
+        model = build_generator("resnet")
+        expected = set(model.state_dict())
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise CheckpointError(
+                f"{path_or_uri}: a bare state dict that is not DeblurGAN's ResnetGenerator "
+                f"({len(missing)} keys missing e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]})"
+            )
+    else:
+        raise CheckpointError(
+            f"{path_or_uri}: neither an official DeblurGAN latest_net_G.pth nor a deblur checkpoint "
+            f"(top-level keys: {sorted(map(str, obj))[:5]})"
+        )
+    try:
+        model.load_state_dict(_strip_module(state), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path_or_uri}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()

@@ -1,0 +1,40 @@
+"""Shape helpers shared by every generator and by inference: pad to a multiple, crop back."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_image_batch(x: torch.Tensor) -> None:
+    """Generators take float RGB batches N×3×H×W; anything else is a user error worth naming."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"expected an N×3×H×W batch, got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        raise ValueError(
+            f"expected 3 colour channels (RGB), got {x.shape[1]} in shape {tuple(x.shape)}; "
+            "convert grayscale/RGBA images to RGB first"
+        )
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"empty image batch of shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float tensor in [-1, 1], got dtype {x.dtype}")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad H and W up to a multiple (bottom/right), by reflection where the image is big enough.
+
+    Reflection avoids the dark border a zero pad would teach the network; it needs pad < size, so tiny
+    images fall back to replicate padding. Returns the padded batch and the original (H, W) to crop back to.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x[..., : size[0], : size[1]]

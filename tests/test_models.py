@@ -1,0 +1,167 @@
+import io
+
+import pytest
+import torch
+
+from deblur.models import (
+    CheckpointError,
+    build_critic,
+    build_generator,
+    count_parameters,
+    generator_checkpoint,
+    load_generator,
+)
+
+SMALL = {"unet_fpn": {"base_channels": 8}, "resnet": {"ngf": 8, "n_blocks": 2}}
+
+
+@pytest.mark.parametrize("name", ["unet_fpn", "resnet"])
+@pytest.mark.parametrize("shape", [(1, 3, 97, 203), (2, 3, 128, 128), (1, 3, 5, 7)])
+def test_generator_any_size_and_range(name, shape):
+    torch.manual_seed(0)
+    g = build_generator(name, **SMALL[name]).eval()
+    x = torch.rand(shape) * 2 - 1
+    with torch.no_grad():
+        y = g(x)
+    assert y.shape == x.shape
+    assert y.min() >= -1 and y.max() <= 1
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["unet_fpn", "resnet"])
+def test_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    g = build_generator(name, **SMALL[name]).train()
+    if name == "unet_fpn":  # the zero-initialised head would block gradients to everything before it
+        torch.nn.init.normal_(g.head.weight, std=0.01)
+    x = torch.rand(2, 3, 128, 128) * 0.5 - 0.25  # away from the clamp so the residual passes gradients
+    g(x).square().mean().backward()
+    missing = [n for n, p in g.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_unet_fpn_is_identity_at_start_and_has_article_widths():
+    g = build_generator("unet_fpn", base_channels=64).eval()
+    assert g.widths == [64, 128, 256, 512, 512, 512, 512]
+    assert g.pyramid.dilated3[0].dilation == (2, 2) and g.pyramid.dilated5[0].dilation == (4, 4)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    x = torch.rand(1, 3, 64, 80) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(g(x), x)
+
+
+def test_critic_patch_map_for_256():
+    d = build_critic("patchgan")
+    out = d(torch.rand(2, 3, 256, 256) * 2 - 1)
+    # 7×7 s2 → 128, three 4×4 s2 → 16, one 4×4 s1 → 15, 1×1 → 15
+    assert out.shape == (2, 1, 15, 15)
+    widths = [m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [64, 128, 256, 512, 1024, 1]
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in d.modules())
+
+
+# DeblurGAN's ResnetGenerator at KupynOrest/DeblurGAN b15a520 (models/networks.py), as built by
+# define_G(3, 3, 64, 'resnet_9blocks', norm='instance', use_dropout=True): the module list is
+# [ReflectionPad, Conv7, IN, ReLU] + 2×[Conv3 s2, IN, ReLU] + 9 ResnetBlocks (indices 10..18, each
+# conv_block = [Pad, Conv, IN, ReLU, Dropout, Pad, Conv, IN]) + 2×[ConvT, IN, ReLU] + [Pad, Conv7, Tanh].
+# InstanceNorm has affine=False, so only convs hold weights, and use_bias=True for all of them.
+OFFICIAL_KEYS = (
+    [("model.1.weight", (64, 3, 7, 7)), ("model.1.bias", (64,)),
+     ("model.4.weight", (128, 64, 3, 3)), ("model.4.bias", (128,)),
+     ("model.7.weight", (256, 128, 3, 3)), ("model.7.bias", (256,))]
+    + [(f"model.{i}.conv_block.{j}.{p}", (256, 256, 3, 3) if p == "weight" else (256,))
+       for i in range(10, 19) for j in (1, 6) for p in ("weight", "bias")]
+    + [("model.19.weight", (256, 128, 3, 3)), ("model.19.bias", (128,)),
+       ("model.22.weight", (128, 64, 3, 3)), ("model.22.bias", (64,)),
+       ("model.26.weight", (3, 64, 7, 7)), ("model.26.bias", (3,))]
+)
+
+
+def test_resnet_matches_official_layout():
+    g = build_generator("resnet")
+    got = [(k, tuple(v.shape)) for k, v in g.state_dict().items()]
+    assert got == OFFICIAL_KEYS
+    assert count_parameters(g) == 11_378_179
+
+
+def test_official_style_checkpoint_loads_strict(tmp_path):
+    torch.manual_seed(1)
+    g = build_generator("resnet").eval()
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(g.state_dict(), path)  # what DeblurGAN's save_network writes: a bare state dict
+    loaded = load_generator(str(path))
+    x = torch.rand(1, 3, 40, 52) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), g(x))
+    # DataParallel-prefixed keys load too
+    torch.save({f"module.{k}": v for k, v in g.state_dict().items()}, path)
+    assert isinstance(load_generator(str(path)), type(g))
+
+
+def test_own_checkpoint_round_trip(tmp_path):
+    g = build_generator("unet_fpn", base_channels=8)
+    torch.nn.init.normal_(g.head.weight, std=0.1)
+    torch.save(generator_checkpoint(g, "unet_fpn", {"base_channels": 8}, epoch=3), tmp_path / "checkpoint.pt")
+    loaded = load_generator(str(tmp_path))  # a directory holding checkpoint.pt
+    x = torch.rand(1, 3, 33, 65) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), g.eval()(x))
+
+
+def test_bad_checkpoints_give_one_line_reasons(tmp_path):
+    cases = {
+        "missing.pth": None,
+        "empty.pth": b"",
+        "text.pth": b"this is not a checkpoint",
+    }
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+    for name in cases:
+        with pytest.raises(CheckpointError) as e:
+            load_generator(str(tmp_path / name))
+        assert name in str(e.value) and "\n" not in str(e.value)
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(CheckpointError, match="not DeblurGAN's ResnetGenerator"):
+        load_generator(str(other))
+    buf = io.BytesIO()
+    torch.save({"format": "deblur", "generator_name": "unet_fpn", "generator_kwargs": {"base_channels": 8},
+                "generator": build_generator("unet_fpn", base_channels=4).state_dict()}, buf)
+    (tmp_path / "mismatch.pt").write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_generator(str(tmp_path / "mismatch.pt"))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_untrusted_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a loadable"):
+        load_generator(str(path))
+
+
+@pytest.mark.parametrize("bad", [torch.rand(1, 1, 32, 32), torch.rand(1, 4, 32, 32), torch.rand(1, 3, 0, 32), torch.rand(3, 32, 32)])
+def test_bad_tensors_raise_value_error(bad):
+    g = build_generator("unet_fpn", base_channels=4)
+    with pytest.raises(ValueError):
+        g(bad)
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown generator"):
+        build_generator("nope")
+    with pytest.raises(ValueError, match="bad arguments"):
+        build_generator("unet_fpn", width=3)
+
+
+def test_cli_prints_parameter_counts():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "deblur.models", "--size", "128"], capture_output=True, text=True, check=True).stdout
+    assert "11,378,179" in out and "unet_fpn" in out and "patchgan" in out
