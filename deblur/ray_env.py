@@ -1,0 +1,34 @@
+"""Joining or starting Ray, the same way for every job.
+
+`ray job submit` sets RAY_ADDRESS, so a submitted job joins its cluster; `python jobs/X.py` joins a running
+local cluster when there is one, and otherwise starts a private instance on loopback sized to the machine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> str:
+    """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'."""
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    env = {"env_vars": {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED") if k in os.environ}}
+    quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": env}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**quiet)
+        return "cluster"
+    try:
+        ray.init(address="auto", **quiet)
+        return "cluster"
+    except (ConnectionError, RuntimeError, ValueError):
+        pass
+    kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    if object_store_mb:
+        kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
+    ray.init(**kwargs, **quiet)
+    return "local"

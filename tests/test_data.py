@@ -1,0 +1,254 @@
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deblur import storage
+from deblur.data import layouts, shards
+from deblur.data.synth import synthesize
+from deblur.images import decode_image, read_image, to_uint8
+
+
+def write_png(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="module")
+def paired_folder(tmp_path_factory, cbsd68):
+    """The article's layout built from real photos: root/sharp/<name>, root/blur/<name> (synthetic blur)."""
+    root = tmp_path_factory.mktemp("paired")
+    for i, path in enumerate(cbsd68[:24]):
+        sharp = read_image(str(path))
+        write_png(root / "sharp" / f"{path.stem}.png", sharp)
+        write_png(root / "blur" / f"{path.stem}.png", synthesize(sharp, seed=i, max_len=25).blurred)
+    return root
+
+
+def snapshot(uri: str) -> dict[str, bytes]:
+    fs, path = storage.filesystem(uri)
+    return {p: fs.cat_file(p) for p in sorted(fs.find(path))}
+
+
+def check_round_trip(out: str, root: Path, n: int) -> None:
+    manifest = shards.read_manifest(out)
+    assert manifest["splits"]["train"]["pairs"] == n
+    assert len(manifest["shards"]) > 1  # small shard target → several shards
+    seen = {}
+    for entry in manifest["shards"]:
+        uri = storage.join(out, entry["path"])
+        import hashlib
+
+        assert hashlib.sha256(storage.read_bytes(uri)).hexdigest() == entry["sha256"]
+        for row in shards.read_rows(uri):
+            seen[row["key"]] = row
+    assert len(seen) == n
+    for key, row in seen.items():
+        for kind in ("blur", "sharp"):
+            original = read_image(str(root / kind / f"{key}.png"))
+            assert np.array_equal(decode_image(row[kind]), original), (key, kind)
+        assert (row["height"], row["width"]) == original.shape[:2]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_prepare_round_trip_and_idempotent(where, paired_folder, tmp_path, request):
+    out = str(tmp_path / "shards") if where == "local" else request.getfixturevalue("bucket") + "/paired"
+    pairs = layouts.paired(str(paired_folder))
+    info = shards.layout_info("paired", str(paired_folder))
+    shards.prepare(pairs, out, info, shard_mb=2.0, progress=False)
+    check_round_trip(out, paired_folder, 24)
+    before = snapshot(out)
+    calls = []
+    counting = lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+    shards.prepare(pairs, out, info, shard_mb=2.0, progress=False, encoder=counting)
+    assert calls == [] and snapshot(out) == before  # nothing encoded, nothing rewritten
+
+
+def test_rerun_after_interruption_finishes_only_the_rest(paired_folder, tmp_path):
+    out = str(tmp_path / "shards")
+    pairs = layouts.paired(str(paired_folder))
+    info = shards.layout_info("paired", str(paired_folder))
+    manifest = shards.prepare(pairs, out, info, shard_mb=2.0, progress=False)
+    lost = manifest["shards"][1]["path"]
+    os.remove(os.path.join(out, lost))  # as if the run died before this shard and before the manifest
+    os.remove(os.path.join(out, "manifest.json"))
+    calls = []
+    counting = lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+    again = shards.prepare(pairs, out, info, shard_mb=2.0, progress=False, encoder=counting)
+    assert calls == [manifest["shards"][1]["rows"]]
+    assert again == manifest
+
+
+def test_prepare_through_ray_on_s3(ray_session, paired_folder, bucket):
+    from deblur.data.pipeline import ray_map_ordered
+
+    out = f"{bucket}/ray"
+    pairs = layouts.paired(str(paired_folder))
+    shards.prepare(pairs, out, shards.layout_info("paired", None), shard_mb=2.0, progress=False, encoder=ray_map_ordered)
+    check_round_trip(out, paired_folder, 24)
+
+
+def test_prepare_job_cli(tmp_path, paired_folder):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "jobs/prepare_data.py", "--dataset", "paired", "--root", str(paired_folder), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress", "--shard-mb", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert res.returncode == 0, res.stderr
+    assert "train: 24 pairs" in res.stdout
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "nowhere")] + cmd[6:], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert bad.returncode == 1 and "nowhere: dataset root does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def make_tree(root: Path, files: dict[str, np.ndarray | bytes]) -> None:
+    for rel, content in files.items():
+        p = root / rel
+        if isinstance(content, bytes):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content)
+        else:
+            write_png(p, content)
+
+
+def tiny(seed: int, h: int = 24, w: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_gopro_layout(tmp_path):
+    files = {}
+    for split, scenes in (("train", ["GOPR0372_07_00", "GOPR0374_11_00"]), ("test", ["GOPR0384_11_00"])):
+        for scene in scenes:
+            for frame in ("000047", "000048"):
+                for kind in ("blur", "blur_gamma", "sharp"):
+                    files[f"GOPRO_Large/{split}/{scene}/{kind}/{frame}.png"] = tiny(hash((split, scene, frame, kind)) % 1000)
+    make_tree(tmp_path, files)
+    pairs = layouts.gopro(str(tmp_path / "GOPRO_Large"))
+    assert len(pairs) == 6 and {p.split for p in pairs} == {"train", "test"}
+    p = next(p for p in pairs if p.key == "train/GOPR0374_11_00/000048")
+    assert p.blur.endswith("GOPR0374_11_00/blur/000048.png") and p.sharp.endswith("GOPR0374_11_00/sharp/000048.png")
+    gamma = layouts.gopro(str(tmp_path / "GOPRO_Large"), blur_kind="blur_gamma")
+    assert all("/blur_gamma/" in p.blur for p in gamma)
+    os.remove(tmp_path / "GOPRO_Large/test/GOPR0384_11_00/sharp/000048.png")
+    with pytest.raises(layouts.LayoutError, match="000048.png: blur image without a sharp partner"):
+        layouts.gopro(str(tmp_path / "GOPRO_Large"))
+
+
+def test_realblur_layout(tmp_path):
+    files = {}
+    lines = {"train": [], "test": []}
+    for split, scenes in (("train", ["scene001", "scene002"]), ("test", ["scene003"])):
+        for scene in scenes:
+            for n in (1, 2):
+                files[f"RealBlur-J_ECC_IMCORR_centroid_itensity_ref/{scene}/gt/gt_{n}.png"] = tiny(n)
+                files[f"RealBlur-J_ECC_IMCORR_centroid_itensity_ref/{scene}/blur/blur_{n}.png"] = tiny(n + 10)
+                base = f"RealBlur-J_ECC_IMCORR_centroid_itensity_ref/{scene}"
+                lines[split].append(f"{base}/gt/gt_{n}.png {base}/blur/blur_{n}.png")
+    make_tree(tmp_path, files)
+    for split in lines:
+        (tmp_path / f"RealBlur_J_{split}_list.txt").write_text("\n".join(lines[split]) + "\n")
+    pairs = layouts.realblur(str(tmp_path))
+    assert len(pairs) == 6 and sum(p.split == "test" for p in pairs) == 2
+    assert all(p.sharp.endswith(".png") and "/gt/" in p.sharp and "/blur/" in p.blur for p in pairs)
+    (tmp_path / "RealBlur_J_test_list.txt").write_text("missing/gt.png missing/blur.png\n")
+    with pytest.raises(layouts.LayoutError, match=r"RealBlur_J_test_list.txt:1: .*missing/gt.png does not exist"):
+        layouts.realblur(str(tmp_path))
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(layouts.LayoutError, match="does not exist"):
+        layouts.paired(str(tmp_path / "none"))
+    (tmp_path / "empty" / "blur").mkdir(parents=True)
+    (tmp_path / "empty" / "sharp").mkdir()
+    with pytest.raises(layouts.LayoutError, match="no images"):
+        layouts.paired(str(tmp_path / "empty"))
+    make_tree(tmp_path / "lonely", {"blur/a.png": tiny(1), "blur/b.png": tiny(2), "sharp/a.png": tiny(3)})
+    with pytest.raises(layouts.LayoutError, match="b.png: blur image without a sharp partner"):
+        layouts.paired(str(tmp_path / "lonely"))
+    with pytest.raises(layouts.LayoutError, match="unknown dataset"):
+        layouts.discover("imagenet", str(tmp_path))
+
+
+def test_bad_images_stop_before_a_partial_shard_or_are_skipped(tmp_path):
+    make_tree(tmp_path / "d", {
+        "blur/a.png": tiny(1), "sharp/a.png": tiny(2),
+        "blur/b.png": tiny(3), "sharp/b.png": b"\x89PNG\r\n\x1a\n truncated",
+        "blur/c.png": tiny(4, 30, 30), "sharp/c.png": tiny(5),
+    })
+    pairs = layouts.paired(str(tmp_path / "d"))
+    out = tmp_path / "out"
+    with pytest.raises(shards.PairError, match=r"sharp/b.png: not a decodable image"):
+        shards.prepare(pairs, str(out), {}, progress=False)
+    assert not list(out.rglob("*.parquet")) and not (out / "manifest.json").exists()
+    manifest = shards.prepare(pairs, str(out), {}, skip_bad=True, progress=False)
+    reasons = {s["key"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"b", "c"}
+    assert "differs from its sharp partner" in reasons["c"] and "c.png" in reasons["c"]
+    assert manifest["splits"]["train"]["pairs"] == 1
+
+
+def test_sample_dataset_is_embedded_and_split():
+    pairs = layouts.sample(variants=2)
+    val = {p.key for p in pairs if p.split == "val"}
+    assert val == set(layouts.SAMPLE_VAL)
+    assert all(os.path.isfile(p.sharp) and p.blur is None for p in pairs)
+    row = shards.encode_pair(pairs[0])
+    assert row["kernel"] is not None and abs(np.asarray(row["kernel"]).sum() - 1) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def inverted_shards(tmp_path_factory, cbsd68):
+    """Pairs whose blur is the colour-inverted sharp image, plus one photo smaller than the crop."""
+    root = tmp_path_factory.mktemp("inv")
+    for path in cbsd68[:6]:
+        sharp = read_image(str(path))
+        write_png(root / "sharp" / f"{path.stem}.png", sharp)
+        write_png(root / "blur" / f"{path.stem}.png", 255 - sharp)
+    small = read_image(str(cbsd68[7]))[:40, :50]
+    write_png(root / "sharp" / "small.png", small)
+    write_png(root / "blur" / "small.png", 255 - small)
+    out = root / "shards"
+    shards.prepare(layouts.paired(str(root)), str(out), {}, shard_mb=1.0, progress=False)
+    return str(out)
+
+
+def test_training_stream_keeps_crops_aligned(ray_session, inverted_shards):
+    from deblur.data.pipeline import train_dataset
+
+    ds = train_dataset(inverted_shards, crop=64, batch_size=3)
+    n = 0
+    for _ in range(2):  # two epochs: different random windows, always aligned
+        for batch in ds.iter_batches(batch_size=4, batch_format="numpy"):
+            assert batch["blur"].shape[1:] == (3, 64, 64) and batch["blur"].dtype == np.float32
+            assert np.array_equal(to_uint8(batch["blur"]), 255 - to_uint8(batch["sharp"]))
+            assert batch["sharp"].min() >= -1 and batch["sharp"].max() <= 1
+            n += len(batch["blur"])
+    assert n == 14
+
+
+def test_training_stream_from_s3(ray_session, inverted_shards, bucket):
+    fs, _ = storage.filesystem(bucket)
+    fs.put(inverted_shards, f"{bucket[5:]}/inv", recursive=True)
+    from deblur.data.pipeline import train_dataset
+
+    batches = list(train_dataset(f"{bucket}/inv", crop=32).iter_batches(batch_size=7, batch_format="numpy"))
+    assert sum(len(b["blur"]) for b in batches) == 7
+    assert all(np.array_equal(to_uint8(b["blur"]), 255 - to_uint8(b["sharp"])) for b in batches)
+
+
+def test_eval_stream_full_images_with_keys(ray_session, inverted_shards):
+    from deblur.data.pipeline import eval_dataset
+
+    rows = list(eval_dataset(inverted_shards, split="train").iter_rows())
+    sizes = {r["key"]: r["sharp"].shape for r in rows}
+    assert sizes["small"] == (3, 40, 50)
+    assert all(s in ((3, 321, 481), (3, 481, 321), (3, 40, 50)) for s in sizes.values())
+    cropped = list(eval_dataset(inverted_shards, split="train", center_crop=64).iter_rows())
+    assert all(r["blur"].shape == (3, 64, 64) for r in cropped)
+
+
+def test_missing_shards_uri_is_a_clear_error(tmp_path):
+    with pytest.raises(storage.StorageError, match="no manifest"):
+        shards.split_uris(str(tmp_path / "nothing"), "train")
