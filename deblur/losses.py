@@ -63,9 +63,13 @@ def generator_adversarial_loss(kind: str, fake_scores: torch.Tensor) -> torch.Te
     return F.binary_cross_entropy_with_logits(fake_scores, torch.ones_like(fake_scores))
 
 
-def content_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 in pixel space: the PSNR-friendly term."""
-    return F.l1_loss(output.float(), target.float())
+def content_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Pixel-space fidelity: L1 (robust, the usual choice) or MSE (exactly what PSNR measures)."""
+    if kind == "l1":
+        return F.l1_loss(output.float(), target.float())
+    if kind == "mse":
+        return F.mse_loss(output.float(), target.float())
+    raise ValueError(f"unknown content loss {kind!r}; choose 'l1' or 'mse'")
 
 
 _VGG19_LAYERS = {"relu3_3": 16, "conv3_3": 15}  # slices of torchvision's vgg19().features

@@ -27,7 +27,9 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
         return "cluster"
     except (ConnectionError, RuntimeError, ValueError):
         pass
-    kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
+    kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
+              "_node_ip_address": "127.0.0.1"}
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(**kwargs, **quiet)

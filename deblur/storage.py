@@ -51,7 +51,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if scheme in ("s3", "s3a"):
         import s3fs
 
-        kwargs: dict[str, Any] = {}
+        # Fail within seconds on an unreachable endpoint instead of retrying for minutes.
+        kwargs: dict[str, Any] = {"config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 3}}}
         if s3_endpoint():
             kwargs["client_kwargs"] = {"endpoint_url": s3_endpoint()}
         fs = s3fs.S3FileSystem(**kwargs)

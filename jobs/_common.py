@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # `ray job submit --working-dir .` ships the repo
 
 def run(main: Callable[[list[str] | None], int]) -> None:
     """Run a job's main; user errors (ValueError/OSError and subclasses) become one line on stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = main(None)
     except KeyboardInterrupt:

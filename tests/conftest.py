@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Ray's token auth, set deliberately before anything imports Ray (its token loader reads the environment
+# once): the session's cluster runs with a token made here, never printed, never written to ~/.ray.
+import secrets  # noqa: E402
+
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would forbid the second raylet
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEBLUR_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -82,25 +92,67 @@ def bucket(s3_endpoint, request):
     return f"s3://{name}"
 
 
-@pytest.fixture(scope="session")
-def ray_session(s3_endpoint):
-    """One in-process Ray for the whole session, on loopback, started after the S3 env so workers inherit it.
+class LocalCluster:
+    """A real multi-node Ray cluster on loopback: `ray start --head` plus one more raylet.
 
-    Token auth is set deliberately (disabled) for this private instance; the job-submission tests start
-    their own clusters with Ray's token auth on.
+    The head has 2 CPUs and the job API (dashboard) on loopback; the second node has 1 CPU and a custom
+    resource `node2`, so tests can place work on it. Ray's token auth is on, with a token made for
+    this session (never printed). Tests connect with `ray.init(address=...)`; `ray job submit` talks to
+    `dashboard_url`.
     """
+
+    def __init__(self, tmp: Path):
+        import subprocess
+
+        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env_vars = {
+            "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"],
+            "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"],
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TRAIN_ENABLE_STATE_TRACKING": "0",
+        }
+        os.environ.update(self.env_vars)
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        self._run([ray_bin, "start", "--head", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=true",
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                   f"--object-store-memory={600 * 1024 * 1024}", *common])
+        self._run([ray_bin, "start", f"--address={self.address}", "--num-cpus=1", '--resources={"node2": 1}',
+                   f"--object-store-memory={300 * 1024 * 1024}", *common])
+        self.ray_bin = ray_bin
+        self.subprocess = subprocess
+
+    @staticmethod
+    def _run(cmd: list[str]) -> None:
+        import subprocess
+
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+
+    def stop(self) -> None:
+        self.subprocess.run([self.ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, tmp_path_factory):
+    """The session's one Ray: a two-node cluster on loopback, started after the S3 env so nodes inherit it."""
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        object_store_memory=512 * 1024 * 1024,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    cluster = LocalCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    import ray
+
+    return ray

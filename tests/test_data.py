@@ -190,9 +190,10 @@ def test_bad_images_stop_before_a_partial_shard_or_are_skipped(tmp_path):
 
 
 def test_sample_dataset_is_embedded_and_split():
-    pairs = layouts.sample(variants=2)
-    val = {p.key for p in pairs if p.split == "val"}
-    assert val == set(layouts.SAMPLE_VAL)
+    pairs = layouts.sample(variants=2, val_variants=3)
+    val = [p.key for p in pairs if p.split == "val"]
+    assert {k.split("~")[0] for k in val} == set(layouts.SAMPLE_VAL) and len(val) == 3 * len(layouts.SAMPLE_VAL)
+    assert sum(p.split == "train" for p in pairs) == 2 * (len(layouts.SAMPLE_PHOTOS) - len(layouts.SAMPLE_VAL))
     assert all(os.path.isfile(p.sharp) and p.blur is None for p in pairs)
     row = shards.encode_pair(pairs[0])
     assert row["kernel"] is not None and abs(np.asarray(row["kernel"]).sum() - 1) < 1e-4

@@ -7,6 +7,8 @@ smooths with a 3×3 conv; the result is added to the level-3 skip. (The article'
 512-channel maps of different sizes, which cannot work; lateral convs are the FPN way to make it consistent.)
 Decoder: 7 blocks of bilinear ×2 upsampling + 3×3 conv (never transposed convs: the article's fix for
 checkerboard artefacts), each followed by concatenation with the matching skip and a 3×3 fusing conv.
+A full-resolution stem conv (on by default) gives the last decoder block image-resolution features to
+fuse with, instead of the raw RGB input; without it the finest detail has a single 3×3 conv to go through.
 Global residual: output = clamp(input + tanh(head)), so the network learns the correction, in [-1, 1].
 """
 from __future__ import annotations
@@ -63,19 +65,22 @@ class UNetFPNGenerator(nn.Module):
 
     multiple = 2**LEVELS
 
-    def __init__(self, base_channels: int = 64, in_channels: int = 3):
+    def __init__(self, base_channels: int = 64, in_channels: int = 3, stem: bool = True):
         super().__init__()
         if base_channels < 1:
             raise ValueError(f"base_channels must be positive, got {base_channels}")
         b = base_channels
         self.widths = [b, 2 * b, 4 * b, 8 * b, 8 * b, 8 * b, 8 * b]
         self.base_channels = b
-        cins = [in_channels] + self.widths[:-1]
+        # Level 0: full-resolution features (a stem conv) or, without the stem, the input image itself.
+        level0 = b if stem else in_channels
+        self.stem = _conv(in_channels, level0) if stem else nn.Identity()
+        cins = [level0] + self.widths[:-1]
         self.encoder = nn.ModuleList(_conv(ci, co, stride=2) for ci, co in zip(cins, self.widths))
         self.pyramid = FeaturePyramid(self.widths[2], self.widths[4])
-        # Decoder level k goes from encoder level k+1's resolution up to level k's (level 0 = the input).
-        skips = [in_channels] + self.widths[:-1]
-        outs = [max(b // 2, 8)] + self.widths[:-1]
+        # Decoder level k goes from encoder level k+1's resolution up to level k's (level 0 = full size).
+        skips = [level0] + self.widths[:-1]
+        outs = [b] + self.widths[:-1]
         self.decoder = nn.ModuleList(
             UpBlock(self.widths[k] if k == LEVELS - 1 else outs[k + 1], skips[k], outs[k]) for k in range(LEVELS)
         )
@@ -89,12 +94,12 @@ class UNetFPNGenerator(nn.Module):
         check_image_batch(x)
         padded, size = pad_to_multiple(x, self.multiple)
         feats = []
-        h = padded
+        h = level0 = self.stem(padded)
         for block in self.encoder:
             h = block(h)
             feats.append(h)
         feats[2] = feats[2] + self.pyramid(feats[2], feats[4])
-        skips = [padded] + feats[:-1]
+        skips = [level0] + feats[:-1]
         h = feats[-1]
         for k in reversed(range(LEVELS)):
             h = self.decoder[k](h, skips[k])

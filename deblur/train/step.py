@@ -1,0 +1,164 @@
+"""One GAN training step, in pure torch (no Ray): testable alone, identical on 1 or N DDP workers.
+
+Critic update (`critic_steps` times per generator update, on the same batch, as DeblurGAN does):
+real, fake and their random interpolates go through the critic in ONE forward pass. Under DDP that keeps
+one forward per backward (DDP's reducer expects exactly that), and the gradient penalty's double
+backward then all-reduces like any other gradient. The instance norms in PatchGAN are per sample, so
+batching the three does not mix them.
+
+Generator update: the critic is frozen and called without its DDP wrapper (no gradients for it, no
+reducer bookkeeping), and the generator loss is λ_adv·adversarial + λ_per·perceptual + λ_l1·L1.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..losses import PerceptualLoss, content_loss, critic_loss, generator_adversarial_loss
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it (no scaler needed), fp16 otherwise; nothing on CPU unless asked."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if setting == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+@dataclass
+class StepOutput:
+    loss_d: float
+    gp: float
+    loss_g: float
+    loss_adv: float
+    loss_per: float
+    loss_l1: float
+
+
+class GANStep:
+    def __init__(self, cfg: Config, generator: nn.Module, critic: nn.Module, device: torch.device):
+        self.cfg, self.g, self.d, self.device = cfg, generator, critic, device
+        o = cfg.optim
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr_g, betas=o.betas)
+        self.opt_d = torch.optim.Adam(critic.parameters(), lr=o.lr_d, betas=o.betas)
+        self.dtype = amp_dtype(cfg.train.amp, device)
+        fp16 = self.dtype == torch.float16
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+        lc = cfg.loss
+        self.perceptual = (
+            PerceptualLoss(lc.perceptual_layer, lc.perceptual_distance, lc.vgg_weights_path, lc.allow_random_vgg).to(device)
+            if lc.lambda_per > 0
+            else None
+        )
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self.lr_factor)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self.lr_factor)
+
+    def lr_factor(self, epoch: int) -> float:
+        o, total = self.cfg.optim, self.cfg.train.epochs
+        if o.schedule == "step":
+            return o.gamma ** (epoch // o.step_epochs)
+        if o.schedule == "linear" and epoch >= o.decay_start:
+            return max(0.0, 1.0 - (epoch - o.decay_start) / max(1, total - o.decay_start))
+        return 1.0
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def critic_update(self, blur: torch.Tensor, sharp: torch.Tensor, fake: torch.Tensor) -> tuple[float, float]:
+        lc = self.cfg.loss
+        n = sharp.shape[0]
+        fake = fake.detach()
+        parts = [sharp, fake]
+        x_hat = None
+        if lc.adversarial == "wgan-gp":
+            alpha = torch.rand(n, 1, 1, 1, device=sharp.device)
+            x_hat = (alpha * sharp + (1 - alpha) * fake).requires_grad_(True)
+            parts.append(x_hat)
+        with self._autocast():
+            scores = self.d(torch.cat(parts)).float()
+        loss = critic_loss(lc.adversarial, scores[:n], scores[n : 2 * n])
+        gp = torch.zeros((), device=sharp.device)
+        if x_hat is not None:
+            (grads,) = torch.autograd.grad(self.scaler_d.scale(scores[2 * n :].sum()), x_hat, create_graph=True)
+            grads = grads / self.scaler_d.get_scale() if self.scaler_d.is_enabled() else grads
+            gp = lc.gp_weight * ((grads.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss + gp).backward()
+        self._clip(self.d, self.opt_d, self.scaler_d)
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        return float(loss.detach()), float(gp.detach())
+
+    def _clip(self, model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        if self.cfg.optim.grad_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+
+    def __call__(self, blur: torch.Tensor, sharp: torch.Tensor) -> StepOutput:
+        self.g.train()
+        self.d.train()
+        lc = self.cfg.loss
+        loss_d = gp = 0.0
+        if self.cfg.optim.critic_steps and lc.lambda_adv > 0:
+            with torch.no_grad(), self._autocast():
+                fake = self.g(blur).float()
+            for _ in range(self.cfg.optim.critic_steps):
+                loss_d, gp = self.critic_update(blur, sharp, fake)
+
+        critic = unwrap(self.d)
+        critic.requires_grad_(False)
+        try:
+            with self._autocast():
+                fake = self.g(blur)
+            fake = fake.float()
+            adv = torch.zeros((), device=blur.device)
+            if lc.lambda_adv > 0:
+                with self._autocast():
+                    adv = generator_adversarial_loss(lc.adversarial, critic(fake))
+            per = self.perceptual(fake, sharp) if self.perceptual is not None else torch.zeros((), device=blur.device)
+            l1 = content_loss(fake, sharp, lc.content) if lc.lambda_l1 > 0 else torch.zeros((), device=blur.device)
+            loss_g = lc.lambda_adv * adv + lc.lambda_per * per + lc.lambda_l1 * l1
+            self.opt_g.zero_grad(set_to_none=True)
+            self.scaler_g.scale(loss_g).backward()
+            self._clip(self.g, self.opt_g, self.scaler_g)
+            self.scaler_g.step(self.opt_g)
+            self.scaler_g.update()
+        finally:
+            critic.requires_grad_(True)
+        return StepOutput(loss_d, gp, float(loss_g.detach()), float(adv.detach()), float(per.detach()), float(l1.detach()))
+
+    def end_epoch(self) -> None:
+        self.sched_g.step()
+        self.sched_d.step()
+
+    def state_dict(self) -> dict:
+        return {
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])

@@ -1,0 +1,179 @@
+"""Training on a real Ray cluster (two raylets on loopback, token auth), storage local and on the S3 endpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from deblur import storage
+from deblur.config import load_config
+from deblur.data import layouts, shards
+from deblur.data.synth import synthesize
+from deblur.images import read_image
+
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory, cbsd68):
+    """12 training and 2 validation pairs from real photos with synthetic motion blur."""
+    root = tmp_path_factory.mktemp("tiny")
+    for i, path in enumerate(cbsd68[:14]):
+        split = "val" if i >= 12 else "train"
+        sharp = read_image(str(path))[:160, :160]
+        for kind, img in (("sharp", sharp), ("blur", synthesize(sharp, seed=i, max_len=15).blurred)):
+            (root / split / kind).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / split / kind / f"{path.stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    out = str(root / "shards")
+    shards.prepare(layouts.paired(str(root)), out, {}, progress=False)
+    return out
+
+
+def tiny_overrides(data_uri: str, storage_path: str, name: str, epochs: int = 2, **extra) -> list[str]:
+    sets = {
+        "data.uri": data_uri, "data.prepare": "null", "data.crop": 64, "data.batch_size": 2, "data.crops_per_pair": 1,
+        "data.shuffle_buffer": 0, "data.val_center_crop": 64,
+        "model.generator_kwargs": "{base_channels: 4}", "model.critic_kwargs": "{base_channels: 4}",
+        "loss.lambda_per": 0, "loss.lambda_l1": 1, "loss.lambda_adv": 0.01, "optim.critic_steps": 1,
+        "train.epochs": epochs, "train.steps_per_epoch": 2, "train.log_images": 1,
+        "scaling.num_workers": 2, "scaling.cpus_per_worker": 0.5, "scaling.torch_threads": 1,
+        "run.storage_path": storage_path, "run.name": name, "run.num_to_keep": 2, "run.max_failures": 1,
+    }
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def read_jsonl(uri: str) -> list[dict]:
+    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+
+
+def test_two_workers_wgan_gp_ddp_and_best_checkpoint(ray_session, tiny_shards, tmp_path):
+    from deblur.train.trainer import fit
+
+    cfg = load_config(None, tiny_overrides(tiny_shards, str(tmp_path / "runs"), "ddp", epochs=3))
+    summary = fit(cfg)
+    run = tmp_path / "runs" / "ddp"
+    history = read_jsonl(str(run / "metrics.jsonl"))
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    for h in history:
+        for k in ("loss_g", "loss_d", "gp", "loss_l1", "val_psnr", "val_ssim"):
+            assert np.isfinite(h[k]), (k, h)
+        assert h["workers"] == 2
+        assert h["gp"] > 0 and h["ddp_param_spread"] < 1e-6  # the penalty trains and the replicas stay identical
+    on_disk = json.loads((run / "best.json").read_text())
+    assert on_disk == summary
+    assert summary["metrics"]["val_psnr"] == max(h["val_psnr"] for h in history)  # ties: any best epoch
+    best_epoch = summary["metrics"]["epoch"]
+    assert summary["checkpoint"] == str(run / f"epoch-{best_epoch:04d}")
+    kept = sorted(p.name for p in run.glob("epoch-*"))
+    assert len(kept) == 2 and f"epoch-{best_epoch:04d}" in kept  # num_to_keep by val_psnr
+    state = torch.load(run / f"epoch-{best_epoch:04d}" / "checkpoint.pt", weights_only=True)
+    assert {"generator", "critic", "optim", "epoch", "step", "config"} <= set(state)
+    assert set(state["optim"]) == {"opt_g", "opt_d", "scaler_g", "scaler_d", "sched_g", "sched_d"}
+    assert list(run.joinpath("tensorboard").glob("events.out.tfevents.*"))
+    from deblur.models import load_generator
+
+    g = load_generator(summary["checkpoint"])
+    assert g(torch.zeros(1, 3, 40, 50)).shape == (1, 3, 40, 50)
+
+
+def test_resume_continues_the_epoch_counter(ray_session, tiny_shards, tmp_path):
+    from deblur.train.trainer import fit
+
+    base = tiny_overrides(tiny_shards, str(tmp_path / "runs"), "resume", epochs=2, **{"scaling.num_workers": 1})
+    fit(load_config(None, base))
+    fit(load_config(None, base + ["train.epochs=4"]))
+    epochs = [h["epoch"] for h in read_jsonl(str(tmp_path / "runs" / "resume" / "metrics.jsonl"))]
+    assert epochs == [0, 1, 2, 3]
+    latest = torch.load(tmp_path / "runs" / "resume" / "epoch-0003" / "checkpoint.pt", weights_only=True)
+    assert latest["step"] == 8  # 4 epochs × 2 steps, counted across the two submissions
+
+
+def test_multi_node_on_s3(ray_session, tiny_shards, bucket):
+    """Two workers on two different raylets (STRICT_SPREAD), shards and checkpoints on the S3 endpoint."""
+    from deblur.train.trainer import fit
+
+    fs, _ = storage.filesystem(bucket)
+    fs.put(tiny_shards, f"{bucket[5:]}/shards", recursive=True)
+    cfg = load_config(None, tiny_overrides(f"{bucket}/shards", f"{bucket}/runs", "multinode", **{"scaling.placement_strategy": "STRICT_SPREAD"}))
+    summary = fit(cfg)
+    assert summary["checkpoint"].startswith(f"{bucket}/runs/multinode/epoch-")
+    assert storage.exists(storage.join(summary["checkpoint"], "checkpoint.pt"))
+    history = read_jsonl(f"{bucket}/runs/multinode/metrics.jsonl")
+    assert all(h["nodes"] == 2 and h["workers"] == 2 for h in history)
+    assert json.loads(storage.read_text(f"{bucket}/runs/multinode/best.json"))["checkpoint"] == summary["checkpoint"]
+
+
+def job_env(cluster) -> dict:
+    env = dict(os.environ)
+    env.update(cluster.env_vars)
+    env["RAY_ADDRESS"] = cluster.address
+    return env
+
+
+def test_ray_job_submit_to_the_cluster(ray_cluster, tiny_shards, bucket):
+    fs, _ = storage.filesystem(bucket)
+    fs.put(tiny_shards, f"{bucket[5:]}/shards", recursive=True)
+    sets = tiny_overrides(f"{bucket}/shards", f"{bucket}/runs", "submitted", **{"scaling.num_workers": 1})
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
+           "--working-dir", str(ROOT), "--", "python", "jobs/train.py"] + [a for s in sets for a in ("--set", s)]
+    env = job_env(ray_cluster)
+    env.pop("RAY_ADDRESS")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "best checkpoint: s3://" in res.stdout
+    best = json.loads(storage.read_text(f"{bucket}/runs/submitted/best.json"))
+    assert storage.exists(storage.join(best["checkpoint"], "checkpoint.pt"))
+    assert ray_cluster.env_vars["RAY_AUTH_TOKEN"] not in res.stdout + res.stderr
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_session, ray_cluster, tiny_shards, tmp_path):
+    from ray.util.state import list_actors
+
+    storage_path = tmp_path / "runs"
+    sets = tiny_overrides(tiny_shards, str(storage_path), "faulty", epochs=8, **{"train.steps_per_epoch": 4})
+    proc = subprocess.Popen([sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)], cwd=ROOT,
+                            env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = storage_path / "faulty"
+    deadline = time.time() + 600
+    while not (run / "epoch-0001" / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before a worker could be killed"
+        time.sleep(0.5)
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)]
+    assert len(workers) == 2
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    assert "resumed from epoch" in out
+    epochs = [h["epoch"] for h in read_jsonl(str(run / "metrics.jsonl"))]
+    assert epochs[0] == 0 and epochs.count(0) == 1 and epochs[-1] == 7  # continued, never restarted
+    assert set(epochs) == set(range(8))
+    for folder in run.glob("epoch-*"):  # every kept checkpoint is whole and loads
+        torch.load(folder / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["data.uri=/nonexistent/shards", "data.prepare=null"], "/nonexistent/shards/manifest.json: no manifest"),
+        (["train.epoch=3"], "train.epoch: unknown key"),
+        (["data.uri=s3://no-such-bucket/x", "data.prepare=null"], "s3://no-such-bucket/x/manifest.json: cannot"),
+    ],
+)
+def test_bad_input_is_one_clear_line(sets, message):
+    cmd = [sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)]
+    if sets[0].startswith("data.uri=s3://"):
+        cmd += ["--s3-endpoint", "http://127.0.0.1:9"]  # nothing listens on the discard port
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_EC2_METADATA_DISABLED="true")
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 1
+    assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
