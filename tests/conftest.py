@@ -114,6 +114,10 @@ class LocalCluster:
             "RAY_TRAIN_ENABLE_STATE_TRACKING": "0",
         }
         os.environ.update(self.env_vars)
+        # As in an activated virtualenv: `python` in a job's entrypoint is this environment's Python.
+        venv_bin = str(Path(sys.executable).parent)
+        if not os.environ.get("PATH", "").startswith(venv_bin):
+            os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
         ray_bin = str(Path(sys.executable).parent / "ray")
         common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
         self._run([ray_bin, "start", "--head", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=true",
