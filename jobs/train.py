@@ -10,7 +10,6 @@ on this machine. Resubmitting the same run name resumes that run from its latest
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import _common
