@@ -1,0 +1,177 @@
+"""Synthetic blur: camera-shake trajectories and their PSFs, plus linear and Gaussian kernels. Seeded.
+
+Motion kernels follow DeblurGAN's `motion_blur/` (after Boracchi & Foi 2012): a particle walks on the
+plane with a velocity of fixed speed, nudged each step by Gaussian shake and pulled back toward its
+start (centripetal inertia), with rare impulsive "big shakes" that reverse it; the PSF at an exposure
+fraction f is the trajectory's first f·iters samples splatted bilinearly onto a 64×64 canvas.
+
+Two ways to apply a kernel:
+- `physical` (default): the kernel is non-negative and sums to 1 (blur conserves light), the image is
+  convolved with reflect borders, no contrast stretch; optionally in linear light (`gamma`, as a camera
+  integrates photons before its tone curve) and with Gaussian sensor noise.
+- `deblurgan`: faithful to DeblurGAN's `blur_image.py`, kept for reproducing its data: the PSF is
+  min–max stretched instead of normalised, zero borders, and the result min–max stretched to [0, 1].
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+KINDS = ("motion", "linear", "gaussian")
+MODES = ("physical", "deblurgan")
+DEBLURGAN_EXPL = (0.01, 0.009, 0.008, 0.007, 0.005, 0.003)
+DEBLURGAN_FRACTIONS = (1 / 100, 1 / 10, 1 / 2, 1.0)
+
+
+def pair_seed(base_seed: int, key: str) -> int:
+    """A stable per-pair seed (independent of Python's hash randomisation and of list order)."""
+    return (base_seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**32)
+
+
+def random_trajectory(
+    rng: np.random.Generator, canvas: int = 64, iters: int = 2000, max_len: float = 60.0, expl: float | None = None
+) -> np.ndarray:
+    """Complex positions of the shaking particle, centred on the canvas."""
+    if expl is None:
+        expl = 0.1 * rng.uniform()
+    centripetal = 0.7 * rng.uniform()
+    prob_big_shake = 0.2 * rng.uniform()
+    gaussian_shake = 10 * rng.uniform()
+    step = max_len / (iters - 1)
+    v = np.exp(1j * np.deg2rad(360 * rng.uniform())) * (expl if expl > 0 else step)
+    x = np.zeros(iters, dtype=np.complex128)
+    big = rng.uniform(size=iters) < prob_big_shake * expl
+    noise = rng.standard_normal(iters) + 1j * rng.standard_normal(iters)
+    turn = np.exp(1j * (np.pi + rng.uniform(size=iters) - 0.5))
+    for t in range(iters - 1):
+        dv = (2 * v * turn[t] if big[t] else 0) + expl * (gaussian_shake * noise[t] - centripetal * x[t]) * step
+        v = v + dv
+        v = v / abs(v) * step
+        x[t + 1] = x[t] + v
+    x -= complex(x.real.min(), x.imag.min())
+    x = x - complex(x[0].real % 1.0, x[0].imag % 1.0) + (1 + 1j)
+    x += complex(np.ceil((canvas - x.real.max()) / 2), np.ceil((canvas - x.imag.max()) / 2))
+    return x
+
+
+def trajectory_psf(x: np.ndarray, canvas: int = 64, fraction: float = 1.0) -> np.ndarray:
+    """Bilinear splat of the first `fraction` of the trajectory onto a canvas×canvas grid (unnormalised)."""
+    n = max(1, int(round(fraction * len(x))))
+    pts = x[:n]
+    cols, rows = pts.real, pts.imag
+    c0 = np.clip(np.floor(cols).astype(int), 0, canvas - 2)
+    r0 = np.clip(np.floor(rows).astype(int), 0, canvas - 2)
+    fc = np.clip(cols - c0, 0, 1)
+    fr = np.clip(rows - r0, 0, 1)
+    psf = np.zeros((canvas, canvas), dtype=np.float64)
+    np.add.at(psf, (r0, c0), (1 - fr) * (1 - fc))
+    np.add.at(psf, (r0, c0 + 1), (1 - fr) * fc)
+    np.add.at(psf, (r0 + 1, c0), fr * (1 - fc))
+    np.add.at(psf, (r0 + 1, c0 + 1), fr * fc)
+    return psf / len(x)
+
+
+def linear_kernel(length: float, angle_deg: float, size: int | None = None) -> np.ndarray:
+    """A straight motion streak, anti-aliased by drawing at 8× and averaging down."""
+    size = size or (int(np.ceil(length)) | 1) + 2
+    s = 8
+    big = np.zeros((size * s, size * s), dtype=np.float32)
+    c = size * s / 2
+    dx, dy = np.cos(np.deg2rad(angle_deg)) * length * s / 2, np.sin(np.deg2rad(angle_deg)) * length * s / 2
+    cv2.line(big, (int(c - dx), int(c - dy)), (int(c + dx), int(c + dy)), 1.0, thickness=s, lineType=cv2.LINE_AA)
+    k = cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA).astype(np.float64)
+    return k
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = max(1, int(np.ceil(3 * sigma)))
+    g = cv2.getGaussianKernel(2 * radius + 1, sigma)
+    return g @ g.T
+
+
+def normalise_kernel(k: np.ndarray) -> np.ndarray:
+    """Non-negative, summing to 1, cropped to its support and centred on its centre of mass.
+
+    Centring matters: a trajectory PSF cropped to its bounding box has its mass off-centre, so the
+    blurred image would also be shifted by up to half the blur length relative to the sharp one, a
+    misalignment no deblurring network can learn (the shift is random per pair). With the centroid on
+    the kernel's centre pixel, what remains is a sub-pixel offset.
+    """
+    k = np.clip(np.asarray(k, dtype=np.float64), 0, None)
+    if k.sum() <= 0:
+        raise ValueError("kernel has no positive mass")
+    rows, cols = np.nonzero(k > k.max() * 1e-6)
+    k = k[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    pads = []
+    for axis in (0, 1):
+        weights = k.sum(axis=1 - axis)
+        c = int(round(float(np.dot(np.arange(len(weights)), weights) / weights.sum())))
+        before, after = c, len(weights) - 1 - c  # distances from the centroid to each edge
+        pads.append((max(0, after - before), max(0, before - after)))
+    k = np.pad(k, pads)
+    return (k / k.sum()).astype(np.float32)
+
+
+def random_kernel(rng: np.random.Generator, kind: str = "motion", max_len: float = 60.0) -> np.ndarray:
+    """A random kernel of a kind, normalised (physical). Motion uses DeblurGAN's parameter ranges."""
+    if kind == "motion":
+        x = random_trajectory(rng, max_len=max_len, expl=float(rng.choice(DEBLURGAN_EXPL)))
+        return normalise_kernel(trajectory_psf(x, fraction=float(rng.choice(DEBLURGAN_FRACTIONS[1:]))))
+    if kind == "linear":
+        return normalise_kernel(linear_kernel(rng.uniform(5, max(6.0, max_len / 2)), rng.uniform(0, 180)))
+    if kind == "gaussian":
+        return normalise_kernel(gaussian_kernel(rng.uniform(0.8, 3.0)))
+    raise ValueError(f"unknown blur kind {kind!r}; choose one of {KINDS}")
+
+
+def apply_kernel(
+    img: np.ndarray,
+    kernel: np.ndarray,
+    mode: str = "physical",
+    gamma: float | None = None,
+    noise_sigma: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Blur a uint8 RGB image with `kernel` (true convolution, so the PSF is not mirrored)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown blur mode {mode!r}; choose one of {MODES}")
+    flipped = np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32)
+    x = img.astype(np.float32) / 255.0
+    if mode == "deblurgan":
+        k = cv2.normalize(flipped, None, 0, 1, cv2.NORM_MINMAX)
+        out = cv2.filter2D(x, -1, k, borderType=cv2.BORDER_CONSTANT)
+        out = cv2.normalize(np.abs(out), None, 0, 1, cv2.NORM_MINMAX)
+    else:
+        if gamma:
+            x = np.power(x, gamma)
+        out = cv2.filter2D(x, -1, flipped / flipped.sum(), borderType=cv2.BORDER_REFLECT)
+        if gamma:
+            out = np.power(np.clip(out, 0, 1), 1.0 / gamma)
+        if noise_sigma > 0:
+            rng = rng or np.random.default_rng(0)
+            out = out + rng.normal(0, noise_sigma / 255.0, size=out.shape).astype(np.float32)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class SyntheticBlur:
+    blurred: np.ndarray
+    kernel: np.ndarray
+
+
+def synthesize(
+    img: np.ndarray,
+    seed: int,
+    kind: str = "motion",
+    mode: str = "physical",
+    max_len: float = 60.0,
+    gamma: float | None = None,
+    noise_sigma: float = 0.0,
+) -> SyntheticBlur:
+    """Blur a sharp uint8 RGB image with a random kernel drawn from `seed`; same seed → same result."""
+    rng = np.random.default_rng(seed)
+    kernel = random_kernel(rng, kind, max_len)
+    return SyntheticBlur(apply_kernel(img, kernel, mode, gamma, noise_sigma, rng), kernel)
