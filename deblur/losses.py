@@ -21,23 +21,32 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown adversarial loss {kind!r}; choose one of {ADVERSARIAL}")
 
 
+def interpolate(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """x̂ = αx + (1−α)G(z), one α per sample, in float32, ready for an input-gradient."""
+    real, fake = real.detach().float(), fake.detach().float()
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    return (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+
+
+def penalty_from_scores(scores: torch.Tensor, x_hat: torch.Tensor, weight: float = 10.0, scale: float = 1.0) -> torch.Tensor:
+    """weight · E[(‖∇_x D(x̂)‖₂ − 1)²] given the critic's scores on x̂ (Gulrajani et al. 2017).
+
+    `create_graph=True` so the penalty itself is differentiated w.r.t. the critic's weights. `scale` is a
+    GradScaler's factor under fp16: the scores are scaled before the gradient and the gradient unscaled
+    after, so small input-gradients do not underflow. The norm runs in float32.
+    """
+    (grads,) = torch.autograd.grad(scores.float().sum() * scale, x_hat, create_graph=True)
+    norms = (grads.float() / scale).flatten(1).norm(2, dim=1)
+    return weight * ((norms - 1) ** 2).mean()
+
+
 def gradient_penalty(
     critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, weight: float = 10.0
 ) -> torch.Tensor:
-    """weight · E[(‖∇_x D(x̂)‖₂ − 1)²] over x̂ = αx + (1−α)G(z) (Gulrajani et al. 2017).
-
-    `create_graph=True` so the penalty itself is differentiated w.r.t. the critic's weights; under DDP the
-    critic must be called through its DDP wrapper here too, so that its gradients are all-reduced.
-    The interpolation and norm run in float32 whatever autocast says: the penalty is a second-order
-    quantity that fp16 underflows.
-    """
-    real, fake = real.detach().float(), fake.detach().float()
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    scores = critic(x_hat)
-    (grads,) = torch.autograd.grad(scores.float().sum(), x_hat, create_graph=True)
-    norms = grads.flatten(1).norm(2, dim=1)
-    return weight * ((norms - 1) ** 2).mean()
+    """The WGAN-GP penalty with its own critic call. Under DDP, the training step instead scores real,
+    fake and x̂ in one forward (see deblur.train.step) and calls `penalty_from_scores` directly."""
+    x_hat = interpolate(real, fake)
+    return penalty_from_scores(critic(x_hat), x_hat, weight)
 
 
 def critic_loss(kind: str, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:

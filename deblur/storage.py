@@ -100,14 +100,6 @@ def exists(uri: str) -> bool:
         raise _wrap(uri, "check existence", e) from None
 
 
-def isdir(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    try:
-        return fs.isdir(path)
-    except Exception as e:
-        raise _wrap(uri, "stat", e) from None
-
-
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:
@@ -164,8 +156,3 @@ def listdir(uri: str, suffix: str = "") -> list[str]:
         raise _wrap(uri, "list", e) from None
     names = sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
     return [join(uri, n) for n in names if n.endswith(suffix)]
-
-
-def makedirs(uri: str) -> None:
-    if not is_remote(uri):
-        os.makedirs(filesystem(uri)[1], exist_ok=True)

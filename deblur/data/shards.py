@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -284,8 +283,3 @@ def read_rows(uri: str) -> list[dict[str, Any]]:
 
 def layout_info(dataset: str, root: str | None, **options: Any) -> dict[str, Any]:
     return {"dataset": dataset, "root": str(root) if root else None, "options": options}
-
-
-def kernel_array(row: dict[str, Any]) -> np.ndarray | None:
-    return None if row.get("kernel") is None else np.asarray(row["kernel"], dtype=np.float32)
-

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..losses import PerceptualLoss, content_loss, critic_loss, generator_adversarial_loss
+from ..losses import PerceptualLoss, content_loss, critic_loss, generator_adversarial_loss, interpolate, penalty_from_scores
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -85,17 +85,15 @@ class GANStep:
         parts = [sharp, fake]
         x_hat = None
         if lc.adversarial == "wgan-gp":
-            alpha = torch.rand(n, 1, 1, 1, device=sharp.device)
-            x_hat = (alpha * sharp + (1 - alpha) * fake).requires_grad_(True)
+            x_hat = interpolate(sharp, fake)
             parts.append(x_hat)
         with self._autocast():
             scores = self.d(torch.cat(parts)).float()
         loss = critic_loss(lc.adversarial, scores[:n], scores[n : 2 * n])
         gp = torch.zeros((), device=sharp.device)
         if x_hat is not None:
-            (grads,) = torch.autograd.grad(self.scaler_d.scale(scores[2 * n :].sum()), x_hat, create_graph=True)
-            grads = grads / self.scaler_d.get_scale() if self.scaler_d.is_enabled() else grads
-            gp = lc.gp_weight * ((grads.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+            scale = self.scaler_d.get_scale() if self.scaler_d.is_enabled() else 1.0
+            gp = penalty_from_scores(scores[2 * n :], x_hat, lc.gp_weight, scale)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss + gp).backward()
         self._clip(self.d, self.opt_d, self.scaler_d)
