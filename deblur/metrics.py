@@ -12,6 +12,8 @@ On blurred photos the two differ by 0.1–0.2, so a number without its conventio
 """
 from __future__ import annotations
 
+import warnings
+
 import math
 from typing import Any
 
@@ -168,7 +170,10 @@ class LPIPS:
         state = load_state(tv_weights[net], f"LPIPS ({net})", weights_path, allow_random_weights)
         self.net_name = net
         self.pretrained = state is not None
-        self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # lpips calls torchvision's deprecated `pretrained=`
+            torch.manual_seed(0)  # a random backbone is at least the same random backbone every time
+            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
         if state is not None:
             backbone = getattr(tvm, {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}[net])(weights=None)
             backbone.load_state_dict(state)

@@ -160,3 +160,46 @@ def ray_session(ray_cluster):
     import ray
 
     return ray
+
+
+def train_small_generator(photos: list[Path], steps: int, base_channels: int = 8, seed: int = 0):
+    """A real (tiny) deblurring model: unet_fpn trained with L1 on synthetic motion blur of real photos.
+
+    Inference, evaluation, bulk and serving tests need a model whose output differs from its input and
+    whose receptive field behaves like a trained one (an untrained unet_fpn is the identity).
+    """
+    import torch
+
+    from deblur.data.pipeline import augment_pair
+    from deblur.data.synth import synthesize
+    from deblur.images import read_image, to_numpy_chw
+    from deblur.models import build_generator
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sharp = [read_image(str(p)) for p in photos]
+    pairs = [(synthesize(s, seed + k, max_len=20).blurred, s) for k, s in enumerate(sharp)]
+    model = build_generator("unet_fpn", base_channels=base_channels)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        crops = [augment_pair(*pairs[rng.integers(len(pairs))], 96, rng) for _ in range(4)]
+        blur = torch.from_numpy(np.stack([to_numpy_chw(b) for b, _ in crops]))
+        target = torch.from_numpy(np.stack([to_numpy_chw(s) for _, s in crops]))
+        loss = (model(blur) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(cbsd68, tmp_path_factory) -> Path:
+    """A deblur checkpoint file of a briefly trained tiny generator (made once per session, ~15 s)."""
+    import torch
+
+    from deblur.models import generator_checkpoint
+
+    model = train_small_generator(cbsd68[:12], steps=120)
+    path = tmp_path_factory.mktemp("model") / "checkpoint.pt"
+    torch.save(generator_checkpoint(model, "unet_fpn", {"base_channels": 8}), path)
+    return path

@@ -10,7 +10,9 @@ Anything else fails with a one-line `CheckpointError` saying why.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from typing import Any
 
 import torch
@@ -36,9 +38,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _resolve(uri: str) -> str:
-    """A run directory or Ray checkpoint directory → the checkpoint file inside it."""
+def resolve_checkpoint(uri: str) -> str:
+    """A checkpoint file, a Ray checkpoint directory, or a run directory (its `best.json`) → the file."""
+    uri = str(uri)
     fs, path = storage.filesystem(uri)
+    if fs.isdir(path) and fs.exists(storage.join(path, "best.json")):
+        try:
+            best = json.loads(fs.cat_file(storage.join(path, "best.json")))["checkpoint"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{storage.join(uri, 'best.json')}: unreadable ({e})") from None
+        if not best:
+            raise CheckpointError(f"{uri}: the run has no checkpoint yet (best.json names none)")
+        return resolve_checkpoint(best)
     if fs.isdir(path):
         for candidate in (CHECKPOINT_FILE, "latest_net_G.pth"):
             if fs.exists(storage.join(path, candidate)):
@@ -49,9 +60,14 @@ def _resolve(uri: str) -> str:
     return uri
 
 
+def checkpoint_hash(uri: str) -> str:
+    """sha256 of the checkpoint file (first 16 hex digits): names a model in engine metadata and replies."""
+    return hashlib.sha256(storage.read_bytes(resolve_checkpoint(uri))).hexdigest()[:16]
+
+
 def read_checkpoint(uri: str) -> dict[str, Any]:
     """Load a checkpoint dict with weights_only=True from a local path or URI."""
-    uri = _resolve(str(uri))
+    uri = resolve_checkpoint(str(uri))
     data = storage.read_bytes(uri)
     if not data:
         raise CheckpointError(f"{uri}: empty file")

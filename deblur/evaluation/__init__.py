@@ -1,0 +1,104 @@
+"""Evaluation: a checkpoint (or compiled model) on a test set → numbers comparable with the papers and a
+report a person can look at. `evaluate()` is what `jobs/evaluate.py` runs."""
+from __future__ import annotations
+
+import datetime as dt
+from functools import partial
+from typing import Any
+
+from .. import storage
+from .protocols import PROTOCOLS, describe, score
+from .run import Scorer, score_locally, summarise
+from .sources import EmptyDatasetError, iter_rows
+
+
+def _run_dir(model_uri: str) -> str | None:
+    """The training run a checkpoint came from (for its curves), when it came from one."""
+    from ..models.checkpoint import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(model_uri)
+    except Exception:  # a compiled folder: its compile.json names the checkpoint
+        return None
+    for candidate in (path.rsplit("/", 2)[0], path.rsplit("/", 3)[0]):
+        if storage.exists(storage.join(candidate, "metrics.jsonl")):
+            return candidate
+    return None
+
+
+def evaluate(
+    model: str,
+    out: str,
+    data: str | None = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str | None = None,
+    protocol: str = "gopro",
+    engine: str = "auto",
+    lpips: bool = True,
+    lpips_weights: str | None = None,
+    workers: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    engine_factory: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Score `model` on the pairs and write the report under `out`; returns metrics.json's content."""
+    from ..inference import load_engine
+    from ..metrics import LPIPS, describe_convention
+    from .report import training_curves, write_report
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    factory = engine_factory or partial(load_engine, model, engine)
+    probe = factory()  # fail fast (and once) on a model that does not load
+    total, rows = iter_rows(data, dataset, root, split, limit, **options)
+    metric = LPIPS("alex", lpips_weights, allow_random_weights=True) if lpips else None
+    rows = list(rows)
+    if workers > 0:
+        records = _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, workers)
+    else:
+        scorer = Scorer(lambda: probe, out, protocol, metric)
+        records = score_locally(scorer, rows, total, progress)
+    summary = summarise(records)
+    header = {
+        "model": model,
+        "engine": f"{probe.info.backend} ({probe.info.device}, {probe.info.precision})",
+        "model hash": probe.info.model_hash,
+        "data": data or f"{dataset} at {root}",
+        "images": len(records),
+        "protocol": protocol,
+        "convention": describe(protocol) if protocol == "realblur" else describe_convention(protocol),
+        "LPIPS": metric.label if metric else "not computed",
+        "baseline": summary.get("baseline_name", "none"),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    run = _run_dir(model)
+    curves = training_curves(storage.join(run, "metrics.jsonl")) if run else None
+    files = write_report(out, header, records, summary, {str(r["key"]): r for r in rows}, curves)
+    return {"header": header, "summary": summary, "images": records, "files": files}
+
+
+def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, workers) -> list[dict[str, Any]]:
+    """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
+    import ray.data
+
+    from ..metrics import LPIPS
+    from ..ray_env import init_ray
+
+    init_ray()
+
+    class RayScorer(Scorer):
+        def __init__(self):
+            metric = LPIPS("alex", lpips_weights, allow_random_weights=True) if lpips else None
+            super().__init__(factory, out, protocol, metric)
+
+    ds = ray.data.from_items(rows).map_batches(
+        RayScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), batch_format="numpy"
+    )
+    records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
+    order = {str(r["key"]): k for k, r in enumerate(rows)}
+    return sorted(records, key=lambda r: order[str(r["key"])])
+
+
+__all__ = ["evaluate", "score", "PROTOCOLS", "EmptyDatasetError"]

@@ -1,0 +1,137 @@
+"""Compile a checkpoint: ONNX export (dynamic batch/height/width), verification against torch, and a
+TensorRT engine when this machine can build one. Everything lands in one folder, summarised by
+`compile.json`, and `load_engine(folder)` picks it up.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import storage
+from . import COMPILE_FILE, ONNX_FILE
+from .engine import Engine, EngineError
+
+#: max |ONNX Runtime − torch| allowed in fp32, in [-1, 1] units (the job fails above it)
+FP32_TOLERANCE = 1e-4
+#: TensorRT in reduced precision vs ONNX Runtime fp32: mean |error| allowed (max is reported, not bounded:
+#: a handful of saturated pixels differ by more in fp16, which no one can see)
+REDUCED_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3, "bf16": 2e-2}
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """'720x1280' → (720, 1280): height × width, as the command line takes it."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"bad shape {text!r}; write HEIGHTxWIDTH, e.g. 720x1280") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"bad shape {text!r}; both sides must be positive")
+    return h, w
+
+
+def verification_inputs(multiple: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random batches at aligned and odd sizes, and real photos cut to odd sizes (333×517, ...)."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    inputs = {
+        f"random 2x3x{2 * multiple}x{2 * multiple}": rng.uniform(-1, 1, (2, 3, 2 * multiple, 2 * multiple)),
+        "random 1x3x333x517": rng.uniform(-1, 1, (1, 3, 333, 517)),
+        "photo astronaut 333x517": _photo(skimage.data.astronaut(), 333, 517),
+        "photo coffee 301x389": _photo(skimage.data.coffee(), 301, 389),
+    }
+    return {k: v.astype(np.float32) for k, v in inputs.items()}
+
+
+def _photo(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    reps = (-(-h // img.shape[0]), -(-w // img.shape[1]), 1)
+    img = np.tile(img, reps)[:h, :w]
+    return (img.transpose(2, 0, 1)[None].astype(np.float32) / 127.5) - 1.0
+
+
+def compare(reference: Engine, candidate: Engine, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    errors = {}
+    for name, batch in inputs.items():
+        diff = np.abs(reference.run(batch) - candidate.run(batch))
+        errors[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+    return errors
+
+
+def compile_checkpoint(
+    checkpoint: str,
+    out: str,
+    precision: str = "fp16",
+    min_shape: tuple[int, int] = (64, 64),
+    opt_shape: tuple[int, int] = (720, 1280),
+    max_shape: tuple[int, int] = (2160, 3840),
+    max_batch: int = 4,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build `out/` = model.onnx[.data] (+ engine.plan, engine.json, timing.cache) + compile.json."""
+    import onnxruntime
+    import torch
+
+    from ..models.checkpoint import checkpoint_hash, load_generator, resolve_checkpoint
+    from .onnx_engine import OPSET, OnnxEngine, add_metadata, export_onnx
+    from .tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
+    from .torch_engine import TorchEngine
+
+    if precision not in REDUCED_TOLERANCE:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(REDUCED_TOLERANCE)}")
+    source = resolve_checkpoint(checkpoint)
+    model = load_generator(source)
+    model_hash, multiple = checkpoint_hash(source), int(model.multiple)
+    staging = Path(tempfile.mkdtemp(prefix="deblur-compile-"))
+    progress(f"exporting {source} to ONNX (dynamic batch, height, width; multiple of {multiple})")
+    export_onnx(model, staging / ONNX_FILE, multiple)
+    add_metadata(staging / ONNX_FILE, multiple=multiple, model_hash=model_hash)
+
+    progress("verifying ONNX Runtime against torch (random inputs and photos of odd sizes)")
+    reference = TorchEngine(model, source, "cpu", model_hash=model_hash)
+    ort_engine = OnnxEngine(staging / ONNX_FILE, "cpu", multiple=multiple, model_hash=model_hash)
+    inputs = verification_inputs(multiple)
+    onnx_errors = compare(reference, ort_engine, inputs)
+    worst = max(e["max_abs"] for e in onnx_errors.values())
+    summary: dict[str, Any] = {
+        "checkpoint": source,
+        "model_hash": model_hash,
+        "generator": type(model).__name__,
+        "multiple": multiple,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "onnx": {"opset": OPSET, "tolerance_max_abs": FP32_TOLERANCE,
+                 "max_abs_error": worst, "errors": onnx_errors},
+    }
+    if worst > FP32_TOLERANCE:
+        raise EngineError(f"ONNX Runtime differs from torch by {worst:.2e} (> {FP32_TOLERANCE:.0e}): {onnx_errors}")
+
+    reason = tensorrt_status()
+    if reason:
+        progress(f"TensorRT skipped: {reason}; the ONNX model is the result")
+        summary["tensorrt"] = {"built": False, "reason": reason}
+    else:
+        align = lambda hw: tuple(-(-v // multiple) * multiple for v in hw)  # noqa: E731
+        shapes = [(1, 3, *align(min_shape)), (1, 3, *align(opt_shape)), (max_batch, 3, *align(max_shape))]
+        progress(f"building a TensorRT {precision} engine for shapes {shapes} (minutes)")
+        build_engine(staging / ONNX_FILE, staging, *shapes, precision=precision,
+                     extra_meta={"model_hash": model_hash, "checkpoint": source})
+        trt_engine = TensorRTEngine(staging / "engine.plan", multiple, model_hash)
+        trt_errors = compare(ort_engine, trt_engine, inputs)
+        mean = max(e["mean_abs"] for e in trt_errors.values())
+        summary["tensorrt"] = {"built": True, "precision": precision, "shapes": shapes,
+                               "tolerance_mean_abs": REDUCED_TOLERANCE[precision], "errors": trt_errors}
+        if mean > REDUCED_TOLERANCE[precision]:
+            raise EngineError(f"TensorRT {precision} differs from ONNX Runtime by mean {mean:.2e} "
+                              f"(> {REDUCED_TOLERANCE[precision]:.0e}): {trt_errors}")
+    summary["files"] = sorted(p.name for p in staging.iterdir()) + [COMPILE_FILE]
+    (staging / COMPILE_FILE).write_text(json.dumps(summary, indent=2))
+    for path in sorted(staging.iterdir()):  # compile.json last: its presence marks a complete folder
+        if path.name != COMPILE_FILE:
+            storage.write_bytes(storage.join(out, path.name), path.read_bytes())
+    storage.write_bytes(storage.join(out, COMPILE_FILE), (staging / COMPILE_FILE).read_bytes())
+    return summary

@@ -1,0 +1,107 @@
+"""The one inference interface every consumer uses (evaluation, bulk job, Serve endpoint).
+
+An `Engine` wraps a backend that maps float32 N×3×h×w batches in [-1, 1] (h, w multiples of the model's
+stride) to the same. Around it, this class does what every caller needs and no backend should repeat:
+padding to the stride, cropping back, tiling above a pixel budget, and uint8 image conversion.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .tiling import run_padded, run_tiled
+
+
+class EngineError(ValueError):
+    """A model that cannot be loaded or run here; the message says which file and why."""
+
+
+@dataclass
+class EngineInfo:
+    backend: str  # torch | onnxruntime | tensorrt
+    device: str  # cpu | cuda:0 | the GPU's name
+    precision: str  # fp32 | fp16 | bf16
+    multiple: int  # height and width the backend accepts are multiples of this
+    source: str  # the checkpoint or compiled file it came from
+    model_hash: str = ""  # sha256 of the source checkpoint (first 16 hex)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Engine:
+    """Base class: subclasses set `info` and implement `_infer` on stride-aligned float32 batches."""
+
+    info: EngineInfo
+    #: above this many pixels an image is deblurred in tiles (bounded memory, same result to ~1e-3)
+    max_pixels: int = 2048 * 2048
+    tile: int = 1024
+    overlap: int = 64
+    tile_batch: int = 2
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def configure_tiling(
+        self, max_pixels: int | None = None, tile: int | None = None, overlap: int | None = None, tile_batch: int | None = None
+    ) -> "Engine":
+        for name, value in (("max_pixels", max_pixels), ("tile", tile), ("overlap", overlap), ("tile_batch", tile_batch)):
+            if value is not None:
+                if int(value) < (0 if name == "overlap" else 1):
+                    raise ValueError(f"{name} must be positive, got {value}")
+                setattr(self, name, int(value))
+        if self.overlap >= self.tile:
+            raise ValueError(f"tile overlap {self.overlap} must be smaller than the tile {self.tile}")
+        return self
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 N×3×H×W in [-1, 1], any H and W → the deblurred batch, same shape."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
+            raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
+        if batch.shape[2] * batch.shape[3] > self.max_pixels:
+            return np.stack([self._tiled(img) for img in batch])
+        return run_padded(self._infer, batch.astype(np.float32, copy=False), self.info.multiple)
+
+    def _tiled(self, image: np.ndarray) -> np.ndarray:
+        return run_tiled(self._infer, image.astype(np.float32, copy=False), self.info.multiple, self.tile, self.overlap, self.tile_batch)
+
+    def deblur_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 H×W×3 RGB → uint8 H×W×3 RGB, full resolution (tiled when over the pixel budget)."""
+        return self.deblur_images([image])[0]
+
+    def deblur_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Several uint8 RGB images; those of equal size run as one batch."""
+        out: list[np.ndarray | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, img in enumerate(images):
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"expected uint8 H×W×3 RGB images, got {img.dtype} {img.shape}")
+            by_size.setdefault(img.shape[:2], []).append(k)
+        for idx in by_size.values():
+            batch = np.stack([images[k] for k in idx]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+            result = self.run(batch)
+            for k, res in zip(idx, result):
+                out[k] = np.clip(np.rint((res.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return out  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"{type(self).__name__}({i.backend}, {i.device}, {i.precision}, source={i.source})"
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for a CPU engine: the CPUs Ray gave this worker/actor, else the machine's.
+
+    Ray sets OMP_NUM_THREADS to the task's CPU count; oversubscribing a shared node slows every
+    neighbour down, so an engine never takes more than that.
+    """
+    for var in ("DEBLUR_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -1,0 +1,109 @@
+"""ONNX export of a generator, and the ONNX Runtime backend (CPU, or CUDA when the provider exists).
+
+The exported graph takes batches already padded to the model's stride (the `Engine` pads), with dynamic
+batch, height and width. torch's dynamo exporter writes large weights to `<name>.onnx.data` beside the
+graph; the two files always travel together, and loading checks for the data file by name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from .engine import Engine, EngineError, EngineInfo, cpu_threads
+
+OPSET = 18
+INPUT, OUTPUT = "blurred", "deblurred"
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, multiple: int, opset: int = OPSET) -> list[Path]:
+    """Write `path` (+ `path.data` when the exporter externalises weights); returns the files written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    example = torch.zeros(1, 3, 2 * multiple, 2 * multiple)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dims = {2: multiple * torch.export.Dim("h_blocks", min=1, max=max(1, 8192 // multiple)),
+            3: multiple * torch.export.Dim("w_blocks", min=1, max=max(1, 8192 // multiple))}
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes={"x": {0: batch, **dims}}, verbose=False,
+        )
+        program.save(str(path), external_data=True)
+    onnx.checker.check_model(str(path), full_check=False)
+    return [p for p in (path, Path(f"{path}.data")) if p.exists()]
+
+
+def onnx_files(path: str | os.PathLike) -> list[Path]:
+    """The graph and every external-data file it names; a missing one is an EngineError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: ONNX model not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends on truncated files
+        raise EngineError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+    files = {path}
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                data = path.parent / entry.value
+                if not data.is_file():
+                    raise EngineError(
+                        f"{path}: its weights file {data.name} is missing; copy {path.name} and {data.name} together"
+                    )
+                files.add(data)
+    return sorted(files)
+
+
+def ort_providers(device: str = "auto") -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise EngineError("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxEngine(Engine):
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None, multiple: int | None = None,
+                 model_hash: str = ""):
+        import onnxruntime as ort
+
+        path = Path(path)
+        onnx_files(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or cpu_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers = ort_providers(device)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:
+            raise EngineError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.input = self.session.get_inputs()[0].name
+        on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        self.info = EngineInfo(
+            "onnxruntime", "cuda" if on_gpu else "cpu", "fp32", int(multiple or meta.get("multiple", 1)), str(path),
+            model_hash or meta.get("model_hash", ""), {"providers": self.session.get_providers()},
+        )
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: batch})[0]
+
+
+def add_metadata(path: str | os.PathLike, **values: str) -> None:
+    """Record the stride and source hash inside the graph, so an .onnx file is self-describing."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for key, value in values.items():
+        entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(path))

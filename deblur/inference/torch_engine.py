@@ -1,0 +1,47 @@
+"""The PyTorch backend: eager (optionally `torch.compile`d), channels-last, autocast on GPU."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .engine import Engine, EngineInfo, cpu_threads
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchEngine(Engine):
+    def __init__(
+        self,
+        model: nn.Module,
+        source: str = "",
+        device: str | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        model_hash: str = "",
+        threads: int | None = None,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or cpu_threads())
+            precision = "fp32"  # CPU autocast of convolutions is slower than fp32 and less exact
+        self.dtype = PRECISIONS[precision]
+        model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model, dynamic=True) if compile else model
+        self.info = EngineInfo(
+            "torch", str(self.device), precision, int(getattr(model, "multiple", 1)), source, model_hash,
+            {"compiled": bool(compile)},
+        )
+
+    @torch.inference_mode()
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            y = self.model(x)
+        return y.float().cpu().numpy()

@@ -1,0 +1,67 @@
+"""Evaluate a checkpoint (or a compiled model) on a test set: PSNR / SSIM / LPIPS of the output, the blurred
+input and a classical baseline, side by side, and a report with comparison grids and training curves.
+
+  python jobs/evaluate.py --checkpoint runs/sample --data runs/data/sample --out runs/sample/report
+  python jobs/evaluate.py --checkpoint s3://b/runs/gopro --dataset gopro --root /data/GOPRO_Large --out report/
+  python jobs/evaluate.py --checkpoint model/ --dataset realblur --root /data/RealBlur --protocol realblur --out r/
+  python jobs/evaluate.py --checkpoint ckpt.pt --data ./my_pairs --out report/      # my_pairs/{blur,sharp}/
+  ray job submit --working-dir . -- python jobs/evaluate.py ... --workers 8           # spread over the cluster
+"""
+from __future__ import annotations
+
+import argparse
+
+import _common
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    from deblur.evaluation import PROTOCOLS
+    from deblur.inference import BACKENDS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint, run dir (best.json), or compiled folder")
+    p.add_argument("--data", help="prepared shards (a split is scored) or a paired blur/ sharp/ folder")
+    p.add_argument("--dataset", choices=["gopro", "realblur", "paired"], help="read a dataset folder directly")
+    p.add_argument("--root", help="the dataset folder for --dataset")
+    p.add_argument("--variant", default="J", choices=["J", "R"], help="RealBlur: J or R")
+    p.add_argument("--split", help="split to score (default: test, else val)")
+    p.add_argument("--out", default="report", help="report folder (local or s3://)")
+    p.add_argument("--protocol", default="gopro", choices=PROTOCOLS)
+    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--lpips-weights", help="torchvision AlexNet ImageNet weights file (else the torch hub cache)")
+    p.add_argument("--workers", type=int, default=0, help="N > 0: score on N Ray actors (Ray Data)")
+    p.add_argument("--limit", type=int, help="score only the first N pairs")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if not args.data and not (args.dataset and args.root):
+        p.error("give --data, or --dataset with --root")
+    return args
+
+
+def main(argv: list[str] | None) -> int:
+    args = parse(argv)
+    from deblur import storage
+    from deblur.evaluation import evaluate
+
+    storage.set_s3_endpoint(args.s3_endpoint)
+    options = {"variant": args.variant} if args.dataset == "realblur" else {}
+    result = evaluate(
+        args.checkpoint, args.out, data=args.data, dataset=args.dataset, root=args.root, split=args.split,
+        protocol=args.protocol, engine=args.engine, lpips=not args.no_lpips, lpips_weights=args.lpips_weights,
+        workers=args.workers, limit=args.limit, progress=not args.no_progress, **options,
+    )
+    s, h = result["summary"], result["header"]
+    print(f"{s['images']} images, protocol {h['protocol']}; {h['LPIPS']}")
+    print(f"{'':18}{'PSNR':>9}{'SSIM':>9}{'LPIPS':>9}")
+    for method, name in (("input", "blurred input"), ("baseline", s.get("baseline_name", "baseline")), ("output", "model output")):
+        if f"{method}_psnr" in s:
+            lp = s.get(f"{method}_lpips")
+            print(f"{name[:18]:18}{s[f'{method}_psnr']:9.2f}{s[f'{method}_ssim']:9.4f}{lp if lp is None else round(lp, 4)!s:>9}")
+    print(f"gain {s['gain_psnr']:+.2f} dB; report: {storage.join(args.out, 'index.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run(main)

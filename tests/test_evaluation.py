@@ -1,0 +1,176 @@
+"""The evaluation job and report: numbers equal the metrics module, identity/oracle models, protocols."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deblur import metrics
+from deblur.data import layouts, shards
+from deblur.evaluation import evaluate, score
+from deblur.evaluation.baselines import wiener_deconvolve
+from deblur.evaluation.protocols import realblur_align
+from deblur.images import decode_image, read_image
+from deblur.inference.engine import Engine, EngineInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mcmaster_shards(mcmaster18, tmp_path_factory) -> str:
+    """Five McMaster photos (centre 192×256 crops) with synthetic motion blur, all in the val split."""
+    folder = tmp_path_factory.mktemp("mcm")
+    for path in mcmaster18[:5]:
+        img = read_image(str(path))[150:342, 100:356]
+        cv2.imwrite(str(folder / f"{path.stem}.png"), img[..., ::-1])
+    out = str(tmp_path_factory.mktemp("mcm-shards"))
+    pairs = layouts.synthetic(str(folder), val_fraction=1.0, synth={"kind": "motion", "max_len": 15, "seed": 3})
+    shards.prepare(pairs, out, shards.layout_info("synthetic", str(folder)), progress=False)
+    return out
+
+
+class IdentityEngine(Engine):
+    def __init__(self):
+        self.info = EngineInfo("identity", "cpu", "fp32", 1, "test")
+
+    def _infer(self, batch):
+        return batch
+
+
+class OracleEngine(Engine):
+    """Test-only: returns the sharp image of whichever blurred input it is given."""
+
+    def __init__(self, uri: str):
+        self.info = EngineInfo("oracle", "cpu", "fp32", 1, "test")
+        self.sharp = {}
+        for u in shards.split_uris(uri, "val"):
+            for r in shards.read_rows(u):
+                self.sharp[hashlib.sha1(decode_image(r["blur"]).tobytes()).hexdigest()] = decode_image(r["sharp"])
+
+    def deblur_images(self, images):
+        return [self.sharp[hashlib.sha1(img.tobytes()).hexdigest()] for img in images]
+
+
+def rows_of(uri: str) -> dict[str, dict]:
+    return {r["key"]: r for u in shards.split_uris(uri, "val") for r in shards.read_rows(u)}
+
+
+def test_report_numbers_equal_the_metrics_module(mcmaster_shards, trained_checkpoint, tmp_path):
+    out = tmp_path / "report"
+    res = subprocess.run([sys.executable, "jobs/evaluate.py", "--checkpoint", str(trained_checkpoint), "--data",
+                          mcmaster_shards, "--out", str(out), "--engine", "torch", "--no-progress"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "model output" in res.stdout and "RANDOM backbone" in res.stdout  # no ImageNet weights offline: said so
+    for name in ("metrics.json", "metrics.csv", "index.html"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert "SSIM convention 'gopro'" in report["header"]["convention"]
+    assert "RANDOM backbone" in report["header"]["LPIPS"]
+    rows = rows_of(mcmaster_shards)
+    assert len(report["images"]) == len(rows) == 5
+    lpips = metrics.LPIPS("alex", allow_random_weights=True)
+    for rec in report["images"]:
+        row = rows[rec["key"]]
+        blur, sharp = decode_image(row["blur"]), decode_image(row["sharp"])
+        output = decode_image((out / "outputs" / f"{rec['key']}.png").read_bytes())
+        assert output.shape == sharp.shape
+        assert rec["input_psnr"] == pytest.approx(metrics.psnr(blur, sharp), abs=1e-9)
+        assert rec["input_ssim"] == pytest.approx(metrics.ssim(blur, sharp, convention="gopro"), abs=1e-9)
+        assert rec["output_psnr"] == pytest.approx(metrics.psnr(output, sharp), abs=1e-9)
+        assert rec["output_ssim"] == pytest.approx(metrics.ssim(output, sharp, convention="gopro"), abs=1e-9)
+        assert rec["output_lpips"] == pytest.approx(lpips(output, sharp), abs=1e-6)
+        assert rec["baseline_name"] == "wiener (known kernel)"
+        assert (out / "grids" / f"{rec['key']}.png").is_file()
+    s = report["summary"]
+    assert s["input_psnr"] == pytest.approx(np.mean([r["input_psnr"] for r in report["images"]]))
+    assert s["gain_psnr"] == pytest.approx(s["output_psnr"] - s["input_psnr"])
+    with open(out / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(r["output_psnr"]) for r in table] == pytest.approx([r["output_psnr"] for r in report["images"]])
+    page = (out / "index.html").read_text()
+    assert "Best five" in page and "Worst five" in page and "wiener" in page
+    grid = cv2.imread(str(out / "grids" / f"{report['images'][0]['key']}.png"))
+    assert grid.shape[1] >= 3 * 256  # blurred | deblurred | sharp side by side
+
+
+def test_identity_model_equals_the_input_row(mcmaster_shards, tmp_path):
+    result = evaluate("identity", str(tmp_path), data=mcmaster_shards, lpips=False, progress=False,
+                      engine_factory=IdentityEngine)
+    for rec in result["images"]:
+        assert rec["output_psnr"] == rec["input_psnr"] and rec["output_ssim"] == rec["input_ssim"]
+    assert result["summary"]["gain_psnr"] == 0.0
+
+
+def test_oracle_model_is_capped_and_labelled(mcmaster_shards, tmp_path):
+    result = evaluate("oracle", str(tmp_path), data=mcmaster_shards, lpips=False, progress=False,
+                      engine_factory=lambda: OracleEngine(mcmaster_shards))
+    for rec in result["images"]:
+        assert rec["output_psnr"] == metrics.PSNR_CAP and rec["output_ssim"] == pytest.approx(1.0)
+    assert result["summary"]["output_psnr_capped"] == 5
+    assert "identical, capped" in (tmp_path / "index.html").read_text()
+
+
+def test_wiener_baseline_beats_the_blur_when_the_kernel_is_known(mcmaster_shards):
+    gains = []
+    for row in rows_of(mcmaster_shards).values():
+        blur, sharp = decode_image(row["blur"]), decode_image(row["sharp"])
+        gains.append(metrics.psnr(wiener_deconvolve(blur, np.asarray(row["kernel"])), sharp) - metrics.psnr(blur, sharp))
+    assert np.mean(gains) > 1.0
+
+
+def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):
+    sharp = real_photo
+    shifted = np.roll(sharp, (2, -3), axis=(0, 1))
+    darker = np.clip(shifted.astype(np.float32) * 0.9, 0, 255).astype(np.uint8)
+    psnr_plain, _ = score(darker, sharp, "gopro")
+    psnr_rb, ssim_rb = score(darker, sharp, "realblur")
+    assert psnr_rb > psnr_plain + 10 and psnr_rb > 28 and ssim_rb > 0.98  # ECC lands within a fraction of a pixel
+    assert score(np.clip(sharp * 0.9, 0, 255).astype(np.uint8), sharp, "realblur")[0] > 50  # exposure alone: undone
+    _, _, mask = realblur_align(darker / 255.0, sharp / 255.0)
+    assert 0.9 < mask.mean() < 1.0  # the warped-in border is masked out
+
+
+def test_training_curves_from_the_run(mcmaster_shards, trained_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    (run / "epoch-0001").mkdir(parents=True)
+    (run / "epoch-0001" / "checkpoint.pt").write_bytes(trained_checkpoint.read_bytes())
+    (run / "best.json").write_text(json.dumps({"checkpoint": str(run / "epoch-0001")}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "loss_g": 0.1 / (e + 1), "loss_l1": 0.08, "val_psnr": 25 + e, "val_ssim": 0.8,
+                    "val_psnr_input": 25.0, "val_ssim_input": 0.8}) + "\n" for e in range(3)))
+    result = evaluate(str(run), str(tmp_path / "report"), data=mcmaster_shards, engine="torch", lpips=False, progress=False)
+    assert "curves.png" in result["files"]
+    assert cv2.imread(str(tmp_path / "report" / "curves.png")).shape[0] > 200
+
+
+def test_ray_data_scoring_matches_local(mcmaster_shards, trained_checkpoint, tmp_path, ray_session):
+    local = evaluate(str(trained_checkpoint), str(tmp_path / "a"), data=mcmaster_shards, engine="torch", lpips=False, progress=False)
+    spread = evaluate(str(trained_checkpoint), str(tmp_path / "b"), data=mcmaster_shards, engine="torch", lpips=False,
+                      progress=False, workers=2)
+    assert [r["key"] for r in spread["images"]] == [r["key"] for r in local["images"]]
+    assert [r["output_psnr"] for r in spread["images"]] == pytest.approx([r["output_psnr"] for r in local["images"]], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["bad checkpoint", "empty folder"])
+def test_bad_inputs_are_one_line(case, mcmaster_shards, trained_checkpoint, tmp_path):
+    if case == "bad checkpoint":
+        bad = tmp_path / "model.pt"
+        bad.write_bytes(b"garbage")
+        args = ["--checkpoint", str(bad), "--data", mcmaster_shards]
+    else:
+        (tmp_path / "blur").mkdir()
+        (tmp_path / "sharp").mkdir()
+        args = ["--checkpoint", str(trained_checkpoint), "--data", str(tmp_path)]
+    res = subprocess.run([sys.executable, "jobs/evaluate.py", *args, "--out", str(tmp_path / "r")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+    assert ("model.pt" in res.stderr) if case == "bad checkpoint" else ("no" in res.stderr and str(tmp_path) in res.stderr)

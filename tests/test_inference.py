@@ -1,0 +1,171 @@
+"""Engines (torch, onnxruntime, tensorrt), full-resolution tiling, and the compile job."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deblur.inference import EngineError, load_engine
+from deblur.inference.tensorrt_engine import check_engine_metadata, tensorrt_status
+from deblur.models import load_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [(64, 64), (333, 517), (720, 1280)]
+
+
+def photo_batch(photo: np.ndarray, h: int, w: int) -> np.ndarray:
+    reps = (-(-h // photo.shape[0]), -(-w // photo.shape[1]), 1)
+    img = np.tile(photo, reps)[:h, :w]
+    return img.transpose(2, 0, 1)[None].astype(np.float32) / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def compiled(trained_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compiled")
+    res = subprocess.run([sys.executable, "jobs/compile.py", "--checkpoint", str(trained_checkpoint), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "max |onnxruntime - torch|" in res.stdout
+    return out
+
+
+def test_torch_engine_matches_the_model_at_any_size(trained_checkpoint, real_photo):
+    engine = load_engine(str(trained_checkpoint), "torch")
+    model = load_generator(str(trained_checkpoint))
+    assert engine.info.backend == "torch" and engine.info.multiple == 128 and len(engine.info.model_hash) == 16
+    for h, w in SIZES:
+        x = photo_batch(real_photo, h, w)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        out = engine.run(x)
+        assert out.shape == x.shape
+        assert np.abs(out - expected).max() < 1e-5, (h, w)
+    assert np.abs(out - x).mean() > 1e-3, "the trained model should change the image"
+
+
+def test_compile_job_writes_a_verified_onnx_folder(compiled, trained_checkpoint):
+    summary = json.loads((compiled / "compile.json").read_text())
+    assert {"model.onnx", "compile.json"} <= set(summary["files"]) <= {p.name for p in compiled.iterdir()}
+    assert summary["onnx"]["max_abs_error"] <= 1e-4
+    assert any("333x517" in k for k in summary["onnx"]["errors"])
+    if tensorrt_status() is not None:
+        assert summary["tensorrt"] == {"built": False, "reason": tensorrt_status()}
+
+
+@pytest.mark.parametrize("source", ["compiled", "checkpoint"])
+def test_onnxruntime_agrees_with_torch(source, compiled, trained_checkpoint, real_photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path))  # the checkpoint path exports on the fly into the cache
+    engine = load_engine(str(compiled if source == "compiled" else trained_checkpoint), "onnxruntime", threads=2)
+    reference = load_engine(str(trained_checkpoint), "torch")
+    assert engine.info.backend == "onnxruntime" and engine.info.model_hash == reference.info.model_hash
+    for h, w in SIZES:
+        x = photo_batch(real_photo, h, w)
+        assert np.abs(engine.run(x) - reference.run(x)).max() <= 1e-4, (h, w)
+
+
+def test_auto_picks_what_this_machine_has(compiled):
+    engine = load_engine(str(compiled), "auto")
+    expected = "tensorrt" if tensorrt_status() is None else "onnxruntime"
+    assert engine.info.backend == expected
+
+
+def test_tiled_output_matches_the_whole_image(trained_checkpoint, real_photo):
+    engine = load_engine(str(trained_checkpoint), "torch")
+    x = photo_batch(real_photo, 720, 1280)
+    whole = engine.run(x)
+    engine.configure_tiling(max_pixels=512 * 512, tile=384, overlap=96)
+    tiled = engine.run(x)
+    assert np.abs(tiled - whole).mean() < 1e-3
+    assert np.abs(tiled - x).mean() > 1e-3  # tiles were really deblurred, not passed through
+
+
+def test_deblur_image_keeps_size_and_dtype(trained_checkpoint, real_photo):
+    engine = load_engine(str(trained_checkpoint), "torch")
+    odd = real_photo[:131, :97]
+    outs = engine.deblur_images([odd, real_photo, odd])
+    assert [o.shape for o in outs] == [odd.shape, real_photo.shape, odd.shape]
+    assert all(o.dtype == np.uint8 for o in outs)
+    assert np.array_equal(outs[0], outs[2])
+    with pytest.raises(ValueError, match="uint8"):
+        engine.deblur_image(odd.astype(np.float32))
+
+
+def test_compile_to_s3_and_load_from_it(trained_checkpoint, bucket, tmp_path, monkeypatch):
+    from deblur.inference.compile import compile_checkpoint
+
+    summary = compile_checkpoint(str(trained_checkpoint), f"{bucket}/models/tiny", progress=lambda m: None)
+    engine = load_engine(f"{bucket}/models/tiny", "onnxruntime")
+    assert engine.info.model_hash == summary["model_hash"]
+    x = np.zeros((1, 3, 100, 90), np.float32)
+    assert engine.run(x).shape == x.shape
+
+
+def test_broken_onnx_files_are_named(compiled, tmp_path):
+    from deblur.inference.onnx_engine import OnnxEngine
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(compiled, truncated)
+    data = (truncated / "model.onnx").read_bytes()
+    (truncated / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(EngineError, match="model.onnx"):
+        load_engine(str(truncated), "onnxruntime")
+    if (compiled / "model.onnx.data").exists():
+        orphan = tmp_path / "orphan"
+        shutil.copytree(compiled, orphan)
+        (orphan / "model.onnx.data").unlink()
+        with pytest.raises(EngineError, match=r"model\.onnx\.data is missing"):
+            OnnxEngine(orphan / "model.onnx")
+    with pytest.raises(EngineError, match="not found"):
+        OnnxEngine(tmp_path / "nothing.onnx")
+
+
+def test_checkpoint_problems_are_engine_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(EngineError, match="bad.pt"):
+        load_engine(str(bad), "torch")
+    with pytest.raises(ValueError, match="unknown engine"):
+        load_engine(str(bad), "tensorflow")
+
+
+def test_engine_metadata_mismatch_says_rebuild(tmp_path):
+    meta = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA A10G", "compute_capability": "8.6", "precision": "fp16",
+            "min_shape": [1, 3, 128, 128], "opt_shape": [1, 3, 768, 1280], "max_shape": [4, 3, 2176, 3840]}
+    here = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
+    with pytest.raises(EngineError, match=r"built for NVIDIA A10G .*8\.6.*H100.*rebuild"):
+        check_engine_metadata(meta, here, "engine.plan")
+    with pytest.raises(EngineError, match=r"TensorRT 10\.3\.0, this machine has 10\.8\.0"):
+        check_engine_metadata(meta, {**here, "compute_capability": "8.6", "tensorrt_version": "10.8.0"}, "engine.plan")
+    with pytest.raises(EngineError, match="lacks"):
+        check_engine_metadata({"precision": "fp16"}, here, "engine.plan")
+    check_engine_metadata(meta, {**here, "compute_capability": "8.6"}, "engine.plan")  # same platform: accepted
+
+    from deblur.inference.tensorrt_engine import TensorRTEngine
+
+    (tmp_path / "engine.plan").write_bytes(b"\0" * 64)
+    with pytest.raises(EngineError, match="engine.json is missing"):
+        TensorRTEngine(tmp_path / "engine.plan")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(tensorrt_status() is not None, reason=f"TensorRT cannot run here: {tensorrt_status()}")
+def test_tensorrt_engine_agrees_with_onnxruntime(trained_checkpoint, real_photo, tmp_path):
+    from deblur.inference.compile import compile_checkpoint
+
+    out = tmp_path / "trt"
+    summary = compile_checkpoint(str(trained_checkpoint), str(out), "fp16", (64, 64), (720, 1280), (1080, 1920))
+    assert summary["tensorrt"]["built"]
+    meta = json.loads((out / "engine.json").read_text())
+    assert meta["precision"] == "fp16" and meta["model_hash"] == summary["model_hash"]
+    trt_engine = load_engine(str(out), "tensorrt")
+    ort_engine = load_engine(str(out), "onnxruntime")
+    for h, w in SIZES:
+        x = photo_batch(real_photo, h, w)
+        assert np.abs(trt_engine.run(x) - ort_engine.run(x)).mean() <= 5e-3, (h, w)
