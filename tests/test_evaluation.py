@@ -134,8 +134,20 @@ def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):
     psnr_rb, ssim_rb = score(darker, sharp, "realblur")
     assert psnr_rb > psnr_plain + 10 and psnr_rb > 28 and ssim_rb > 0.98  # ECC lands within a fraction of a pixel
     assert score(np.clip(sharp * 0.9, 0, 255).astype(np.uint8), sharp, "realblur")[0] > 50  # exposure alone: undone
-    _, _, mask = realblur_align(darker / 255.0, sharp / 255.0)
+    _, _, mask, _ = realblur_align(darker / 255.0, sharp / 255.0)
     assert 0.9 < mask.mean() < 1.0  # the warped-in border is masked out
+
+
+def test_ecc_recovers_a_subpixel_shift(real_photo):
+    sharp = real_photo.astype(np.float32) / 255.0
+    dy, dx = 0.3, -0.7
+    shifted = cv2.warpAffine(sharp, np.float32([[1, 0, dx], [0, 1, dy]]), sharp.shape[1::-1], flags=cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_REFLECT)
+    _, _, _, warp = realblur_align(shifted, sharp)
+    assert abs(warp[0, 2] - dx) < 0.05 and abs(warp[1, 2] - dy) < 0.05, warp
+    shifted8 = np.clip(np.rint(shifted * 255), 0, 255).astype(np.uint8)
+    before, after = score(shifted8, real_photo, "gopro")[0], score(shifted8, real_photo, "realblur")[0]
+    assert after > before + 5
 
 
 def test_training_curves_from_the_run(mcmaster_shards, trained_checkpoint, tmp_path):

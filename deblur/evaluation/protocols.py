@@ -28,8 +28,8 @@ def describe(protocol: str) -> str:
     return metrics.describe_convention(protocol)
 
 
-def realblur_align(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """float [0,1] output and target → (aligned output·mask, target·mask, mask), all H×W×3."""
+def realblur_align(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """float [0,1] output and target → (aligned output·mask, target·mask, mask, 3×3 warp); images H×W×3."""
     z, x = output.astype(np.float32), target.astype(np.float32)
     zs = z * float(np.sum(x * z) / max(np.sum(z * z), 1e-12))  # intensity match (least squares)
     warp = np.eye(3, dtype=np.float32)
@@ -44,11 +44,11 @@ def realblur_align(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     zr = cv2.warpPerspective(zs, warp, (w, h), flags=cv2.INTER_CUBIC + flags, borderMode=cv2.BORDER_REFLECT)
     mask = cv2.warpPerspective(np.ones_like(zs), warp, (w, h), flags=cv2.INTER_NEAREST + flags,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return zr * mask, x * mask, mask
+    return zr * mask, x * mask, mask, warp
 
 
 def _realblur_scores(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    zr, xr, mask = realblur_align(output.astype(np.float32) / 255.0, target.astype(np.float32) / 255.0)
+    zr, xr, mask, _ = realblur_align(output.astype(np.float32) / 255.0, target.astype(np.float32) / 255.0)
     err = float(np.sum((xr - zr) ** 2, dtype=np.float64) / max(np.sum(mask), 1.0))
     psnr = metrics.PSNR_CAP if err == 0 else min(metrics.PSNR_CAP, 10 * np.log10(1.0 / err))
     _, smap = structural_similarity(xr, zr, channel_axis=2, gaussian_weights=True, use_sample_covariance=False,

@@ -1,0 +1,118 @@
+"""Inference engines side by side: torch eager, torch.compile, ONNX Runtime (and on a GPU torch fp16 and
+TensorRT fp16) at 256², 1280×720 and 1920×1080, batch 1 and 4, in one run; plus the generator's GFLOPs per
+megapixel and the achieved GFLOP/s against a large matmul on the same device.
+
+  python benchmarks/engines.py                  # unet_fpn base 16 (the sample model)
+  python benchmarks/engines.py --base 64        # the article's width
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (sys.path)
+import numpy as np
+import torch
+
+SIZES = [(256, 256), (720, 1280), (1080, 1920)]
+
+
+def gflops_per_megapixel(model: torch.nn.Module, multiple: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, 2 * multiple, 2 * multiple)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 1e9 / (x.shape[2] * x.shape[3] / 1e6)
+
+
+def matmul_gflops(device: str, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        a @ b
+        reps += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def time_engine(engine, batch: np.ndarray, budget_s: float) -> float:
+    """Seconds per call: one warm-up, then repeat until the budget (at least twice)."""
+    engine.run(batch)
+    times = []
+    while len(times) < 2 or sum(times) < budget_s:
+        t0 = time.perf_counter()
+        engine.run(batch)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=int, default=16, help="unet_fpn base channels")
+    p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
+    p.add_argument("--batches", default="1,4")
+    args = p.parse_args()
+
+    from deblur.inference.onnx_engine import OnnxEngine, add_metadata, export_onnx
+    from deblur.inference.tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
+    from deblur.inference.torch_engine import TorchEngine
+    from deblur.models import build_generator
+
+    torch.manual_seed(0)
+    model = build_generator("unet_fpn", base_channels=args.base)
+    torch.nn.init.normal_(model.head.weight, std=1e-3)  # not the identity: every layer really runs
+    multiple = model.multiple
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    folder = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    export_onnx(model, folder / "model.onnx", multiple)
+    add_metadata(folder / "model.onnx", multiple=multiple)
+    engines = {"torch eager fp32": TorchEngine(model, device=device)}
+    try:
+        compiled = TorchEngine(model, device=device, compile=True)
+        compiled.run(np.zeros((1, 3, 256, 256), np.float32))
+        engines["torch compile fp32"] = compiled
+    except Exception as e:  # inductor needs a C++ compiler on CPU; report instead of failing the run
+        print(f"torch.compile unavailable: {str(e).splitlines()[0][:120]}")
+    engines["onnxruntime fp32"] = OnnxEngine(folder / "model.onnx", "auto")
+    if gpu:
+        engines["torch fp16"] = TorchEngine(model, device="cuda", precision="fp16")
+        if tensorrt_status() is None:
+            build_engine(folder / "model.onnx", folder, (1, 3, 256, 256), (1, 3, 768, 1280), (4, 3, 1152, 1920), "fp16")
+            engines["tensorrt fp16"] = TensorRTEngine(folder / "engine.plan", multiple)
+        else:
+            print(f"TensorRT not measured: {tensorrt_status()}")
+
+    per_mp = gflops_per_megapixel(model, multiple)
+    peak = matmul_gflops(device)
+    rows, baseline = [], {}
+    for h, w in SIZES:
+        for n in (int(b) for b in args.batches.split(",")):
+            batch = np.random.default_rng(0).uniform(-1, 1, (n, 3, h, w)).astype(np.float32)
+            for name, engine in engines.items():
+                engine.configure_tiling(max_pixels=4096 * 4096)  # measure the engine, not the tiler
+                s = time_engine(engine, batch, args.budget)
+                ms = 1000 * s / n
+                key = (h, w, n)
+                baseline.setdefault(key, ms)
+                pixels = -(-h // multiple) * multiple * -(-w // multiple) * multiple / 1e6  # what really runs
+                achieved = per_mp * pixels * n / s
+                rows.append([f"{w}x{h}", n, name, round(ms, 1), round(1000 / ms, 2), round(baseline[key] / ms, 2),
+                             round(achieved, 1), round(achieved / peak, 3)])
+                print(rows[-1], flush=True)
+    _common.report(
+        f"engines-base{args.base}",
+        ["size", "batch", "engine", "ms/img", "img/s", "speed vs eager", "GFLOP/s", "of matmul peak"],
+        rows,
+        {"gflops_per_megapixel": per_mp, "matmul_gflops": peak, "device": device, "base_channels": args.base},
+    )
+    print(f"generator: {per_mp:.1f} GFLOPs per megapixel; {device} matmul 2048²: {peak:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

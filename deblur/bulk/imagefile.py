@@ -1,0 +1,125 @@
+"""Images as people have them, in and out of the model without losing what the model does not touch.
+
+`decode` reads the header first (Pillow opens lazily), so a decompression bomb is refused before a single
+pixel is decoded. Then: EXIF orientation applied, grayscale and alpha kept apart from the colour the
+model sees, 16-bit PNG/TIFF kept at 16 bits (OpenCV decodes them; Pillow would drop to 8), CMYK and
+palette images converted to RGB. `encode` puts it back together: the same mode, the alpha channel
+untouched, ICC profile and EXIF copied where the output format carries them.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+Image.MAX_IMAGE_PIXELS = None  # the pixel budget below is checked from the header instead
+
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
+EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+IMAGE_SUFFIXES = tuple(f".{k}" for k in FORMATS)
+
+
+class BadImage(ValueError):
+    """An input that cannot be deblurred; the reason goes to _errors.jsonl."""
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # H×W×3, uint8 or uint16: what the model sees
+    format: str  # PNG, JPEG, ...
+    gray: bool = False  # the source had one colour channel
+    alpha: np.ndarray | None = None  # untouched, re-attached on encode
+    info: dict = field(default_factory=dict)  # icc_profile / exif bytes to copy
+
+
+def _header(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise BadImage("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception as e:
+        raise BadImage(f"not an image ({type(e).__name__}: {str(e)[:120]})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise BadImage(f"{w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the pixel budget of {max_pixels / 1e6:.0f} Mpx "
+                       "(refused before decoding; raise --max-megapixels if it is real)")
+    if img.format not in EXTENSIONS:
+        raise BadImage(f"unsupported format {img.format}")
+    return img
+
+
+def decode(data: bytes, name: str = "<bytes>", max_pixels: int = 100_000_000) -> Decoded:
+    img = _header(data, name, max_pixels)
+    info = {k: img.info[k] for k in ("icc_profile",) if img.info.get(k)}
+    fmt = img.format
+    try:
+        deep = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if fmt in ("PNG", "TIFF") else None
+        if deep is not None and deep.dtype == np.uint16:  # 16 bits per channel: OpenCV keeps them
+            return _from_cv(deep, fmt, info)
+        img = ImageOps.exif_transpose(img)  # upright, and the orientation tag reset to 1
+        exif = img.getexif()
+        if len(exif):
+            info["exif"] = exif.tobytes()
+        mode = img.mode
+        alpha = None
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA" if mode != "LA" else "LA")
+            alpha = np.asarray(img)[..., -1].copy()
+        gray = mode in ("L", "LA", "1", "I", "I;16", "F")
+        rgb = np.asarray(img.convert("L").convert("RGB") if gray else img.convert("RGB"))
+    except BadImage:
+        raise
+    except Exception as e:  # truncated data and friends surface only when pixels are read
+        raise BadImage(f"cannot decode ({type(e).__name__}: {str(e)[:120]})") from None
+    if rgb.size == 0:
+        raise BadImage("image has no pixels")
+    return Decoded(np.ascontiguousarray(rgb), fmt, gray, alpha, info)
+
+
+def _from_cv(arr: np.ndarray, fmt: str, info: dict) -> Decoded:
+    if arr.ndim == 2:
+        return Decoded(np.repeat(arr[..., None], 3, axis=2), fmt, True, None, info)
+    alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
+    return Decoded(np.ascontiguousarray(cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)), fmt, False, alpha, info)
+
+
+def output_format(requested: str, source: str) -> str:
+    if requested == "same":
+        return source
+    if requested not in FORMATS:
+        raise ValueError(f"unknown output format {requested!r}; choose same, png, jpg or webp")
+    return FORMATS[requested]
+
+
+def encode(rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95) -> bytes:
+    """The deblurred colour + the source's gray/alpha/metadata → file bytes in `fmt`."""
+    if rgb.dtype == np.uint16 and fmt in ("PNG", "TIFF"):
+        out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if like.alpha is not None:
+            out = np.dstack([out, like.alpha]) if out.ndim == 3 else np.dstack([out, out, out, like.alpha])
+        ok, buf = cv2.imencode(EXTENSIONS[fmt], out)
+        if not ok:
+            raise BadImage(f"cannot encode 16-bit {fmt}")
+        return buf.tobytes()
+    if rgb.dtype == np.uint16:  # a 16-bit source asked for as JPEG/WebP: 8 bits is all they hold
+        rgb = (rgb.astype(np.uint32) * 255 + 32767) // 65535
+        rgb = rgb.astype(np.uint8)
+    alpha = like.alpha if like.alpha is None or like.alpha.dtype == np.uint8 else (like.alpha >> 8).astype(np.uint8)
+    if like.gray:
+        img = Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")))
+        mode = "LA"
+    else:
+        img = Image.fromarray(rgb)
+        mode = "RGBA"
+    if alpha is not None and fmt in ("PNG", "WEBP", "TIFF"):
+        img.putalpha(Image.fromarray(alpha))
+        img = img.convert(mode)
+    options: dict = {k: v for k, v in like.info.items() if fmt != "BMP"}
+    if fmt in ("JPEG", "WEBP"):
+        options["quality"] = quality
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()

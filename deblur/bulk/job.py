@@ -1,0 +1,142 @@
+"""Deblur an archive with Ray Data: list → (skip what is done) → actors holding the engine read, decode,
+deblur, encode and write each image → the driver only tallies small result rows.
+
+Resumable by construction: every output is written whole (temporary name + rename locally, one PUT on
+S3), so an output that exists is complete and a re-run skips it. A file that fails is recorded in
+`_errors.jsonl` with its reason and the run goes on.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import storage
+from .imagefile import EXTENSIONS, FORMATS, BadImage, decode, encode, output_format
+from .sources import list_inputs, read_input
+
+ERRORS, SUMMARY = "_errors.jsonl", "_summary.json"
+
+
+@dataclass
+class Options:
+    model: str
+    engine: str = "auto"
+    format: str = "same"
+    quality: int = 95
+    max_pixels: int = 100_000_000
+    threads: int | None = None
+
+
+def output_rel(rel: str, fmt: str) -> str:
+    """The output's relative path: the input's, with the extension changed only when the format is."""
+    if fmt == "same":
+        return rel
+    stem, ext = posixpath.splitext(rel)
+    target = output_format(fmt, "PNG")
+    return rel if FORMATS.get(ext.lower().lstrip(".")) == target else stem + EXTENSIONS[target]
+
+
+class Deblurrer:
+    """One per actor: loads the engine once, then handles batches of listing rows."""
+
+    def __init__(self, options: Options, output: str):
+        from ..inference import load_engine
+
+        self.options, self.output = options, output
+        self.engine = load_engine(options.model, options.engine, threads=options.threads)
+
+    def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        rel = str(item["rel"])
+        result = {"rel": rel, "status": "done", "reason": "", "bytes_in": 0, "bytes_out": 0, "seconds": 0.0}
+        t0 = time.perf_counter()
+        try:
+            data = read_input(item)
+            result["bytes_in"] = len(data)
+            img = decode(data, rel, self.options.max_pixels)
+            if img.rgb.dtype == np.uint16:
+                x = img.rgb.transpose(2, 0, 1)[None].astype(np.float32) / 32767.5 - 1.0
+                y = self.engine.run(x)[0].transpose(1, 2, 0)
+                out = np.clip(np.rint((y + 1.0) * 32767.5), 0, 65535).astype(np.uint16)
+            else:
+                out = self.engine.deblur_image(img.rgb)
+            fmt = output_format(self.options.format, img.format)
+            payload = encode(out, img, fmt, self.options.quality)
+            storage.write_bytes(storage.join(self.output, output_rel(rel, self.options.format)), payload)
+            result["bytes_out"] = len(payload)
+        except BadImage as e:
+            result.update(status="failed", reason=str(e))
+        except Exception as e:  # a model or storage failure on one file must not stop the archive
+            result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        result["seconds"] = time.perf_counter() - t0
+        return result
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        results = [self.process(r) for r in rows]
+        return {k: [r[k] for r in results] for k in results[0]}
+
+
+def pending(items: list[dict[str, Any]], output: str, fmt: str) -> tuple[list[dict[str, Any]], int]:
+    """Drop inputs whose output already exists (written whole, so complete); returns (todo, skipped)."""
+    fs, path = storage.filesystem(output)
+    done = set()
+    if fs.exists(path):
+        done = {posixpath.relpath(p, path) for p in fs.find(path)}
+    todo = [it for it in items if output_rel(it["rel"], fmt) not in done]
+    return todo, len(items) - len(todo)
+
+
+def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0, batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
+    """The whole job; returns the summary also written to `output/_summary.json`."""
+    import ray
+    from tqdm import tqdm
+
+    t0 = time.time()
+    output_format(options.format, "PNG")  # a bad --format fails here, not per file
+    items = list_inputs(input_uri)
+    todo, skipped = pending(items, output, options.format)
+    counts = {"done": 0, "failed": 0}
+    bytes_in = bytes_out = 0
+    errors: list[dict[str, str]] = []
+    compute_s = 0.0
+    if todo:
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // batch_size, 10_000)))
+        ds = ds.map_batches(
+            Deblurrer, fn_constructor_args=(options, output), batch_size=batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
+            num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,
+        )
+        with tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar:
+            for row in ds.iter_rows():
+                counts[row["status"]] += 1
+                bytes_in += int(row["bytes_in"])
+                bytes_out += int(row["bytes_out"])
+                compute_s += float(row["seconds"])
+                if row["status"] == "failed":
+                    errors.append({"path": row["rel"], "reason": row["reason"]})
+                bar.update(1)
+    _append_errors(output, errors)
+    wall = time.time() - t0
+    summary = {
+        "input": input_uri, "output": output, "model": options.model, "images": len(items), "done": counts["done"],
+        "skipped": skipped, "failed": counts["failed"], "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "wall_seconds": round(wall, 2), "images_per_second": round(counts["done"] / wall, 3) if wall else 0.0,
+        "worker_seconds": round(compute_s, 2), "errors_file": storage.join(output, ERRORS) if errors else None,
+    }
+    storage.write_text(storage.join(output, SUMMARY), json.dumps(summary, indent=2))
+    return summary
+
+
+def _append_errors(output: str, errors: list[dict[str, str]]) -> None:
+    """Errors of this run, appended to those of earlier runs (a failed file is retried by the next run)."""
+    if not errors:
+        return
+    uri = storage.join(output, ERRORS)
+    old = storage.read_text(uri) if storage.exists(uri) else ""
+    storage.write_text(uri, old + "".join(json.dumps(e) + "\n" for e in errors))

@@ -1,0 +1,161 @@
+"""The online endpoint: a FastAPI ingress in front of a batched model deployment holding an `Engine`.
+
+  serve run deblur.serve.app:app                   # local; model from $DEBLUR_MODEL (default runs/sample)
+  serve deploy cluster/serve.yaml                  # a cluster; the same builder with arguments
+  python jobs/serve.py --model runs/sample         # convenience launcher
+
+`POST /v1/deblur` takes the image as the raw body (Content-Type image/*) or as multipart field `file`
+and returns the deblurred image (same size; format from `?format=` or the input's). Requests are
+checked (size, type, pixel budget from the header, auth) before any decoding; the model deployment
+batches concurrent requests with `@serve.batch`, grouping images of equal size into one engine call.
+"""
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from ..bulk.imagefile import BadImage, decode, encode, output_format
+from .limits import Limits, RequestError, check_content_type
+
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
+PAGE = Path(__file__).with_name("page.html")
+
+api = FastAPI(title="deblur", description="DeblurGAN image deblurring", version="1")
+
+
+@serve.deployment(max_ongoing_requests=32)
+class Deblurrer:
+    """Holds the engine; `@serve.batch` gathers concurrent requests into one call."""
+
+    def __init__(self, model: str, engine: str = "auto", max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05):
+        from ..inference import load_engine
+
+        self.engine = load_engine(model, engine)
+        self.model = model
+        self.batch_sizes: Counter = Counter()
+        self.deblur.set_max_batch_size(max_batch_size)
+        self.deblur.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def deblur(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self.batch_sizes[len(images)] += 1
+        return await asyncio.get_running_loop().run_in_executor(None, self.engine.deblur_images, images)
+
+    def info(self) -> dict[str, Any]:
+        i = self.engine.info
+        return {"model": self.model, "engine": i.backend, "device": i.device, "precision": i.precision,
+                "checkpoint_hash": i.model_hash, "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+
+
+def _error(e: RequestError) -> JSONResponse:
+    return JSONResponse({"error": e.error, "detail": e.detail}, status_code=e.status)
+
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, deblurrer, max_bytes: int | None = None, max_pixels: int | None = None,
+                 token_file: str | None = None):
+        self.deblurrer = deblurrer
+        self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
+        self.model_id: str | None = None
+
+    async def _body(self, request: Request) -> bytes:
+        self.limits.check_length(request.headers.get("content-length"))
+        kind = check_content_type(request.headers.get("content-type", ""))
+        if kind == "raw":
+            data = bytearray()
+            async for chunk in request.stream():  # counted as it arrives: a lying Content-Length cannot help
+                data += chunk
+                if len(data) > self.limits.max_bytes:
+                    raise RequestError(413, "body too large", f"over the limit of {self.limits.max_bytes} bytes")
+            return bytes(data)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as e:
+            raise RequestError(400, "malformed multipart", str(e)[:200] or type(e).__name__) from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(400, "malformed multipart", "no file field named 'file'")
+        data = await upload.read(self.limits.max_bytes + 1)
+        if len(data) > self.limits.max_bytes:
+            raise RequestError(413, "body too large", f"over the limit of {self.limits.max_bytes} bytes")
+        return data
+
+    @api.post("/v1/deblur", summary="Deblur one image", response_class=Response)
+    async def deblur(self, request: Request, format: str | None = None, quality: int = 95) -> Response:
+        try:
+            self.limits.check_auth(request.headers.get("authorization"))
+            data = await self._body(request)
+            if not data:
+                raise RequestError(400, "empty body", "send an image")
+            if format is not None and format not in ("png", "jpg", "jpeg", "webp"):
+                raise RequestError(400, "bad format", f"{format!r}; choose png, jpg or webp")
+            if not 1 <= quality <= 100:
+                raise RequestError(400, "bad quality", "quality must be within 1..100")
+            try:
+                img = decode(data, "request", self.limits.max_pixels)
+            except BadImage as e:
+                reason = str(e)
+                if "budget" in reason:
+                    raise RequestError(413, "image too large", reason) from None
+                if "unsupported format" in reason:
+                    raise RequestError(415, "unsupported image type", reason) from None
+                raise RequestError(400, "not an image", reason) from None
+        except RequestError as e:
+            return _error(e)
+        rgb = img.rgb if img.rgb.dtype == np.uint8 else (img.rgb >> 8).astype(np.uint8)
+        t0 = time.perf_counter()
+        out = await self.deblurrer.deblur.remote(rgb)
+        ms = (time.perf_counter() - t0) * 1000
+        fmt = output_format(format or "same", img.format if img.format in MEDIA_TYPES else "PNG")
+        if self.model_id is None:
+            self.model_id = (await self.deblurrer.info.remote())["checkpoint_hash"]
+        payload = encode(out, img, fmt, quality)
+        return Response(payload, media_type=MEDIA_TYPES[fmt],
+                        headers={"X-Model-Id": self.model_id, "X-Inference-Ms": f"{ms:.1f}"})
+
+    @api.get("/healthz", summary="Ready when the model is loaded")
+    async def healthz(self) -> JSONResponse:
+        try:
+            info = await asyncio.wait_for(self.deblurrer.info.remote(), timeout=5)
+        except Exception as e:  # replica starting or gone
+            return JSONResponse({"status": "unavailable", "detail": type(e).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "model": info["checkpoint_hash"]})
+
+    @api.get("/v1/model", summary="What is serving")
+    async def model(self) -> dict[str, Any]:
+        return await self.deblurrer.info.remote()
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder (`serve run`/`serve deploy` pass `args`): model, engine, batching, autoscaling."""
+    model = str(args.get("model") or os.environ.get("DEBLUR_MODEL", "runs/sample"))
+    gpus = float(args.get("num_gpus", 0))
+    deblurrer = Deblurrer.options(
+        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},
+        autoscaling_config={
+            "min_replicas": int(args.get("min_replicas", 1)),
+            "max_replicas": int(args.get("max_replicas", 2)),
+            "target_ongoing_requests": float(args.get("target_ongoing_requests", 8)),
+        },
+        max_ongoing_requests=int(args.get("max_ongoing_requests", 32)),
+    ).bind(model, str(args.get("engine", "auto")), int(args.get("max_batch_size", 8)),
+           float(args.get("batch_wait_timeout_s", 0.05)))
+    return Ingress.options(ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.25))}).bind(
+        deblurrer, args.get("max_bytes"), args.get("max_pixels"), args.get("token_file"))
+
+
+app = build_app({})

@@ -1,0 +1,56 @@
+"""Request checks for the endpoint: what a hostile or careless client can send, and the 4xx it gets.
+
+Kept free of Ray and FastAPI so the rules read in one place: body size, content type, the pixel budget
+(checked from the image header before any decoding), and the optional bearer token (constant-time
+comparison; the token is never logged or echoed).
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(f"{status} {error}: {detail}")
+        self.status, self.error, self.detail = status, error, detail
+
+
+@dataclass
+class Limits:
+    max_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 24_000_000  # 24 Mpx, e.g. 6000×4000
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls, max_bytes: int | None = None, max_pixels: int | None = None, token_file: str | None = None) -> "Limits":
+        """Token from DEBLUR_API_TOKEN, or a file (`token_file`, else $DEBLUR_API_TOKEN_FILE); none → auth off."""
+        token = os.environ.get("DEBLUR_API_TOKEN") or None
+        token_file = token_file or os.environ.get("DEBLUR_API_TOKEN_FILE")
+        if not token and token_file:
+            token = Path(token_file).read_text().strip() or None
+        return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, token)
+
+    def check_auth(self, authorization: str | None) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise RequestError(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+
+    def check_length(self, content_length: str | None) -> None:
+        if content_length and content_length.isdigit() and int(content_length) > self.max_bytes:
+            raise RequestError(413, "body too large", f"{int(content_length)} bytes > limit {self.max_bytes}")
+
+
+def check_content_type(content_type: str) -> str:
+    """'raw' for image/* bodies, 'multipart' for forms; anything else is 415."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind.startswith("image/"):
+        return "raw"
+    if kind == "multipart/form-data":
+        return "multipart"
+    raise RequestError(415, "unsupported media type",
+                       f"got {kind or 'no Content-Type'}; send the image as the body (image/*) or as multipart 'file'")

@@ -1,0 +1,66 @@
+"""Deblur every image under a folder, an s3:// prefix or inside a .tar archive, at full resolution, keeping
+relative names. Resumable (finished outputs are skipped), and one bad file never stops the run: it is
+listed in <output>/_errors.jsonl.
+
+  python jobs/deblur_archive.py --input photos/ --output deblurred/ --model runs/sample
+  python jobs/deblur_archive.py --input s3://b/raw --output s3://b/sharp --model s3://b/models/gopro --workers 8 --gpus-per-worker 1
+  ray job submit --working-dir . -- python jobs/deblur_archive.py --input s3://... --output s3://... --model ...
+"""
+from __future__ import annotations
+
+import argparse
+
+import _common
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    from deblur.inference import BACKENDS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="folder, s3://bucket/prefix or archive.tar")
+    p.add_argument("--output", required=True, help="folder or s3://bucket/prefix")
+    p.add_argument("--model", required=True, help="checkpoint, run dir (best.json) or compiled folder")
+    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    p.add_argument("--workers", type=int, default=0, help="engine actors (default: one per 2 CPUs, or per GPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=4, help="images per actor call")
+    p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger images (decompression bombs)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if not 1 <= args.quality <= 100:
+        p.error("--quality must be within 1..100")
+    return args
+
+
+def main(argv: list[str] | None) -> int:
+    args = parse(argv)
+    import ray
+
+    from deblur import storage
+    from deblur.bulk import Options, run
+    from deblur.bulk.sources import check_input
+    from deblur.ray_env import init_ray
+
+    storage.set_s3_endpoint(args.s3_endpoint)
+    check_input(args.input)
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
+    resources = ray.cluster_resources()
+    workers = args.workers or (int(resources.get("GPU", 0) // args.gpus_per_worker) if args.gpus_per_worker
+                               else max(1, int(resources.get("CPU", 1) // 2)))
+    threads = max(1, int(args.cpus_per_worker))
+    options = Options(args.model, args.engine, args.format, args.quality, int(args.max_megapixels * 1e6), threads)
+    s = run(args.input, args.output, options, workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size,
+            progress=not args.no_progress)
+    print(f"{s['done']} done, {s['skipped']} skipped, {s['failed']} failed of {s['images']} images; "
+          f"{s['bytes_in'] / 1e6:.1f} MB in, {s['bytes_out'] / 1e6:.1f} MB out; {s['wall_seconds']:.1f} s, "
+          f"{s['images_per_second']:.2f} images/s" + (f"; failures listed in {s['errors_file']}" if s["failed"] else ""))
+    return 1 if s["failed"] else 0
+
+
+if __name__ == "__main__":
+    _common.run(main)

@@ -1,0 +1,60 @@
+"""Run the deblur HTTP endpoint on Ray Serve (a local Ray, or the cluster at $RAY_ADDRESS) until Ctrl-C.
+
+  python jobs/serve.py --model runs/sample                       # http://127.0.0.1:8000/
+  python jobs/serve.py --model s3://b/models/gopro --engine tensorrt --num-gpus 1 --max-replicas 4 --host 0.0.0.0
+  DEBLUR_API_TOKEN=... python jobs/serve.py ...                  # bearer-token auth on
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import _common
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    from deblur.inference import BACKENDS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="runs/sample", help="checkpoint, run dir or compiled folder")
+    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 only behind a proxy you trust)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model replica")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--batch-wait-ms", type=float, default=50.0)
+    p.add_argument("--request-timeout-s", type=float, default=60.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None) -> int:
+    args = parse(argv)
+    from ray import serve
+
+    from deblur.models.checkpoint import resolve_checkpoint
+    from deblur.ray_env import init_ray
+    from deblur.serve.app import build_app
+
+    from deblur import storage
+
+    if not storage.exists(storage.join(args.model, "compile.json")):
+        resolve_checkpoint(args.model)  # a wrong path is one line here, not a replica crash loop
+    init_ray()
+    serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s})
+    app = build_app({"model": args.model, "engine": args.engine, "min_replicas": args.min_replicas,
+                     "max_replicas": args.max_replicas, "num_gpus": args.num_gpus,
+                     "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000})
+    serve.run(app, name="deblur", route_prefix="/")
+    print(f"serving {args.model} at http://{args.host}:{args.port}/ (docs at /docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run(main)

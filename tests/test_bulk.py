@@ -1,0 +1,167 @@
+"""The bulk archive job on real blurry photos (folder, S3, tar), a zoo of awkward files, kill-and-resume."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from deblur import storage
+from deblur.bulk import Options, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lai_photos(n: int | None = None) -> list[Path]:
+    from conftest import shared
+
+    return sorted(shared("realblur", "lai-real").glob("*.jpg"))[:n]
+
+
+def job_env(cluster) -> dict:
+    return {**os.environ, **cluster.env_vars, "RAY_ADDRESS": cluster.address}
+
+
+def check_outputs(inputs: dict[str, bytes], output_files: dict[str, bytes]) -> None:
+    assert set(output_files) == set(inputs)
+    for rel, data in inputs.items():
+        src, out = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(output_files[rel]))
+        assert (out.format, out.size, out.mode) == (src.format, src.size, src.mode), rel
+        assert np.abs(np.asarray(out, np.int16) - np.asarray(src.convert(out.mode), np.int16)).mean() > 0.5, rel
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.startswith("_")}
+
+
+def test_real_archive_from_a_folder(trained_checkpoint, tmp_path, ray_session):
+    src = tmp_path / "in"
+    for k, photo in enumerate(lai_photos()):
+        dest = src / ("nested" if k % 3 == 0 else "") / photo.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, dest)
+    summary = run(str(src), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch"), workers=2, progress=False)
+    assert summary["done"] == summary["images"] == 100 and summary["failed"] == 0
+    check_outputs(read_tree(src), read_tree(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert saved["done"] == 100 and saved["bytes_in"] == sum(p.stat().st_size for p in src.rglob("*.jpg"))
+
+
+def test_real_archive_on_s3_and_in_a_tar(trained_checkpoint, tmp_path, bucket, ray_session):
+    photos = lai_photos(12)
+    fs, _ = storage.filesystem(bucket)
+    for p in photos:
+        fs.pipe_file(f"{bucket[5:]}/raw/{p.name}", p.read_bytes())
+    s3 = run(f"{bucket}/raw", f"{bucket}/sharp", Options(str(trained_checkpoint), "torch"), workers=2, progress=False)
+    assert s3["done"] == 12
+    check_outputs({p.name: p.read_bytes() for p in photos},
+                  {n: fs.cat_file(f"{bucket[5:]}/sharp/{n}") for n in (p.name for p in photos)})
+
+    archive = tmp_path / "photos.tar"
+    with tarfile.open(archive, "w") as tar:
+        for p in photos:
+            tar.add(p, arcname=f"album/{p.name}")
+    tar_run = run(str(archive), str(tmp_path / "from-tar"), Options(str(trained_checkpoint), "torch"), workers=1,
+                  progress=False)
+    assert tar_run["done"] == 12
+    check_outputs({f"album/{p.name}": p.read_bytes() for p in photos}, read_tree(tmp_path / "from-tar"))
+
+
+def make_zoo(folder: Path, photo: np.ndarray) -> dict[str, str]:
+    """Awkward files; returns name → what should happen ('ok' or a reason fragment)."""
+    folder.mkdir(parents=True)
+    small = photo[:120, :160]
+    (folder / "empty.jpg").write_bytes(b"")
+    png = cv2.imencode(".png", small[..., ::-1])[1].tobytes()
+    (folder / "truncated.png").write_bytes(png[: len(png) // 2])
+    (folder / "notes.jpg").write_text("this is text, not a JPEG")
+    deep = (small.astype(np.uint16) * 257 + np.arange(small.shape[1], dtype=np.uint16)[None, :, None])
+    cv2.imwrite(str(folder / "deep16.png"), deep[..., ::-1])
+    Image.fromarray(small).convert("L").save(folder / "gray.png")
+    rgba = np.dstack([small, np.tile(np.arange(160, dtype=np.uint8), (120, 1))])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    Image.fromarray(small).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(small).save(folder / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(small[:1, :1]).save(folder / "tiny.png")
+    bomb = io.BytesIO()
+    Image.new("L", (1, 1)).save(bomb, format="PNG")
+    data = bytearray(bomb.getvalue())
+    data[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")  # IHDR width/height: 3.6 Gpx
+    (folder / "bomb.png").write_bytes(bytes(data))
+    return {"empty.jpg": "empty", "truncated.png": "decode", "notes.jpg": "not an image", "bomb.png": "budget",
+            "deep16.png": "ok", "gray.png": "ok", "alpha.png": "ok", "cmyk.jpg": "ok", "rotated.jpg": "ok", "tiny.png": "ok"}
+
+
+def test_zoo_of_awkward_files(trained_checkpoint, real_photo, tmp_path, ray_session):
+    expected = make_zoo(tmp_path / "zoo", real_photo)
+    out = tmp_path / "out"
+    summary = run(str(tmp_path / "zoo"), str(out), Options(str(trained_checkpoint), "torch"), workers=1, progress=False)
+    bad = {k for k, v in expected.items() if v != "ok"}
+    assert summary["failed"] == len(bad) and summary["done"] == len(expected) - len(bad)
+    errors = {e["path"]: e["reason"] for e in map(json.loads, (out / "_errors.jsonl").read_text().splitlines())}
+    assert set(errors) == bad
+    for name in bad:
+        assert expected[name] in errors[name], (name, errors[name])
+    deep = cv2.imread(str(out / "deep16.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (120, 160, 3) and len(np.unique(deep)) > 256
+    assert Image.open(out / "gray.png").mode == "L"
+    alpha_in, alpha_out = Image.open(tmp_path / "zoo" / "alpha.png"), Image.open(out / "alpha.png")
+    assert alpha_out.mode == "RGBA" and np.array_equal(np.asarray(alpha_out)[..., 3], np.asarray(alpha_in)[..., 3])
+    assert Image.open(out / "cmyk.jpg").mode == "RGB" and Image.open(out / "cmyk.jpg").size == (160, 120)
+    rotated = Image.open(out / "rotated.jpg")
+    assert rotated.size == (120, 160) and rotated.getexif().get(0x0112, 1) == 1  # upright, tag reset
+    assert Image.open(out / "tiny.png").size == (1, 1)
+    assert not any(p.name.endswith(tuple(f".tmp-{c}" for c in "0123456789abcdef")) for p in out.iterdir())
+
+
+def test_kill_halfway_then_resume(trained_checkpoint, tmp_path, ray_cluster):
+    src = tmp_path / "in"
+    src.mkdir()
+    for photo in lai_photos(40):
+        shutil.copy(photo, src / photo.name)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out), "--model",
+           str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--batch-size", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*.jpg"))) < 5:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    first = {p.name for p in out.glob("*.jpg")}
+    assert 5 <= len(first) < 40, "the run should have been stopped partway"
+    res = subprocess.run(cmd, cwd=ROOT, env=job_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["skipped"] >= len(first) and summary["done"] == 40 - summary["skipped"]
+    assert f"{summary['done']} done, {summary['skipped']} skipped, 0 failed" in res.stdout
+    for p in src.iterdir():  # complete and none corrupt
+        img = Image.open(out / p.name)
+        img.load()
+        assert img.size == Image.open(p).size
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("case", ["missing input", "compressed tar"])
+def test_bad_input_is_one_line(case, trained_checkpoint, tmp_path):
+    target = tmp_path / ("nope" if case == "missing input" else "x.tar.gz")
+    if case == "compressed tar":
+        with tarfile.open(target, "w:gz"):
+            pass
+    res = subprocess.run([sys.executable, "jobs/deblur_archive.py", "--input", str(target), "--output",
+                          str(tmp_path / "o"), "--model", str(trained_checkpoint)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert str(target) in res.stderr.strip().splitlines()[-1]

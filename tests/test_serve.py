@@ -1,0 +1,188 @@
+"""The Ray Serve endpoint over real HTTP on 127.0.0.1: round trips, hostile requests, concurrency and
+batching, auth, the upload page in headless Chromium, and the deploy config."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session, trained_checkpoint, tmp_path_factory):
+    from ray import serve
+
+    from deblur.serve.app import build_app
+
+    token_file = tmp_path_factory.mktemp("secret") / "token"
+    token_file.write_text("s3cret-token-value\n")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    common = {"model": str(trained_checkpoint), "engine": "torch", "max_replicas": 1, "num_cpus": 1,
+              "max_batch_size": 8, "batch_wait_timeout_s": 0.1, "max_bytes": 2_000_000, "max_pixels": 4_000_000,
+              "ingress_cpus": 0.1}
+    serve.run(build_app(common), name="open", route_prefix="/open")
+    serve.run(build_app({**common, "token_file": str(token_file), "num_cpus": 0.5}), name="auth", route_prefix="/auth")
+    base = f"http://127.0.0.1:{port}"
+    yield base
+    serve.shutdown()
+
+
+def encoded(photo: np.ndarray, fmt: str, size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(photo).resize(size).save(buf, format=fmt, quality=92)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
+def test_round_trip_raw_and_multipart(endpoint, real_photo, fmt, mime):
+    for size in [(97, 61), (320, 240), (481, 321)]:
+        data = encoded(real_photo, fmt, size)
+        raw = requests.post(f"{endpoint}/open/v1/deblur", data=data, headers={"Content-Type": mime}, timeout=120)
+        form = requests.post(f"{endpoint}/open/v1/deblur", files={"file": ("x", data, mime)}, timeout=120)
+        for res in (raw, form):
+            assert res.status_code == 200, res.text
+            assert res.headers["content-type"] == mime
+            assert len(res.headers["x-model-id"]) == 16 and float(res.headers["x-inference-ms"]) > 0
+            out = Image.open(io.BytesIO(res.content))
+            assert out.format == fmt and out.size == size
+        assert raw.content == form.content
+    as_png = requests.post(f"{endpoint}/open/v1/deblur?format=png", data=data, headers={"Content-Type": mime}, timeout=120)
+    assert as_png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(as_png.content)).format == "PNG"
+
+
+def hostile_cases(photo: np.ndarray) -> list[tuple[str, dict, int]]:
+    png = encoded(photo, "PNG", (64, 48))
+    bomb = bytearray(encoded(photo, "PNG", (1, 1)))
+    bomb[16:24] = (50000).to_bytes(4, "big") + (50000).to_bytes(4, "big")
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")  # a valid header claiming 2.5 Gpx
+    gif = io.BytesIO()
+    Image.fromarray(photo[:8, :8]).save(gif, format="GIF")
+    return [
+        ("empty body", {"data": b"", "headers": {"Content-Type": "image/png"}}, 400),
+        ("not an image", {"data": b"hello, world" * 10, "headers": {"Content-Type": "image/jpeg"}}, 400),
+        ("text content type", {"data": png, "headers": {"Content-Type": "text/plain"}}, 415),
+        ("no content type", {"data": png, "headers": {"Content-Type": ""}}, 415),
+        ("gif", {"data": gif.getvalue(), "headers": {"Content-Type": "image/gif"}}, 415),
+        ("over byte limit", {"data": b"\0" * 2_100_000, "headers": {"Content-Type": "image/png"}}, 413),
+        ("decompression bomb", {"data": bytes(bomb), "headers": {"Content-Type": "image/png"}}, 413),
+        ("malformed multipart", {"data": b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
+                                 "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400),
+        ("multipart without file", {"files": {"other": ("x", png, "image/png")}}, 400),
+        ("bad format", {"data": png, "headers": {"Content-Type": "image/png"}, "params": {"format": "gif"}}, 400),
+    ]
+
+
+def test_hostile_requests_get_clean_4xx(endpoint, real_photo):
+    for name, kwargs, status in hostile_cases(real_photo):
+        res = requests.post(f"{endpoint}/open/v1/deblur", timeout=60, **kwargs)
+        assert res.status_code == status, (name, res.status_code, res.text[:300])
+        body = res.json()
+        assert set(body) == {"error", "detail"} and body["error"], name
+    ok = requests.post(f"{endpoint}/open/v1/deblur", data=encoded(real_photo, "PNG", (64, 48)),
+                       headers={"Content-Type": "image/png"}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_concurrent_clients_are_batched(endpoint, real_photo):
+    data = encoded(real_photo, "PNG", (160, 120))
+
+    def client(_):
+        return [requests.post(f"{endpoint}/open/v1/deblur", data=data, headers={"Content-Type": "image/png"},
+                              timeout=300).status_code for _ in range(3)]
+
+    with ThreadPoolExecutor(32) as pool:
+        codes = [c for cs in pool.map(client, range(32)) for c in cs]
+    assert codes == [200] * 96
+    info = requests.get(f"{endpoint}/open/v1/model", timeout=30).json()
+    assert info["engine"] == "torch" and len(info["checkpoint_hash"]) == 16
+    assert max(int(k) for k in info["batch_sizes"]) > 1, info["batch_sizes"]
+
+
+def test_health_docs_and_auth(endpoint, real_photo):
+    assert requests.get(f"{endpoint}/open/healthz", timeout=30).json()["status"] == "ok"
+    assert "/v1/deblur" in requests.get(f"{endpoint}/open/openapi.json", timeout=30).json()["paths"]
+    assert requests.get(f"{endpoint}/open/docs", timeout=30).status_code == 200
+    data, url = encoded(real_photo, "PNG", (64, 48)), f"{endpoint}/auth/v1/deblur"
+    h = {"Content-Type": "image/png"}
+    assert requests.post(url, data=data, headers=h, timeout=60).status_code == 401
+    wrong = requests.post(url, data=data, headers={**h, "Authorization": "Bearer nope"}, timeout=60)
+    assert wrong.status_code == 401 and "s3cret" not in wrong.text
+    right = requests.post(url, data=data, headers={**h, "Authorization": "Bearer s3cret-token-value"}, timeout=60)
+    assert right.status_code == 200
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver) and shutil.which("apt-get"):  # the test setup installs Debian's packages
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], capture_output=True, timeout=900)
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def test_upload_page_in_headless_chromium(endpoint, real_photo, tmp_path):
+    found = _chromium()
+    if found is None:
+        pytest.fail("chromium/chromedriver missing and could not be installed with apt-get")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "blurry.jpg"
+    photo.write_bytes(encoded(real_photo, "JPEG", (320, 240)))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    try:
+        driver.get(f"{endpoint}/open/")
+        assert driver.title == "deblur"
+        driver.find_element(By.ID, "file").send_keys(str(photo))
+        driver.find_element(By.ID, "go").click()
+        try:
+            WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "after").get_attribute("data-ready") == "1")
+        except Exception:
+            pytest.fail(f"no result image; page status: {driver.find_element(By.ID, 'status').text!r}")
+        size = driver.execute_script("const i = document.getElementById('after'); return [i.naturalWidth, i.naturalHeight];")
+        assert size == [320, 240]
+        assert "done in" in driver.find_element(By.ID, "status").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
+    finally:
+        driver.quit()
+
+
+def test_serve_config_is_a_valid_deploy_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    app = schema.applications[0]
+    assert app.import_path == "deblur.serve.app:build_app"
+    from deblur.serve.app import build_app
+
+    build_app(app.args)  # the args are ones the builder accepts
+    broken = {**config, "applications": [{"name": "x", "import_path": 42, "unknown_field": True}]}
+    with pytest.raises(Exception):
+        ServeDeploySchema.model_validate(broken) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(broken)
