@@ -40,6 +40,8 @@ def _header(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise BadImage("empty file")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise BadImage(f"not an image (unrecognised content, {len(data)} bytes)") from None
     except Exception as e:
         raise BadImage(f"not an image ({type(e).__name__}: {str(e)[:120]})") from None
     w, h = img.size
