@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench clean
+.PHONY: install train test test-fast bench image-gpu image-cpu clean
 
 install: $(STAMP)
 
@@ -26,7 +26,15 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/[a-z]*.py; do $(PY) $$b || exit 1; done
+
+# Container images for ray-cluster.yaml and cluster/kuberay (tag and push to your registry).
+IMAGE_REPO ?= deblur
+image-gpu:
+	docker build -f infra/docker/Dockerfile -t $(IMAGE_REPO):gpu .
+
+image-cpu:
+	docker build -f infra/docker/Dockerfile.cpu -t $(IMAGE_REPO):cpu .
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

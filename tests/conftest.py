@@ -92,21 +92,26 @@ def bucket(s3_endpoint, request):
     return f"s3://{name}"
 
 
-class LocalCluster:
-    """A real multi-node Ray cluster on loopback: `ray start --head` plus one more raylet.
+def local_cluster_module():
+    """cluster/local.py, the script users run: the tests start their cluster with the same code."""
+    import importlib.util
 
-    The head has 2 CPUs and the job API (dashboard) on loopback; the second node has 1 CPU and a custom
-    resource `node2`, so tests can place work on it. Ray's token auth is on, with a token made for
-    this session (never printed). Tests connect with `ray.init(address=...)`; `ray job submit` talks to
-    `dashboard_url`.
+    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LocalCluster:
+    """A real multi-node Ray cluster on loopback, started by `cluster/local.py`: a head (2 CPUs, job API on
+    loopback) and two worker raylets (1 CPU each, custom resources `node2` and `node3`, so tests can place
+    work). Ray's token auth is on, with a token made for this session (never printed). Tests connect with
+    `ray.init(address=...)`; `ray job submit` talks to `dashboard_url`.
     """
 
     def __init__(self, tmp: Path):
-        import subprocess
-
-        self.port, self.dashboard_port = _free_port(), _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.local = local_cluster_module()
+        self.state = tmp
         self.env_vars = {
             "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"],
             "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"],
@@ -118,26 +123,11 @@ class LocalCluster:
         venv_bin = str(Path(sys.executable).parent)
         if not os.environ.get("PATH", "").startswith(venv_bin):
             os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-        ray_bin = str(Path(sys.executable).parent / "ray")
-        common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-        self._run([ray_bin, "start", "--head", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=true",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                   f"--object-store-memory={600 * 1024 * 1024}", *common])
-        self._run([ray_bin, "start", f"--address={self.address}", "--num-cpus=1", '--resources={"node2": 1}',
-                   f"--object-store-memory={300 * 1024 * 1024}", *common])
-        self.ray_bin = ray_bin
-        self.subprocess = subprocess
+        info = self.local.start(workers=2, head_cpus=2, worker_cpus=1, state=tmp)
+        self.address, self.dashboard_url, self.nodes = info["address"], info["dashboard_url"], info["nodes"]
 
-    @staticmethod
-    def _run(cmd: list[str]) -> None:
-        import subprocess
-
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-
-    def stop(self) -> None:
-        self.subprocess.run([self.ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+    def stop(self) -> list[str]:
+        return self.local.stop(self.state)
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +142,8 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
         yield cluster
     finally:
         ray.shutdown()
-        cluster.stop()
+        left = cluster.stop()
+    assert not left, f"Ray processes still running after cluster/local.py stop: {left}"
 
 
 @pytest.fixture(scope="session")

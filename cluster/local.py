@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""A local multi-node Ray cluster on loopback: one head plus N worker raylets, each with its own resources.
+
+  python cluster/local.py start --workers 2          # prints RAY_ADDRESS for `ray job submit`
+  python cluster/local.py status
+  python cluster/local.py stop
+
+The same thing the tests use. Every process binds 127.0.0.1; the dashboard (and job API) too. Token
+auth is on: the token comes from $RAY_AUTH_TOKEN, else one is made and kept in `<state dir>/token`
+(mode 600) and never printed. Worker k gets a custom resource `node{k+2}`, so work can be pinned.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STATE = Path(os.environ.get("DEBLUR_LOCAL_CLUSTER", Path.home() / ".deblur" / "local-cluster"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_bin() -> str:
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def auth_env(state: Path) -> dict[str, str]:
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = state / "token"
+        if not path.exists():
+            state.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        token = path.read_text().strip()
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+
+
+def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_store_mb: int = 600,
+          state: Path = STATE) -> dict:
+    """Start the head and `workers` raylets; returns {address, dashboard_url, nodes} (also saved in state)."""
+    env = auth_env(state)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would refuse the second raylet on one machine
+    port, dash = free_port(), free_port()
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    _run([ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
+          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+          f"--object-store-memory={object_store_mb * 1024 * 1024}", *common], env)
+    for k in range(workers):
+        _run([ray_bin(), "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
+              f'--resources={{"node{k + 2}": 1}}', f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
+              *common], env)
+    info = {"address": f"127.0.0.1:{port}", "dashboard_url": f"http://127.0.0.1:{dash}", "nodes": 1 + workers}
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "cluster.json").write_text(json.dumps(info))
+    return info
+
+
+def ray_processes() -> list[str]:
+    """Command lines of Ray's own daemons still alive on this machine (gcs_server, raylet, ...)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    names = ("gcs_server", "/raylet", "dashboard/dashboard.py", "ray::", "log_monitor.py", "runtime_env/agent")
+    return [line.strip() for line in out if any(n in line for n in names)]
+
+
+def stop(state: Path = STATE, wait_s: float = 30.0) -> list[str]:
+    """`ray stop --force`, then wait until no Ray process remains; returns any that did."""
+    subprocess.run([ray_bin(), "stop", "--force"], capture_output=True, timeout=120)
+    deadline = time.time() + wait_s
+    while ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    (state / "cluster.json").unlink(missing_ok=True)
+    return ray_processes()
+
+
+def status(state: Path = STATE) -> dict:
+    path = state / "cluster.json"
+    if not path.exists():
+        return {"running": False}
+    info = json.loads(path.read_text())
+    import ray
+
+    os.environ.update(auth_env(state))
+    ray.init(address=info["address"], logging_level="ERROR", log_to_driver=False)
+    try:
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        info.update(running=True, alive_nodes=len(alive), resources=ray.cluster_resources())
+    finally:
+        ray.shutdown()
+    return info
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("start")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--head-cpus", type=int, default=2)
+    s.add_argument("--worker-cpus", type=int, default=1)
+    sub.add_parser("stop")
+    sub.add_parser("status")
+    args = p.parse_args()
+    if args.cmd == "start":
+        info = start(args.workers, args.head_cpus, args.worker_cpus)
+        print(f"started {info['nodes']} nodes on loopback")
+        print(f"export RAY_ADDRESS={info['dashboard_url']}   # for ray job submit")
+        print(f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {STATE / 'token'})" if not os.environ.get("RAY_AUTH_TOKEN") else "")
+        print(f"python scripts connect with ray.init(address='{info['address']}')")
+    elif args.cmd == "stop":
+        left = stop()
+        print("stopped" if not left else "still running:\n" + "\n".join(left))
+        return 1 if left else 0
+    else:
+        print(json.dumps(status(), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

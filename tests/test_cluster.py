@@ -1,0 +1,232 @@
+"""Cluster and infrastructure files, validated offline; and the local multi-node cluster end to end."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from deblur import storage
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBERAY = ["raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml"]
+
+
+def load(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+# --- ray-cluster.yaml against the schema inside the ray package -------------------------------------------------
+
+def ray_schema() -> dict:
+    import ray
+
+    return json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+
+
+def test_ray_cluster_yaml_matches_rays_schema():
+    config = load("ray-cluster.yaml")
+    jsonschema.validate(config, ray_schema())
+    assert config["provider"]["type"] == "aws" and config["idle_timeout_minutes"] > 0
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["min_workers"] < workers["max_workers"]
+    text = (ROOT / "ray-cluster.yaml").read_text()
+    assert not re.search(r"(?i)aws_(secret_)?access_key|AKIA[0-9A-Z]{16}", text), "no keys in the file"
+    for node in config["available_node_types"].values():
+        assert node["node_config"]["IamInstanceProfile"]["Name"] == "deblur-ray-node"
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head
+    for rule in config["provider"]["security_group"]["IpPermissions"]:
+        assert (rule["FromPort"], rule["ToPort"]) == (22, 22) and all(r["CidrIp"] != "0.0.0.0/0" for r in rule["IpRanges"])
+    assert config["docker"]["image"].endswith(":gpu") and config["docker"]["head_image"].endswith(":cpu")
+
+
+def test_a_broken_ray_cluster_yaml_fails_the_schema():
+    config = load("ray-cluster.yaml")
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_worker"]["min_workers"] = "zero"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, ray_schema())
+    for breakage in (lambda c: c.pop("provider"), lambda c: c.__setitem__("idle_timeout_minute", 5)):
+        broken = copy.deepcopy(config)
+        breakage(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, ray_schema())
+
+
+# --- KubeRay manifests against the project's own schema, plus the paths they name ------------------------------
+
+def kuberay_schema() -> dict:
+    return json.loads((ROOT / "cluster" / "kuberay" / "schema.json").read_text())
+
+
+def cluster_specs(doc: dict) -> dict:
+    return doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
+
+
+@pytest.mark.parametrize("name", KUBERAY)
+def test_kuberay_manifest_is_valid(name):
+    doc = load(f"cluster/kuberay/{name}")
+    jsonschema.validate(doc, kuberay_schema())
+    spec = cluster_specs(doc)
+    makefile = (ROOT / "Makefile").read_text()
+    images = [c["image"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]]
+    for image in images:  # each is one the Makefile builds from infra/docker
+        tag = image.rsplit(":", 1)[1]
+        assert f"image-{tag}:" in makefile and (ROOT / "infra" / "docker" / ("Dockerfile" if tag == "gpu" else f"Dockerfile.{tag}")).is_file()
+    gpu = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
+    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1" and gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+
+
+def test_rayjob_entrypoint_names_files_that_exist():
+    job = load("cluster/kuberay/rayjob-train.yaml")
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:2] == ["python", "jobs/train.py"] and job["spec"]["shutdownAfterJobFinishes"] is True
+    paths = [w for w in words if re.match(r"^(jobs|cluster|deblur)/", w)]
+    assert "jobs/configs/gopro.yaml" in paths
+    for path in paths:
+        assert (ROOT / path).is_file(), path
+
+
+def test_rayservice_serve_config_is_cluster_serve_yaml():
+    svc = load("cluster/kuberay/rayservice.yaml")
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == load("cluster/serve.yaml")
+
+
+def test_a_broken_kuberay_manifest_fails():
+    doc = load("cluster/kuberay/raycluster.yaml")
+    for breakage in (lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"),
+                     lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"),
+                     lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("image", "deblur:latest"),
+                     lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replica", 2)):
+        broken = copy.deepcopy(doc)
+        breakage(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, kuberay_schema())
+
+
+# --- Dockerfiles: a parser check (hadolint is not on PyPI) --------------------------------------------------------
+
+INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "EXPOSE",
+                "LABEL", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
+
+
+def lint_dockerfile(text: str, context: Path) -> list[str]:
+    """Problems in a Dockerfile: unknown instructions, FROM not first, missing COPY sources, :latest bases,
+    undeclared build args, running as root, apt lists left behind."""
+    problems, lines, buf = [], [], ""
+    for raw in text.splitlines():
+        if raw.strip().startswith("#") or not raw.strip():
+            continue
+        buf += raw.rstrip("\\").rstrip() + " "
+        if not raw.rstrip().endswith("\\"):
+            lines.append(buf.strip())
+            buf = ""
+    declared = set()
+    first = next((line.split()[0].upper() for line in lines if line.split()[0].upper() != "ARG"), None)
+    if first != "FROM":
+        problems.append("the first instruction after ARGs must be FROM")
+    for line in lines:
+        word, rest = line.split(maxsplit=1)[0].upper(), (line.split(maxsplit=1) + [""])[1]
+        if word not in INSTRUCTIONS:
+            problems.append(f"unknown instruction {word}")
+        if word == "ARG":
+            declared.add(rest.split("=")[0].strip())
+        for used in re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", rest):
+            if used not in declared and word not in ("ENV",) and used not in ("PATH", "HOME"):
+                problems.append(f"{word} uses undeclared ${used}")
+        if word == "FROM" and (rest.endswith(":latest") or ":" not in rest and "${" not in rest):
+            problems.append(f"unpinned base image {rest}")
+        if word == "COPY":
+            for src in rest.split()[:-1]:
+                if not src.startswith("--") and not (context / src).exists():
+                    problems.append(f"COPY source {src} missing")
+        if word == "RUN" and "apt-get install" in rest and "rm -rf /var/lib/apt/lists" not in rest:
+            problems.append("apt lists not removed in the same layer")
+    users = [line for line in lines if line.upper().startswith("USER ")]
+    if not users or users[-1].split()[1] in ("root", "0"):
+        problems.append("the image runs as root")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
+def test_dockerfiles_lint_clean(name):
+    text = (ROOT / "infra" / "docker" / name).read_text()
+    assert lint_dockerfile(text, ROOT) == []
+    assert "ARG TORCH_VERSION" in text and "pip install -c constraints.txt -e ." in text
+
+
+def test_a_broken_dockerfile_is_caught():
+    text = (ROOT / "infra" / "docker" / "Dockerfile.cpu").read_text()
+    broken = text.replace("USER ray", "USER root").replace("COPY jobs ./jobs", "COPY nowhere ./jobs")
+    broken = broken.replace("&& rm -rf /var/lib/apt/lists/*", "").replace("FROM ${PYTHON_IMAGE}", "FROM python:latest")
+    problems = lint_dockerfile(broken + "\nRUNN echo typo\n", ROOT)
+    for fragment in ("root", "nowhere", "apt lists", "unpinned", "RUNN"):
+        assert any(fragment in p for p in problems), (fragment, problems)
+
+
+# --- CloudFormation with cfn-lint ---------------------------------------------------------------------------------
+
+def cfn_lint(path: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or "cfn-lint"
+    return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
+
+
+def test_cloudformation_template_lints_clean(tmp_path):
+    res = cfn_lint(ROOT / "infra" / "aws" / "cloudformation.yaml")
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (ROOT / "infra" / "aws" / "cloudformation.yaml").read_text()
+    assert "LifecycleConfiguration" in text and "PublicAccessBlockConfiguration" in text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("Type: AWS::S3::Bucket", "Type: AWS::S3::Buckett").replace("!GetAtt RayNodeRole.Arn", "!GetAtt RayNodeRole.Nope"))
+    bad = cfn_lint(broken)
+    assert bad.returncode != 0 and "Buckett" in bad.stdout
+
+
+# --- the local multi-node cluster, end to end ----------------------------------------------------------------------
+
+from test_train import tiny_shards  # noqa: E402,F401  (the fixture: 12+2 real-photo pairs)
+
+
+def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards):  # noqa: F811
+    """The session's cluster is `cluster/local.py start` (1 head + 2 workers); submit a short training with
+    storage on the local S3 endpoint, then a short bulk run with its checkpoint; the session's teardown
+    runs `cluster/local.py stop` and fails if any Ray process is left."""
+    from test_train import tiny_overrides
+
+    from conftest import shared
+
+    assert ray_cluster.nodes == 3 and len([n for n in ray_session.nodes() if n["Alive"]]) == 3
+    fs, _ = storage.filesystem(bucket)
+    fs.put(tiny_shards, f"{bucket[5:]}/shards", recursive=True)
+    env = {**os.environ, **ray_cluster.env_vars}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    submit = [ray_cli, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(ROOT), "--"]
+    sets = tiny_overrides(f"{bucket}/shards", f"{bucket}/runs", "e2e", epochs=1, **{"scaling.num_workers": 2})
+    train = subprocess.run(submit + ["python", "jobs/train.py"] + [a for s in sets for a in ("--set", s)],
+                           capture_output=True, text=True, env=env, timeout=900)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    best = json.loads(storage.read_text(f"{bucket}/runs/e2e/best.json"))
+    assert best["checkpoint"].startswith("s3://")
+
+    for p in sorted(shared("realblur", "lai-real").glob("*.jpg"))[:4]:
+        fs.pipe_file(f"{bucket[5:]}/archive/{p.name}", p.read_bytes())
+    bulk = subprocess.run(submit + ["python", "jobs/deblur_archive.py", "--input", f"{bucket}/archive", "--output",
+                                    f"{bucket}/deblurred", "--model", f"{bucket}/runs/e2e", "--engine", "torch",
+                                    "--workers", "2", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert bulk.returncode == 0, bulk.stdout[-3000:] + bulk.stderr[-3000:]
+    assert "4 done, 0 skipped, 0 failed" in bulk.stdout
+    assert sorted(fs.ls(f"{bucket[5:]}/deblurred"))[-1].endswith((".jpg", "_summary.json"))
+    assert ray_cluster.env_vars["RAY_AUTH_TOKEN"] not in train.stdout + train.stderr + bulk.stdout + bulk.stderr
