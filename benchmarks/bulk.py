@@ -1,0 +1,88 @@
+"""Bulk deblurring throughput, side by side in one run on the same images and cores:
+  - a bare single-process loop: read → decode → engine → encode → write,
+  - the Ray Data job (jobs/deblur_archive.py's `run`), actors holding the same engine,
+  - engine-only compute time (what the loop spent inside the engine): pipeline efficiency = that / job wall.
+On ../shared/data/realblur/kohler (800×800 PNG) and lai-real (JPEG, up to 1200×900).
+
+  python benchmarks/bulk.py [--model runs/sample] [--limit 40]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+import torch
+
+
+def model_path(arg: str | None) -> str:
+    """The given checkpoint, else runs/sample's best, else a random-weight base-16 unet_fpn (same compute)."""
+    from deblur.models import build_generator, generator_checkpoint
+
+    if arg:
+        return arg
+    if (_common.ROOT / "runs" / "sample" / "best.json").exists():
+        return str(_common.ROOT / "runs" / "sample")
+    torch.manual_seed(0)
+    g = build_generator("unet_fpn", base_channels=16)
+    torch.nn.init.normal_(g.head.weight, std=1e-3)
+    path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
+    torch.save(generator_checkpoint(g, "unet_fpn", {"base_channels": 16}), path)
+    return str(path)
+
+
+def bare_loop(files: list[Path], out: Path, engine) -> tuple[float, float]:
+    from deblur.bulk.imagefile import decode, encode
+
+    engine_s, t0 = 0.0, time.perf_counter()
+    for f in files:
+        img = decode(f.read_bytes(), f.name)
+        t1 = time.perf_counter()
+        result = engine.deblur_image(img.rgb)
+        engine_s += time.perf_counter() - t1
+        (out / f.name).write_bytes(encode(result, img, img.format))
+    return time.perf_counter() - t0, engine_s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model")
+    p.add_argument("--engine", default="onnxruntime")
+    p.add_argument("--limit", type=int, default=40, help="images per archive")
+    args = p.parse_args()
+
+    from deblur.bulk import Options, run
+    from deblur.inference import load_engine
+
+    model = model_path(args.model)
+    cores = os.cpu_count() or 1
+    engine = load_engine(model, args.engine, threads=cores)
+    _common.start_ray()
+    rows = []
+    for name in ("kohler", "lai-real"):
+        folder = _common.SHARED_DATA / "realblur" / name
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[: args.limit]
+        src = Path(tempfile.mkdtemp(prefix=f"bulk-{name}-"))
+        for f in files:
+            (src / f.name).write_bytes(f.read_bytes())
+        loop_s, engine_s = bare_loop(files, Path(tempfile.mkdtemp()), engine)
+        # the same cores for the job: one actor per 2 cores, each with 2 intra-op threads (or 1 actor, all cores)
+        workers = max(1, cores // 2)
+        options = Options(model, args.engine, threads=max(1, cores // workers))
+        summary = run(str(src), tempfile.mkdtemp(), options, workers=workers, cpus_per_worker=cores / workers,
+                      batch_size=2, progress=False)
+        job_s = summary["wall_seconds"]
+        n = len(files)
+        rows.append([name, n, round(n / loop_s, 2), round(n / job_s, 2), round(loop_s / job_s, 2),
+                     round(engine_s / job_s, 2), round(engine_s / loop_s, 2)])
+        print(rows[-1], flush=True)
+    _common.report("bulk", ["archive", "images", "bare loop img/s", "Ray Data job img/s", "job vs loop",
+                            "job efficiency (engine s / job s)", "loop efficiency"], rows,
+                   {"model": model, "engine": args.engine, "cores": cores})
+
+
+if __name__ == "__main__":
+    main()
