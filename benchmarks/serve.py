@@ -6,8 +6,9 @@ the engine directly in-process on the same cores.
 """
 from __future__ import annotations
 
-import io
 import argparse
+import io
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,11 +62,14 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 600})
-    base = {"model": model, "engine": args.engine, "max_replicas": 1, "num_cpus": 1, "ingress_cpus": 0.1,
-            "batch_wait_timeout_s": 0.02}
+    # both apps fit on the cores (only one is under load at a time); each replica gets as many engine
+    # threads as the in-process engine it is compared with
+    threads = os.cpu_count() or 1
+    base = {"model": model, "engine": args.engine, "max_replicas": 1, "num_cpus": 0.5, "ingress_cpus": 0.05,
+            "batch_wait_timeout_s": 0.02, "threads": threads}
     serve.run(build_app({**base, "max_batch_size": 8}), name="batched", route_prefix="/batched")
     serve.run(build_app({**base, "max_batch_size": 1}), name="single", route_prefix="/single")
-    engine = load_engine(model, args.engine)
+    engine = load_engine(model, args.engine, threads=threads)
     rows = []
     for w, h in SIZES:
         body = png((w, h))

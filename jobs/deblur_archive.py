@@ -23,7 +23,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
-    p.add_argument("--workers", type=int, default=0, help="engine actors (default: one per 2 CPUs, or per GPU)")
+    p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=4, help="images per actor call")
@@ -50,8 +50,10 @@ def main(argv: list[str] | None) -> int:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     resources = ray.cluster_resources()
-    workers = args.workers or (int(resources.get("GPU", 0) // args.gpus_per_worker) if args.gpus_per_worker
-                               else max(1, int(resources.get("CPU", 1) // 2)))
+    # one actor per GPU (GPU clusters) or per `--cpus-per-worker` CPUs: single-threaded actors on every core
+    # keep the cores busy while others decode and encode
+    workers = args.workers or max(1, int(resources.get("GPU", 0) // args.gpus_per_worker) if args.gpus_per_worker
+                                  else int(resources.get("CPU", 1) // args.cpus_per_worker))
     threads = max(1, int(args.cpus_per_worker))
     options = Options(args.model, args.engine, args.format, args.quality, int(args.max_megapixels * 1e6), threads)
     s = run(args.input, args.output, options, workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size,

@@ -109,7 +109,7 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // batch_size, 10_000)))
         ds = ds.map_batches(
             Deblurrer, fn_constructor_args=(options, output), batch_size=batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
+            compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
             num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,
         )
         with tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar:

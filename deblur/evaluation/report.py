@@ -15,12 +15,12 @@ from ..images import decode_image, encode_png
 from ..metrics import PSNR_CAP
 from .run import METHODS, output_name, ranked
 
-LABEL_H = 28
-
-
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    bar = np.full((LABEL_H, img.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, text, (6, LABEL_H - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+def _label(img: np.ndarray, text: str, scale: float) -> np.ndarray:
+    """A white caption bar above the image; `scale` keeps text readable when the browser shrinks the grid."""
+    height = int(30 * scale)
+    bar = np.full((height, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (int(8 * scale), height - int(9 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, (0, 0, 0),
+                max(1, int(round(1.5 * scale))), cv2.LINE_AA)
     return np.concatenate([bar, img])
 
 
@@ -36,21 +36,25 @@ def sharpest_window(sharp: np.ndarray, size: int) -> tuple[int, int]:
     return int(i), int(j)
 
 
-def comparison_grid(panels: list[tuple[str, np.ndarray]], zoom_to: int = 256) -> np.ndarray:
-    """Row 1: the full images with labels; row 2: the same sharpest-edge crop of each, enlarged."""
+def comparison_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Row 1: the full images with labels; row 2: the same sharpest-edge crop of each, enlarged to the
+    width of a panel (nearest neighbour: pixels stay pixels)."""
     sharp = panels[-1][1]
     h, w = sharp.shape[:2]
     size = max(16, min(h, w, 128) // 2 * 2)
     i, j = sharpest_window(sharp, size)
-    scale = max(1, zoom_to // size)
-    top = np.concatenate([_label(img, name) for name, img in panels], axis=1)
-    crops = [cv2.resize(img[i : i + size, j : j + size], None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    zoom = max(1, w // size)
+    text = max(1.0, len(panels) * w / 1000)  # the page shows the grid about 1000 px wide
+    gap = 8
+    top = np.concatenate([c for name, img in panels for c in (_label(img, name, text), np.full((h + int(30 * text), gap, 3), 255, np.uint8))][:-1], axis=1)
+    crops = [cv2.resize(img[i : i + size, j : j + size], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
              for _, img in panels]
-    gap = np.full((size * scale, 8, 3), 255, np.uint8)
-    row = np.concatenate([c for crop in crops for c in (crop, gap)][:-1], axis=1)
+    spacer = np.full((size * zoom, gap, 3), 255, np.uint8)
+    row = np.concatenate([c for crop in crops for c in (crop, spacer)][:-1], axis=1)
     width = max(top.shape[1], row.shape[1])
     pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
-    return np.concatenate([pad(top), np.full((8, width, 3), 255, np.uint8), pad(_label(row, f"zoom x{scale} of the sharpest region"))])
+    caption = f"the same {size}x{size} region of each, where the sharp image has the most edges (x{zoom})"
+    return np.concatenate([pad(top), np.full((gap, width, 3), 255, np.uint8), pad(_label(row, caption, text))])
 
 
 def training_curves(metrics_jsonl: str) -> bytes | None:
@@ -154,9 +158,10 @@ def _html(header, records, summary, best, worst, grids, curves) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>deblur evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}
+table.header td,table.header th{{text-align:left}}
 figure{{margin:1em 0}}</style></head><body>
 <h1>Evaluation: {summary['images']} images, PSNR gain {summary.get('gain_psnr', 0):+.2f} dB</h1>
-<table>{head}</table>
+<table class="header">{head}</table>
 <h2>Summary (means)</h2><table><tr><th>method</th>{''.join(f'<th>{x.upper()}</th>' for x in metrics)}</tr>{rows}</table>
 {"<h2>Training curves</h2><img src='curves.png' alt='training curves'>" if curves else ""}
 {gallery("Best five (largest PSNR gain)", best)}

@@ -35,10 +35,11 @@ api = FastAPI(title="deblur", description="DeblurGAN image deblurring", version=
 class Deblurrer:
     """Holds the engine; `@serve.batch` gathers concurrent requests into one call."""
 
-    def __init__(self, model: str, engine: str = "auto", max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05):
+    def __init__(self, model: str, engine: str = "auto", max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
+                 threads: int | None = None):
         from ..inference import load_engine
 
-        self.engine = load_engine(model, engine)
+        self.engine = load_engine(model, engine, threads=threads)
         self.model = model
         self.batch_sizes: Counter = Counter()
         self.deblur.set_max_batch_size(max_batch_size)
@@ -153,7 +154,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         },
         max_ongoing_requests=int(args.get("max_ongoing_requests", 32)),
     ).bind(model, str(args.get("engine", "auto")), int(args.get("max_batch_size", 8)),
-           float(args.get("batch_wait_timeout_s", 0.05)))
+           float(args.get("batch_wait_timeout_s", 0.05)), args.get("threads"))
     return Ingress.options(ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.25))}).bind(
         deblurrer, args.get("max_bytes"), args.get("max_pixels"), args.get("token_file"))
 
