@@ -3,6 +3,7 @@ batching, auth, the upload page in headless Chromium, and the deploy config."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import zlib
@@ -134,7 +135,11 @@ def test_health_docs_and_auth(endpoint, real_photo):
 def _chromium() -> tuple[str, str] | None:
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver) and shutil.which("apt-get"):  # the test setup installs Debian's packages
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], capture_output=True, timeout=900)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"]
+        if subprocess.run(install, capture_output=True, timeout=900, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600, env=env)
+            subprocess.run(install, capture_output=True, timeout=900, env=env)
         browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     return (browser, driver) if browser and driver else None
 
