@@ -136,7 +136,7 @@ def _chromium() -> tuple[str, str] | None:
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver) and shutil.which("apt-get"):  # the test setup installs Debian's packages
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"]
+        install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
         if subprocess.run(install, capture_output=True, timeout=900, env=env).returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600, env=env)
             subprocess.run(install, capture_output=True, timeout=900, env=env)
