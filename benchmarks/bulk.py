@@ -72,8 +72,7 @@ def main() -> None:
         # the same cores for the job: one single-threaded actor per core, so one actor's decode/encode
         # overlaps another's inference (the loop leaves cores idle while it decodes and encodes)
         options = Options(model, args.engine, threads=1)
-        summary = run(str(src), tempfile.mkdtemp(), options, workers=cores, cpus_per_worker=1, batch_size=2,
-                      progress=False)
+        summary = run(str(src), tempfile.mkdtemp(), options, workers=cores, cpus_per_worker=1, progress=False)
         job_s = summary["wall_seconds"]
         n = len(files)
         rows.append([name, n, round(n / loop_s, 2), round(n / job_s, 2), round(loop_s / job_s, 2),

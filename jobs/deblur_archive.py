@@ -26,7 +26,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=4, help="images per actor call")
     p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger images (decompression bombs)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
@@ -56,7 +55,7 @@ def main(argv: list[str] | None) -> int:
                                   else int(resources.get("CPU", 1) // args.cpus_per_worker))
     threads = max(1, int(args.cpus_per_worker))
     options = Options(args.model, args.engine, args.format, args.quality, int(args.max_megapixels * 1e6), threads)
-    s = run(args.input, args.output, options, workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size,
+    s = run(args.input, args.output, options, workers, args.gpus_per_worker, args.cpus_per_worker,
             progress=not args.no_progress)
     print(f"{s['done']} done, {s['skipped']} skipped, {s['failed']} failed of {s['images']} images; "
           f"{s['bytes_in'] / 1e6:.1f} MB in, {s['bytes_out'] / 1e6:.1f} MB out; {s['wall_seconds']:.1f} s, "

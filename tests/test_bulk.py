@@ -144,7 +144,7 @@ def test_kill_halfway_then_resume(trained_checkpoint, tmp_path, ray_cluster):
         shutil.copy(photo, src / photo.name)
     out = tmp_path / "out"
     cmd = [sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out), "--model",
-           str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--batch-size", "1", "--no-progress"]
+           str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out.glob("*.jpg"))) < 5:

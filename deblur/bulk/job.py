@@ -75,10 +75,9 @@ class Deblurrer:
         result["seconds"] = time.perf_counter() - t0
         return result
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        results = [self.process(r) for r in rows]
-        return {k: [r[k] for r in results] for k in results[0]}
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Ray Data `map` form: one listing row in, one result row out."""
+        return self.process(item)
 
 
 def pending(items: list[dict[str, Any]], output: str, fmt: str) -> tuple[list[dict[str, Any]], int]:
@@ -92,7 +91,7 @@ def pending(items: list[dict[str, Any]], output: str, fmt: str) -> tuple[list[di
 
 
 def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_per_worker: float = 0.0,
-        cpus_per_worker: float = 1.0, batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
+        cpus_per_worker: float = 1.0, progress: bool = True) -> dict[str, Any]:
     """The whole job; returns the summary also written to `output/_summary.json`."""
     import ray
     from tqdm import tqdm
@@ -106,10 +105,9 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
     errors: list[dict[str, str]] = []
     compute_s = 0.0
     if todo:
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // batch_size, 10_000)))
-        ds = ds.map_batches(
-            Deblurrer, fn_constructor_args=(options, output), batch_size=batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
+        ds = ds.map(
+            Deblurrer, fn_constructor_args=(options, output), compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
             num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,
         )
         with tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar:

@@ -93,9 +93,7 @@ def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, workers)
             metric = LPIPS("alex", lpips_weights, allow_random_weights=True) if lpips else None
             super().__init__(factory, out, protocol, metric)
 
-    ds = ray.data.from_items(rows).map_batches(
-        RayScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), batch_format="numpy"
-    )
+    ds = ray.data.from_items(rows).map(RayScorer, compute=ray.data.ActorPoolStrategy(size=workers))
     records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
     order = {str(r["key"]): k for k, r in enumerate(rows)}
     return sorted(records, key=lambda r: order[str(r["key"])])

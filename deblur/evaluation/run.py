@@ -49,11 +49,9 @@ class Scorer:
         record["gain_psnr"] = record["output_psnr"] - record["input_psnr"]
         return record
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        """Ray Data `map_batches` form: columns in, record columns out."""
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        records = [self.score_row(r) for r in rows]
-        return {k: [r.get(k) for r in records] for k in records[0]} if records else {}
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Ray Data `map` form (one actor per Scorer)."""
+        return self.score_row(row)
 
 
 def score_locally(scorer: Scorer, rows: Iterable[dict[str, Any]], total: int, progress: bool = True) -> list[dict]:
