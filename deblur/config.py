@@ -37,6 +37,7 @@ class DataConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="per worker")
     crops_per_pair: int = Field(1, ge=1, description="random windows cut from each decoded pair per epoch")
     shuffle_buffer: int = Field(32, ge=0, description="local shuffle buffer (rows) on each worker")
+    cache: bool = Field(False, description="decode the train split once and keep it in the object store (small splits)")
     val_center_crop: int | None = Field(None, ge=16, description="None: full-resolution validation")
     val_max_images: int | None = Field(None, ge=1)
 
@@ -55,6 +56,7 @@ class LossConfig(_Strict):
     lambda_per: float = Field(1.0, ge=0)
     lambda_l1: float = Field(0.0, ge=0, description="weight of the pixel content loss")
     content: Literal["l1", "mse"] = "l1"
+    lambda_fft: float = Field(0.0, ge=0, description="weight of the FFT (frequency) content loss")
     perceptual_layer: Literal["relu3_3", "conv3_3"] = "relu3_3"
     perceptual_distance: Literal["mse", "l1"] = "mse"
     vgg_weights_path: str | None = None

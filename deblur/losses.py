@@ -81,6 +81,17 @@ def content_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "l1") -
     raise ValueError(f"unknown content loss {kind!r}; choose 'l1' or 'mse'")
 
 
+def frequency_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean |FFT(output) − FFT(target)| over real and imaginary parts (MIMO-UNet's FFT loss, Cho et al. 2021).
+
+    A pixel loss alone lets a network trained briefly hedge toward a smooth output: it is unsure how
+    much blur there was, and the smooth guess costs little per pixel. Missing high frequencies cost
+    a lot here, so the output is pushed to restore them.
+    """
+    diff = torch.fft.rfft2(output.float()) - torch.fft.rfft2(target.float())
+    return torch.view_as_real(diff).abs().mean()
+
+
 _VGG19_LAYERS = {"relu3_3": 16, "conv3_3": 15}  # slices of torchvision's vgg19().features
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

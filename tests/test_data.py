@@ -228,6 +228,22 @@ def test_training_stream_keeps_crops_aligned(ray_session, inverted_shards):
     assert n == 14
 
 
+def test_cached_training_stream_decodes_once_and_crops_anew_each_epoch(ray_session, inverted_shards):
+    """cache=True: the decoded split sits in the object store; windows still differ per epoch."""
+    from deblur.data.pipeline import train_dataset
+
+    ds = train_dataset(inverted_shards, crop=64, batch_size=3, cache=True, crops_per_pair=2)
+    epochs = []
+    for _ in range(2):
+        crops = []
+        for batch in ds.iter_batches(batch_size=4, batch_format="numpy"):
+            assert np.array_equal(to_uint8(batch["blur"]), 255 - to_uint8(batch["sharp"]))
+            crops += [c.tobytes() for c in to_uint8(batch["sharp"])]
+        epochs.append(crops)
+    assert len(epochs[0]) == len(epochs[1]) == 14
+    assert set(epochs[0]) != set(epochs[1])  # random windows are cut after the cache, not cached
+
+
 def test_training_stream_from_s3(ray_session, inverted_shards, bucket):
     fs, _ = storage.filesystem(bucket)
     fs.put(inverted_shards, f"{bucket[5:]}/inv", recursive=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from deblur.losses import PerceptualLoss, content_loss, critic_loss, generator_adversarial_loss, gradient_penalty
+from deblur.losses import PerceptualLoss, content_loss, critic_loss, frequency_loss, generator_adversarial_loss, gradient_penalty
 from deblur.pretrained import PretrainedWeightsMissing
 
 
@@ -52,6 +52,18 @@ def test_adversarial_losses_have_the_right_sign():
 def test_content_loss_is_l1():
     a, b = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
     assert content_loss(a, b).item() == pytest.approx(0.5)
+
+
+def test_frequency_loss_charges_missing_detail_more_than_the_pixel_loss_does():
+    """A smoothed output and a uniformly shifted one with the same L1 error: the FFT loss tells them
+    apart, charging the lost high frequencies (the shift is only the DC term)."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32) * 2 - 1
+    smooth = torch.nn.functional.avg_pool2d(target, 3, stride=1, padding=1, count_include_pad=False)
+    shifted = target + content_loss(smooth, target).item()
+    assert frequency_loss(target, target).item() == 0
+    assert content_loss(shifted, target).item() == pytest.approx(content_loss(smooth, target).item(), rel=1e-4)
+    assert frequency_loss(smooth, target) > 3 * frequency_loss(shifted, target)
 
 
 def test_perceptual_loss_refuses_without_weights_unless_allowed(tmp_path, monkeypatch):

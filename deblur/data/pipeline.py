@@ -1,9 +1,10 @@
 """Ray Data over the shards: streaming, aligned random crops for training, full images for evaluation.
 
 Rows are decoded and normalised by `deblur.images` (the one normalisation), so training, evaluation,
-export and serving see identical tensors. Nothing here materialises a dataset: `read_parquet` streams
-shards (local or S3), `map_batches` decodes and augments block by block, and Ray Train's
-`get_dataset_shard(...).iter_torch_batches` pulls from it on each worker.
+export and serving see identical tensors. By default nothing here materialises a dataset: `read_parquet`
+streams shards (local or S3), `map_batches` decodes and augments block by block, and Ray Train's
+`get_dataset_shard(...).iter_torch_batches` pulls from it on each worker. A small split can instead be
+decoded once and cached in the object store (`train_dataset(cache=True)`).
 """
 from __future__ import annotations
 
@@ -59,10 +60,18 @@ def augment_pair(blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random.
     return np.ascontiguousarray(blur), np.ascontiguousarray(sharp)
 
 
+def _image(value: Any, name: str) -> np.ndarray:
+    """A decoded H×W×3 uint8 array as it is (cached datasets), or PNG bytes decoded now."""
+    if isinstance(value, np.ndarray) and value.ndim == 3:
+        return value
+    return decode_image(bytes(value), name)
+
+
 def augment_batch(
     batch: dict[str, np.ndarray], crop: int, flips: bool = True, seed: int | None = None, crops_per_pair: int = 1
 ) -> dict[str, np.ndarray]:
-    """map_batches function: PNG bytes → aligned crops, float32 3×crop×crop in [-1, 1].
+    """map_batches function: pairs (PNG bytes, or arrays already decoded) → aligned crops, float32
+    3×crop×crop in [-1, 1].
 
     `crops_per_pair` > 1 cuts several independent windows from each decoded pair: decoding two
     full-size PNGs costs far more than cropping, so on CPU-bound machines this multiplies samples per
@@ -73,12 +82,18 @@ def augment_batch(
     rng = np.random.default_rng(None if seed is None else [seed, zlib.crc32("\n".join(keys).encode())])
     blurs, sharps = [], []
     for key, b, s in zip(keys, batch["blur"], batch["sharp"]):
-        b_img, s_img = decode_image(bytes(b), f"{key}/blur"), decode_image(bytes(s), f"{key}/sharp")
+        b_img, s_img = _image(b, f"{key}/blur"), _image(s, f"{key}/sharp")
         for _ in range(crops_per_pair):
             b_crop, s_crop = augment_pair(b_img, s_img, crop, rng, flips)
             blurs.append(to_numpy_chw(b_crop))
             sharps.append(to_numpy_chw(s_crop))
     return {"blur": np.stack(blurs), "sharp": np.stack(sharps)}
+
+
+def decode_pair(row: dict[str, Any]) -> dict[str, Any]:
+    """PNG bytes → H×W×3 uint8 arrays (what `cache=True` keeps in the object store)."""
+    key = row["key"]
+    return {"key": key, "blur": decode_image(bytes(row["blur"]), f"{key}/blur"), "sharp": decode_image(bytes(row["sharp"]), f"{key}/sharp")}
 
 
 def train_dataset(
@@ -90,18 +105,27 @@ def train_dataset(
     batch_size: int = 8,
     small_blocks: bool = True,
     crops_per_pair: int = 1,
+    cache: bool = False,
 ) -> ray.data.Dataset:
-    """Training stream: decode, aligned random crop, flips/rot90, normalise. Never materialised.
+    """Training stream: decode, aligned random crop, flips/rot90, normalise.
 
     Shards come in a new random order each epoch; consumers add a local shuffle buffer
     (`iter_torch_batches(local_shuffle_buffer_size=...)`) to mix pairs across shards.
+
+    `cache=True` is Ray Data's advice for a split that fits in the object store: decode once and
+    `materialize()`, then apply the random crops (which must differ every epoch) after the cache. On a
+    2-core machine decoding PNGs every epoch competes with the model for the same cores. Without it
+    nothing is materialised: shards stream from storage each epoch, for splits of any size.
     """
-    ds = read_split(uri, split, shuffle_seed=seed)
+    kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair}
+    ds = read_split(uri, split, shuffle_seed=False if cache else seed)
     if small_blocks:
         # Streaming split into batch-sized blocks (not an all-to-all repartition): Ray Data reads up to
         # 128 MB of shards into one block, and one block is decoded by one task on one CPU.
         ds = ds.repartition(target_num_rows_per_block=batch_size)
-    kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair}
+    if cache:
+        # Small blocks are cached too, so each epoch visits them in a new order (block-level shuffle).
+        ds = ds.map(decode_pair).materialize().randomize_block_order(seed=seed)
     return ds.map_batches(augment_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy")
 
 

@@ -71,7 +71,7 @@ def training_curves(metrics_jsonl: str) -> bytes | None:
 
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key in ("loss_g", "loss_l1", "loss_per", "loss_d"):
+    for key in ("loss_g", "loss_l1", "loss_fft", "loss_per", "loss_d"):
         if any(r.get(key) for r in rows):
             axes[0].plot(epochs, [r.get(key) for r in rows], label=key)
     axes[0].set_title("losses")

@@ -7,7 +7,7 @@ backward then all-reduces like any other gradient. The instance norms in PatchGA
 batching the three does not mix them.
 
 Generator update: the critic is frozen and called without its DDP wrapper (no gradients for it, no
-reducer bookkeeping), and the generator loss is λ_adv·adversarial + λ_per·perceptual + λ_l1·L1.
+reducer bookkeeping), and the generator loss is λ_adv·adversarial + λ_per·perceptual + λ_l1·L1 + λ_fft·FFT.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..losses import PerceptualLoss, content_loss, critic_loss, generator_adversarial_loss, interpolate, penalty_from_scores
+from ..losses import (
+    PerceptualLoss, content_loss, critic_loss, frequency_loss, generator_adversarial_loss, interpolate, penalty_from_scores,
+)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -44,6 +46,7 @@ class StepOutput:
     loss_adv: float
     loss_per: float
     loss_l1: float
+    loss_fft: float
 
 
 class GANStep:
@@ -128,8 +131,10 @@ class GANStep:
                 with self._autocast():
                     adv = generator_adversarial_loss(lc.adversarial, critic(fake))
             per = self.perceptual(fake, sharp) if self.perceptual is not None else torch.zeros((), device=blur.device)
-            l1 = content_loss(fake, sharp, lc.content) if lc.lambda_l1 > 0 else torch.zeros((), device=blur.device)
-            loss_g = lc.lambda_adv * adv + lc.lambda_per * per + lc.lambda_l1 * l1
+            zero = torch.zeros((), device=blur.device)
+            l1 = content_loss(fake, sharp, lc.content) if lc.lambda_l1 > 0 else zero
+            fft = frequency_loss(fake, sharp) if lc.lambda_fft > 0 else zero
+            loss_g = lc.lambda_adv * adv + lc.lambda_per * per + lc.lambda_l1 * l1 + lc.lambda_fft * fft
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss_g).backward()
             self._clip(self.g, self.opt_g, self.scaler_g)
@@ -137,7 +142,9 @@ class GANStep:
             self.scaler_g.update()
         finally:
             critic.requires_grad_(True)
-        return StepOutput(loss_d, gp, float(loss_g.detach()), float(adv.detach()), float(per.detach()), float(l1.detach()))
+        return StepOutput(
+            loss_d, gp, float(loss_g.detach()), float(adv.detach()), float(per.detach()), float(l1.detach()), float(fft.detach())
+        )
 
     def end_epoch(self) -> None:
         self.sched_g.step()
