@@ -131,7 +131,8 @@ def train_dataset(
 
 def decode_row(row: dict[str, Any], center_crop: int | None = None) -> dict[str, Any]:
     """Full-resolution pair (or a fixed centre crop), float32 3×H×W in [-1, 1], key kept."""
-    blur, sharp = decode_image(bytes(row["blur"]), f"{row['key']}/blur"), decode_image(bytes(row["sharp"]), f"{row['key']}/sharp")
+    pair = decode_pair(row)
+    blur, sharp = pair["blur"], pair["sharp"]
     if center_crop:
         blur, sharp = _pad_to(blur, center_crop), _pad_to(sharp, center_crop)
         h, w = sharp.shape[:2]

@@ -126,12 +126,12 @@ class GANStep:
             with self._autocast():
                 fake = self.g(blur)
             fake = fake.float()
-            adv = torch.zeros((), device=blur.device)
+            zero = torch.zeros((), device=blur.device)
+            adv = zero
             if lc.lambda_adv > 0:
                 with self._autocast():
                     adv = generator_adversarial_loss(lc.adversarial, critic(fake))
-            per = self.perceptual(fake, sharp) if self.perceptual is not None else torch.zeros((), device=blur.device)
-            zero = torch.zeros((), device=blur.device)
+            per = self.perceptual(fake, sharp) if self.perceptual is not None else zero
             l1 = content_loss(fake, sharp, lc.content) if lc.lambda_l1 > 0 else zero
             fft = frequency_loss(fake, sharp) if lc.lambda_fft > 0 else zero
             loss_g = lc.lambda_adv * adv + lc.lambda_per * per + lc.lambda_l1 * l1 + lc.lambda_fft * fft
