@@ -36,6 +36,12 @@ def sharpest_window(sharp: np.ndarray, size: int) -> tuple[int, int]:
     return int(i), int(j)
 
 
+def _side_by_side(images: list[np.ndarray], gap: int) -> np.ndarray:
+    """Equal-height images joined left to right with white gaps between them."""
+    spacer = np.full((images[0].shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([c for img in images for c in (img, spacer)][:-1], axis=1)
+
+
 def comparison_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     """Row 1: the full images with labels; row 2: the same sharpest-edge crop of each, enlarged to the
     width of a panel (nearest neighbour: pixels stay pixels)."""
@@ -46,11 +52,10 @@ def comparison_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     zoom = max(1, w // size)
     text = max(1.0, len(panels) * w / 1000)  # the page shows the grid about 1000 px wide
     gap = 8
-    top = np.concatenate([c for name, img in panels for c in (_label(img, name, text), np.full((h + int(30 * text), gap, 3), 255, np.uint8))][:-1], axis=1)
+    top = _side_by_side([_label(img, name, text) for name, img in panels], gap)
     crops = [cv2.resize(img[i : i + size, j : j + size], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
              for _, img in panels]
-    spacer = np.full((size * zoom, gap, 3), 255, np.uint8)
-    row = np.concatenate([c for crop in crops for c in (crop, spacer)][:-1], axis=1)
+    row = _side_by_side(crops, gap)
     width = max(top.shape[1], row.shape[1])
     pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
     caption = f"the same {size}x{size} region of each, where the sharp image has the most edges (x{zoom})"
