@@ -27,15 +27,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def ensure_shards(cfg) -> None:
-    """Prepare the shards named by `data.prepare` when `data.uri` has none yet (the embedded default)."""
+    """Prepare, or bring up to date, the shards named by `data.prepare` (the embedded default).
+
+    `shards.prepare` is incremental: a shard whose pairs and blur recipe are unchanged is kept after
+    reading its footer, so this is cheap when nothing changed, and shards left by an older version
+    with a different synthetic blur (or by other `prepare.options`) are made again instead of trained on.
+    """
     from deblur import storage
     from deblur.data import layouts, shards
 
-    if storage.exists(storage.join(cfg.data.uri, shards.MANIFEST)) or cfg.data.prepare is None:
+    if cfg.data.prepare is None:
         return
     spec = cfg.data.prepare
-    print(f"preparing {spec.dataset} shards in {cfg.data.uri} ...")
-    pairs = layouts.discover(spec.dataset, spec.root, **spec.options)
+    have = storage.exists(storage.join(cfg.data.uri, shards.MANIFEST))
+    if not have:
+        print(f"preparing {spec.dataset} shards in {cfg.data.uri} ...")
+    try:
+        pairs = layouts.discover(spec.dataset, spec.root, **spec.options)
+    except layouts.LayoutError as e:
+        if not have:
+            raise
+        print(f"note: cannot check the shards in {cfg.data.uri} against their source ({e}); using them as they are")
+        return
     shards.prepare(pairs, cfg.data.uri, shards.layout_info(spec.dataset, spec.root, **spec.options))
 
 

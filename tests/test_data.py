@@ -81,6 +81,26 @@ def test_rerun_after_interruption_finishes_only_the_rest(paired_folder, tmp_path
     assert again == manifest
 
 
+def test_synthetic_shards_are_remade_when_the_blur_recipe_changes(cbsd68, tmp_path, monkeypatch):
+    """Shards of synthetic pairs from an older blur synthesis are re-encoded, not trained on stale."""
+    from deblur.data import synth
+
+    root = tmp_path / "photos"
+    for path in cbsd68[:3]:
+        write_png(root / f"{path.stem}.png", read_image(str(path)))
+    out = str(tmp_path / "shards")
+    pairs = layouts.synthetic(str(root), val_fraction=0.0)
+    info = shards.layout_info("synthetic", str(root))
+    calls = []
+    counting = lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+    shards.prepare(pairs, out, info, progress=False)
+    shards.prepare(pairs, out, info, progress=False, encoder=counting)
+    assert calls == []  # same recipe: nothing to do
+    monkeypatch.setattr(synth, "VERSION", synth.VERSION + 1)
+    shards.prepare(pairs, out, info, progress=False, encoder=counting)
+    assert calls == [3]  # every synthetic pair made again
+
+
 def test_prepare_through_ray_on_s3(ray_session, paired_folder, bucket):
     from deblur.data.pipeline import ray_map_ordered
 

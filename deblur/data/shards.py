@@ -68,7 +68,8 @@ def _file_size(path: str) -> int:
 
 def _pair_identity(pair: Pair) -> list[Any]:
     files = [pair.sharp] + ([pair.blur] if pair.blur else [])
-    return [pair.key, pair.split, pair.source, [(os.path.basename(f), _file_size(f)) for f in files], pair.synth]
+    recipe = {**pair.synth, "synth_version": synth.VERSION} if pair.blur is None else pair.synth
+    return [pair.key, pair.split, pair.source, [(os.path.basename(f), _file_size(f)) for f in files], recipe]
 
 
 def plan_shards(pairs: list[Pair], target_bytes: int) -> list[ShardPlan]:

@@ -114,18 +114,19 @@ class GANStep:
         self.d.train()
         lc = self.cfg.loss
         loss_d = gp = 0.0
+        # One generator forward serves both updates: the critic steps see it detached, and the generator
+        # has not changed by the time its own loss is taken (a second forward would give the same
+        # images and cost a third of the generator's share of the step).
+        with self._autocast():
+            fake = self.g(blur)
+        fake = fake.float()
         if self.cfg.optim.critic_steps and lc.lambda_adv > 0:
-            with torch.no_grad(), self._autocast():
-                fake = self.g(blur).float()
             for _ in range(self.cfg.optim.critic_steps):
                 loss_d, gp = self.critic_update(blur, sharp, fake)
 
         critic = unwrap(self.d)
         critic.requires_grad_(False)
         try:
-            with self._autocast():
-                fake = self.g(blur)
-            fake = fake.float()
             zero = torch.zeros((), device=blur.device)
             adv = zero
             if lc.lambda_adv > 0:
