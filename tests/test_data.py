@@ -27,6 +27,11 @@ def paired_folder(tmp_path_factory, cbsd68):
     return root
 
 
+def counting_encoder(calls: list[int]):
+    """`shards.local_map` that records how many pairs each call was given to encode."""
+    return lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+
+
 def snapshot(uri: str) -> dict[str, bytes]:
     fs, path = storage.filesystem(uri)
     return {p: fs.cat_file(p) for p in sorted(fs.find(path))}
@@ -61,7 +66,7 @@ def test_prepare_round_trip_and_idempotent(where, paired_folder, tmp_path, reque
     check_round_trip(out, paired_folder, 24)
     before = snapshot(out)
     calls = []
-    counting = lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+    counting = counting_encoder(calls)
     shards.prepare(pairs, out, info, shard_mb=2.0, progress=False, encoder=counting)
     assert calls == [] and snapshot(out) == before  # nothing encoded, nothing rewritten
 
@@ -75,7 +80,7 @@ def test_rerun_after_interruption_finishes_only_the_rest(paired_folder, tmp_path
     os.remove(os.path.join(out, lost))  # as if the run died before this shard and before the manifest
     os.remove(os.path.join(out, "manifest.json"))
     calls = []
-    counting = lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+    counting = counting_encoder(calls)
     again = shards.prepare(pairs, out, info, shard_mb=2.0, progress=False, encoder=counting)
     assert calls == [manifest["shards"][1]["rows"]]
     assert again == manifest
@@ -92,7 +97,7 @@ def test_synthetic_shards_are_remade_when_the_blur_recipe_changes(cbsd68, tmp_pa
     pairs = layouts.synthetic(str(root), val_fraction=0.0)
     info = shards.layout_info("synthetic", str(root))
     calls = []
-    counting = lambda fn, items: (calls.append(len(items)), shards.local_map(fn, items))[1]
+    counting = counting_encoder(calls)
     shards.prepare(pairs, out, info, progress=False)
     shards.prepare(pairs, out, info, progress=False, encoder=counting)
     assert calls == []  # same recipe: nothing to do

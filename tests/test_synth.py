@@ -74,8 +74,8 @@ def test_kernels_do_not_shift_the_image(kind):
     """Each kernel's centre of mass is exactly its centre pixel, so blur moves no edge on average.
 
     A leftover sub-pixel offset is a random misalignment between the blurred and sharp image of a pair,
-    which no network can undo; it cost the sample's held-out pairs up to 1.5 dB before motion PSFs were
-    centred exactly.
+    which no network can undo; it cost one of the sample's held-out pairs 2 dB of input PSNR before
+    motion PSFs were centred exactly.
     """
     for seed in range(20):
         k = synth.random_kernel(np.random.default_rng(seed), kind, max_len=40)

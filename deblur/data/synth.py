@@ -107,7 +107,7 @@ def normalise_kernel(k: np.ndarray) -> np.ndarray:
     blurred image would also be shifted by up to half the blur length relative to the sharp one, a
     misalignment no deblurring network can learn (the shift is random per pair). This puts the centroid
     on the centre pixel to the nearest pixel; `trajectory_psf` puts motion PSFs' centroids on a pixel
-    exactly, since even the leftover half-pixel shift cost the sample's held-out pairs up to 1.5 dB of input
+    exactly, since even the leftover half-pixel shift cost the sample's held-out pairs up to 2 dB of input
     PSNR that no network could win back (and taught it to hedge toward smooth outputs).
     """
     k = np.clip(np.asarray(k, dtype=np.float64), 0, None)
