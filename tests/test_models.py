@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from deblur.models import (
+    GENERATORS,
     CheckpointError,
     build_critic,
     build_generator,
@@ -12,10 +13,20 @@ from deblur.models import (
     load_generator,
 )
 
-SMALL = {"unet_fpn": {"base_channels": 8}, "resnet": {"ngf": 8, "n_blocks": 2}}
+# a small instance of every registered generator (the tests below run over the whole registry)
+SMALL = {
+    "unet_fpn": {"base_channels": 8},
+    "resnet": {"ngf": 8, "n_blocks": 2},
+    "fpn_mobilenet": {"base_channels": 16, "pyramid_channels": 32},
+    "nafnet": {"base_channels": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]},
+}
 
 
-@pytest.mark.parametrize("name", ["unet_fpn", "resnet"])
+def test_every_generator_has_a_small_test_instance():
+    assert set(SMALL) == set(GENERATORS)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
 @pytest.mark.parametrize("shape", [(1, 3, 97, 203), (2, 3, 128, 128), (1, 3, 5, 7)])
 def test_generator_any_size_and_range(name, shape):
     torch.manual_seed(0)
@@ -28,16 +39,32 @@ def test_generator_any_size_and_range(name, shape):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", ["unet_fpn", "resnet"])
+@pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     g = build_generator(name, **SMALL[name]).train()
-    if name == "unet_fpn":  # the zero-initialised head would block gradients to everything before it
-        torch.nn.init.normal_(g.head.weight, std=0.01)
+    for p in g.parameters():  # zero-initialised heads and residual scales would block gradients at step 0
+        if p.ndim == 4 and not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.01)
+    for m in g.modules():
+        if hasattr(m, "beta") and hasattr(m, "gamma"):
+            torch.nn.init.normal_(m.beta, std=0.1)
+            torch.nn.init.normal_(m.gamma, std=0.1)
     x = torch.rand(2, 3, 128, 128) * 0.5 - 0.25  # away from the clamp so the residual passes gradients
     g(x).square().mean().backward()
-    missing = [n for n, p in g.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    unused = {f"fpn.features.{i}." for i in (16, 17, 18)}  # in the published layout, never run
+    missing = [n for n, p in g.named_parameters()
+               if (p.grad is None or p.grad.abs().sum() == 0) and not any(n.startswith(u) for u in unused)]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_an_image_does_not_depend_on_its_batch(name):
+    torch.manual_seed(0)
+    g = build_generator(name, **SMALL[name]).eval()
+    a, b = torch.rand(1, 3, 64, 96) * 2 - 1, torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(g(torch.cat([a, b]))[:1], g(a), atol=1e-5)
 
 
 def test_unet_fpn_is_identity_at_start_and_has_article_widths():
@@ -123,7 +150,7 @@ def test_bad_checkpoints_give_one_line_reasons(tmp_path):
         assert name in str(e.value) and "\n" not in str(e.value)
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
-    with pytest.raises(CheckpointError, match="not DeblurGAN's ResnetGenerator"):
+    with pytest.raises(CheckpointError, match="neither DeblurGAN's ResnetGenerator nor DeblurGAN-v2's FPNMobileNet"):
         load_generator(str(other))
     buf = io.BytesIO()
     torch.save({"format": "deblur", "generator_name": "unet_fpn", "generator_kwargs": {"base_channels": 8},
@@ -164,4 +191,5 @@ def test_cli_prints_parameter_counts():
     import sys
 
     out = subprocess.run([sys.executable, "-m", "deblur.models", "--size", "128"], capture_output=True, text=True, check=True).stdout
-    assert "11,378,179" in out and "unet_fpn" in out and "patchgan" in out
+    assert "11,378,179" in out and "patchgan" in out
+    assert all(name in out for name in GENERATORS)

@@ -12,11 +12,15 @@ import torch.nn as nn
 
 from .patchgan import PatchGANCritic
 from .resnet import ResnetGenerator
+from .fpn_mobilenet import FPNMobileNetGenerator
+from .nafnet import NAFNetGenerator
 from .unet_fpn import UNetFPNGenerator
 
 GENERATORS: dict[str, Callable[..., nn.Module]] = {
     "unet_fpn": UNetFPNGenerator,
     "resnet": ResnetGenerator,
+    "fpn_mobilenet": FPNMobileNetGenerator,
+    "nafnet": NAFNetGenerator,
 }
 CRITICS: dict[str, Callable[..., nn.Module]] = {
     "patchgan": PatchGANCritic,
@@ -57,5 +61,7 @@ __all__ = [
     "CheckpointError",
     "UNetFPNGenerator",
     "ResnetGenerator",
+    "FPNMobileNetGenerator",
+    "NAFNetGenerator",
     "PatchGANCritic",
 ]

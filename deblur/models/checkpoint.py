@@ -1,12 +1,15 @@
 """Recognise and load generator checkpoints safely (`weights_only=True`: a checkpoint may be untrusted).
 
-Two kinds are understood:
+Three kinds are understood:
 - this project's: a dict with `"format": "deblur"`, the generator's registry name and kwargs and its
   state dict (training checkpoints are a superset; a Ray Train checkpoint directory holds one as
   `checkpoint.pt`);
-- the official DeblurGAN `latest_net_G.pth`: a bare ResnetGenerator state dict (optionally with the
-  `module.` prefix that DataParallel adds).
-Anything else fails with a one-line `CheckpointError` saying why.
+- DeblurGAN's published `latest_net_G.pth`: a bare ResnetGenerator state dict, saved by PyTorch <= 0.3,
+  so every InstanceNorm carries `running_mean` / `running_var` buffers that PyTorch >= 0.4 no longer has
+  (and that were never used: those InstanceNorms always normalised with the image's own statistics);
+  `module.` prefixes from DataParallel;
+- DeblurGAN-v2's published `fpn_mobilenet.h5`: `{"model": state_dict}` with `module.` prefixes.
+Everything else about the keys is strict. Anything else fails with a one-line `CheckpointError` saying why.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .. import storage
+from .shipped import shipped_path
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "deblur"
@@ -39,8 +43,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def resolve_checkpoint(uri: str) -> str:
-    """A checkpoint file, a Ray checkpoint directory, or a run directory (its `best.json`) → the file."""
+    """A shipped model's name, a checkpoint file, a Ray checkpoint directory, or a run directory (its
+    `best.json`) → the file."""
     uri = str(uri)
+    shipped = shipped_path(uri)
+    if shipped:
+        return shipped
     fs, path = storage.filesystem(uri)
     if fs.isdir(path) and fs.exists(storage.join(path, "best.json")):
         try:
@@ -87,29 +95,54 @@ def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _drop_untracked_norm_stats(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """Remove the running statistics PyTorch <= 0.3 saved for InstanceNorms that (now) track none."""
+    stale = {
+        f"{name}.{buffer}"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats
+        for buffer in ("running_mean", "running_var", "num_batches_tracked")
+    }
+    return {k: v for k, v in state.items() if k not in stale}
+
+
+def _published(path_or_uri: str, obj: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(generator name, state dict) for a published DeblurGAN / DeblurGAN-v2 file, else None."""
+    state = obj["model"] if set(obj) == {"model"} and isinstance(obj["model"], dict) else obj
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    state = _strip_module(state)
+    if any(k.startswith("fpn.inception") for k in state):
+        raise CheckpointError(f"{path_or_uri}: DeblurGAN-v2's fpn_inception is not supported; its fpn_mobilenet.h5 is")
+    return ("fpn_mobilenet" if any(k.startswith("fpn.features.") for k in state) else "resnet"), state
+
+
 def load_generator(path_or_uri: str, device: str | torch.device = "cpu") -> nn.Module:
     """Build and load the generator a checkpoint describes, in eval mode, on `device`."""
     from . import build_generator
 
     obj = read_checkpoint(path_or_uri)
+    published = None if obj.get("format") == FORMAT else _published(path_or_uri, obj)
     if obj.get("format") == FORMAT:
         name, kwargs, state = obj.get("generator_name"), obj.get("generator_kwargs", {}), obj.get("generator")
         if not isinstance(state, dict):
             raise CheckpointError(f"{path_or_uri}: deblur checkpoint without a generator state dict")
         model = build_generator(name, **kwargs)
-    elif all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
-        state = _strip_module(obj)
-        model = build_generator("resnet")
+    elif published is not None:
+        name, state = published
+        model = build_generator(name)
+        state = _drop_untracked_norm_stats(model, state)
         expected = set(model.state_dict())
         if set(state) != expected:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             raise CheckpointError(
-                f"{path_or_uri}: a bare state dict that is not DeblurGAN's ResnetGenerator "
-                f"({len(missing)} keys missing e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]})"
+                f"{path_or_uri}: a bare state dict that is neither DeblurGAN's ResnetGenerator nor DeblurGAN-v2's "
+                f"FPNMobileNet (as {name}: {len(missing)} keys missing e.g. {missing[:2]}, {len(unexpected)} "
+                f"unexpected e.g. {unexpected[:2]})"
             )
     else:
         raise CheckpointError(
-            f"{path_or_uri}: neither an official DeblurGAN latest_net_G.pth nor a deblur checkpoint "
+            f"{path_or_uri}: neither a published DeblurGAN/DeblurGAN-v2 generator nor a deblur checkpoint "
             f"(top-level keys: {sorted(map(str, obj))[:5]})"
         )
     try:
