@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .data.synth import BlurRecipe
+
 
 class ConfigError(ValueError):
     pass
@@ -40,6 +42,8 @@ class DataConfig(_Strict):
     cache: bool = Field(False, description="decode the train split once and keep it in the object store (small splits)")
     val_center_crop: int | None = Field(None, ge=16, description="None: full-resolution validation")
     val_max_images: int | None = Field(None, ge=1)
+    test_split: str | None = Field("test", description="held-out split reported after training, if the data has it")
+    blur: BlurRecipe = Field(default_factory=BlurRecipe, description="blur drawn per crop for sharp-only rows")
 
 
 class ModelConfig(_Strict):
@@ -110,12 +114,21 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _models_exist(self) -> "Config":
+        """Names and constructor arguments are checked here, so a typo fails before Ray starts, not inside
+        every worker (and every retry) after start-up."""
+        import inspect
+
         from .models import CRITICS, GENERATORS
 
-        if self.model.generator not in GENERATORS:
-            raise ValueError(f"model.generator: unknown {self.model.generator!r}; choose one of {sorted(GENERATORS)}")
-        if self.model.critic not in CRITICS:
-            raise ValueError(f"model.critic: unknown {self.model.critic!r}; choose one of {sorted(CRITICS)}")
+        for what, table, name, kwargs in (("generator", GENERATORS, self.model.generator, self.model.generator_kwargs),
+                                          ("critic", CRITICS, self.model.critic, self.model.critic_kwargs)):
+            if name not in table:
+                raise ValueError(f"model.{what}: unknown {name!r}; choose one of {sorted(table)}")
+            params = inspect.signature(table[name]).parameters
+            unknown = sorted(set(kwargs) - set(params))
+            if unknown:
+                raise ValueError(f"model.{what}_kwargs: {name} takes no {', '.join(map(repr, unknown))} "
+                                 f"(its arguments: {', '.join(params)})")
         return self
 
 

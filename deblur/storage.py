@@ -21,6 +21,12 @@ class StorageError(OSError):
     """A storage URI that cannot be used; the message names it and says why, without credentials."""
 
 
+def cache_dir() -> str:
+    """This machine's cache for things made once and reused (`DEBLUR_CACHE`, else ~/.cache/deblur):
+    checkpoints exported to ONNX on the fly, generated training images."""
+    return os.environ.get("DEBLUR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "deblur")
+
+
 def set_s3_endpoint(url: str | None) -> None:
     """Override the S3 endpoint for this process (and for Ray workers started after it, via the env)."""
     global _ENDPOINT

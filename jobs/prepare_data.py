@@ -2,6 +2,7 @@
 
   python jobs/prepare_data.py --dataset gopro --root /data/GOPRO_Large --out s3://bucket/gopro
   python jobs/prepare_data.py --dataset sample --out runs/data/sample
+  python jobs/prepare_data.py --dataset synthetic --root ./sharp_photos --online --out ./shards  # blur drawn per crop
   ray job submit --working-dir . -- python jobs/prepare_data.py --dataset paired --root /data/x --out s3://b/x
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", default="J", choices=["J", "R"], help="RealBlur: J (JPEG) or R (raw)")
     p.add_argument("--split", default="train", help="paired: split name for a single blur/sharp folder")
     p.add_argument("--val-fraction", type=float, default=0.1, help="synthetic: share held out as 'val'")
+    p.add_argument("--online", action="store_true",
+                   help="synthetic: keep training photos sharp and draw a fresh blur for every training crop "
+                        "(the config's data.blur); held-out photos get fixed linear motion blur of 9-21 px")
     p.add_argument("--variants", type=int, default=None, help="synthetic/sample: blurred copies per training photo")
     p.add_argument("--kernel", default="motion", choices=KINDS, help="synthetic blur kernel kind")
     p.add_argument("--blur-mode", default="physical", choices=MODES)
@@ -54,9 +58,10 @@ def main(argv: list[str] | None) -> int:
     elif args.dataset == "paired":
         options = {"split": args.split}
     elif args.dataset == "synthetic":
-        options = {"val_fraction": args.val_fraction, "variants": args.variants or 1, "synth": synth}
-    else:
-        options = {"variants": args.variants or 8, "synth": synth}
+        options = {"val_fraction": args.val_fraction, "online": args.online}
+        options |= {} if args.online else {"variants": args.variants or 1, "synth": synth}
+    elif args.variants:  # the sample with prepare-time blur instead of per-crop blur
+        options = {"online": False, "variants": args.variants, "synth": synth}
     pairs = layouts.discover(args.dataset, args.root, **options)
     encoder = shards.local_map
     if args.workers != "0" and (args.workers != "auto" or len(pairs) > 64):

@@ -213,14 +213,52 @@ def test_bad_images_stop_before_a_partial_shard_or_are_skipped(tmp_path):
     assert manifest["splits"]["train"]["pairs"] == 1
 
 
-def test_sample_dataset_is_embedded_and_split():
-    pairs = layouts.sample(variants=2, val_variants=3)
-    val = [p.key for p in pairs if p.split == "val"]
-    assert {k.split("~")[0] for k in val} == set(layouts.SAMPLE_VAL) and len(val) == 3 * len(layouts.SAMPLE_VAL)
-    assert sum(p.split == "train" for p in pairs) == 2 * (len(layouts.SAMPLE_PHOTOS) - len(layouts.SAMPLE_VAL))
-    assert all(os.path.isfile(p.sharp) and p.blur is None for p in pairs)
-    row = shards.encode_pair(pairs[0])
-    assert row["kernel"] is not None and abs(np.asarray(row["kernel"]).sum() - 1) < 1e-4
+def test_sample_dataset_is_embedded_and_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path))  # dead leaves are made into the cache, once
+    pairs = layouts.sample(dead_leaves=3, dead_leaves_size=96, eval_variants=3)
+    by_split = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
+    assert len(pairs) == sum(map(len, by_split.values()))
+    for split in ("val", "test"):  # fixed blur, several kernels per held-out photo
+        assert {p.key.split("~")[0] for p in by_split[split]} == set(layouts.SAMPLE_SPLITS[split])
+        assert len(by_split[split]) == 3 * len(layouts.SAMPLE_SPLITS[split]) and not any(p.online for p in by_split[split])
+    train_photos = {os.path.basename(p.sharp).split(".")[0] for p in by_split["train"]}
+    assert train_photos.isdisjoint(layouts.SAMPLE_SPLITS["val"] + layouts.SAMPLE_SPLITS["test"])
+    assert all(p.online and p.blur is None and os.path.isfile(p.sharp) for p in by_split["train"])
+    assert sum(p.key.startswith("deadleaves") for p in by_split["train"]) == 3
+    made = sorted((tmp_path / "deadleaves").iterdir())
+    assert len(made) == 3 and layouts.sample(dead_leaves=3, dead_leaves_size=96)  # a second call reuses them
+    assert sorted((tmp_path / "deadleaves").iterdir()) == made and made[0].stat().st_mtime == made[0].stat().st_mtime
+    online = shards.encode_pair(by_split["train"][0])
+    assert online["blur"] is None and online["kernel"] is None
+    held_out = shards.encode_pair(by_split["test"][0])
+    kernel = np.asarray(held_out["kernel"])
+    assert abs(kernel.sum() - 1) < 1e-4 and 9 <= max(kernel.shape) <= 23  # linear motion of 9-21 px
+    assert shards.encode_pair(by_split["test"][0])["blur"] == held_out["blur"]  # seeded: the same every time
+
+
+def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
+    from deblur.data import synth
+    from deblur.data.pipeline import train_dataset
+
+    folder = tmp_path / "photos"
+    for path in cbsd68[:4]:
+        write_png(folder / f"{path.stem}.png", read_image(str(path)))
+    out = str(tmp_path / "shards")
+    shards.prepare(layouts.synthetic(str(folder), val_fraction=0.0, online=True), out, {}, progress=False)
+    # one fixed, symmetric kernel (a defocus disk of radius 3), so each crop's blur can be recomputed here
+    recipe = synth.BlurRecipe(kinds={"defocus": 1.0}, defocus_radius=(3, 3), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0)
+    disk = synth.normalise_kernel(synth.defocus_kernel(3))
+    ds = train_dataset(out, crop=64, batch_size=4, crops_per_pair=2, cache=True, blur=recipe)
+    epochs = [list(ds.iter_batches(batch_size=None)) for _ in range(2)]
+    pairs = [(to_uint8(b), to_uint8(s)) for epoch in epochs for batch in epoch for b, s in zip(batch["blur"], batch["sharp"])]
+    assert len(pairs) == 2 * 4 * 2 and pairs[0][0].shape == (64, 64, 3)
+    for blurred, sharp in pairs:
+        assert not np.array_equal(blurred, sharp)
+        # aligned, and blurred with the scene around the crop: inside, exactly the kernel applied to the crop
+        again = synth.apply_kernel(sharp, disk)
+        assert np.abs(blurred[6:-6, 6:-6].astype(int) - again[6:-6, 6:-6]).max() <= 1
+    first, second = (np.stack([b for b, _ in pairs[k * 8:(k + 1) * 8]]) for k in (0, 1))
+    assert not np.array_equal(first, second)  # new windows every epoch
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,45 @@ def test_kernels_do_not_shift_the_image(kind):
     rows, cols = np.mgrid[:96, :96]
     assert (rows * out).sum() / out.sum() == pytest.approx(47.5, abs=0.05)
     assert (cols * out).sum() / out.sum() == pytest.approx(43.5, abs=0.05)
+
+
+def test_blur_recipe_draws_every_kind_and_refuses_bad_ones():
+    recipe = synth.BlurRecipe()
+    rng = np.random.default_rng(0)
+    kernels = [recipe.kernel(rng) for _ in range(200)]
+    assert any(k is None for k in kernels)  # "none": sharp crops too, so sharp photos are left alone
+    sizes = {k.shape for k in kernels if k is not None}
+    assert len(sizes) > 20  # a new kernel nearly every time
+    assert all(abs(k.sum() - 1) < 1e-5 and max(k.shape) <= 2 * recipe.margin for k in kernels if k is not None)
+    with pytest.raises(ValueError, match="unknown"):
+        synth.BlurRecipe(kinds={"motoin": 1.0})
+    with pytest.raises(ValueError, match="low <= high"):
+        synth.BlurRecipe(linear_length=(20, 5))
+    with pytest.raises(ValueError, match="non-negative"):
+        synth.BlurRecipe(kinds={"linear": 0.0})
+
+
+def test_degrade_crop_blurs_with_real_context(real_photo):
+    # a deterministic kernel (a disk of radius 5), so the expected blur can be computed on the whole photo
+    recipe = synth.BlurRecipe(kinds={"defocus": 1.0}, defocus_radius=(5, 5), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0)
+    blurred, sharp = synth.degrade_crop(real_photo, 64, np.random.default_rng(1), recipe)
+    assert blurred.shape == sharp.shape == (64, 64, 3)
+    windows = np.lib.stride_tricks.sliding_window_view(real_photo[..., 0], (64, 64))
+    rows, cols = np.where((windows == sharp[..., 0]).all(axis=(2, 3)))
+    assert len(rows) == 1  # the sharp crop is a window of the photo
+    i, j = rows[0], cols[0]
+    whole = synth.apply_kernel(real_photo, synth.normalise_kernel(synth.defocus_kernel(5)))
+    # its blur is the photo's blur there, borders included: the margin gave the kernel the real context
+    assert np.abs(whole[i:i + 64, j:j + 64].astype(int) - blurred).max() <= 1
+    # JPEG and noise change the pixels but keep the picture
+    noisy = synth.BlurRecipe(kinds={"none": 1.0}, noise_sigma=(2, 2), jpeg_prob=1.0)
+    out, kernel = synth.degrade(real_photo, np.random.default_rng(0), noisy)
+    assert kernel is None and not np.array_equal(out, real_photo) and np.abs(out.astype(int) - real_photo).mean() < 6
+
+
+def test_defocus_kernel_is_a_centred_disk():
+    k = synth.normalise_kernel(synth.defocus_kernel(4.0))
+    assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    c = k.shape[0] // 2
+    assert k[c, c] == k.max() and np.allclose(k, k.T, atol=1e-3 * k.max()) and np.allclose(k, k[::-1], atol=1e-3 * k.max())
+    assert k.sum() / k.max() == pytest.approx(np.pi * 4.0**2, rel=0.05)  # the disk's area, anti-aliased edges included

@@ -166,13 +166,17 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, ray_cluster, ti
         (["data.uri=/nonexistent/shards", "data.prepare=null"], "/nonexistent/shards/manifest.json: no manifest"),
         (["train.epoch=3"], "train.epoch: unknown key"),
         (["data.uri=s3://no-such-bucket/x", "data.prepare=null"], "s3://no-such-bucket/x/manifest.json: cannot"),
+        (["model.generator_kwargs={base_channel: 8}"], "model.generator_kwargs: unet_fpn takes no 'base_channel'"),
+        (["model.critic_kwargs={layers: 3}"], "model.critic_kwargs: patchgan takes no 'layers'"),
+        (["loss.lambda_per=1.0"], "perceptual loss (VGG19): ImageNet weights not found"),
     ],
 )
-def test_bad_input_is_one_clear_line(sets, message):
+def test_bad_input_is_one_clear_line(sets, message, tmp_path):
     cmd = [sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)]
     if sets[0].startswith("data.uri=s3://"):
         cmd += ["--s3-endpoint", "http://127.0.0.1:9"]  # nothing listens on the discard port
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_EC2_METADATA_DISABLED="true")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_EC2_METADATA_DISABLED="true",
+               TORCH_HOME=str(tmp_path))  # an empty torch hub: no VGG19 weights, whatever this machine caches
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 1
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr

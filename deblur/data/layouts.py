@@ -5,9 +5,12 @@
   lines of "gt_path blur_path[ ...]" relative to the dataset root
 - `paired`: the article's `root/blur/<name>` + `root/sharp/<name>`, matched by file name (also
   `root/<split>/{blur,sharp}/` for several splits)
-- `synthetic`: any folder of sharp images; blur is made at prepare time by `synth.py`, seeded per pair
-- `sample`: the embedded default, scikit-image's bundled photos + synthetic blur, fixed split
-Synthetic layouts can make several blurred variants of each sharp photo (different kernels).
+- `synthetic`: any folder of sharp images; blur made at prepare time by `synth.py`, seeded per pair, or
+  (`online=True`) drawn afresh for every training crop
+- `sample`: the embedded default: photos that scikit-image and matplotlib ship plus procedural dead-leaves
+  images for training, blurred per crop; held-out photos with fixed linear motion blur for validation
+  (`val`, picks checkpoints) and for the reported numbers (`test`, never seen by training or selection)
+Prepare-time synthetic layouts can make several blurred variants of each sharp photo (different kernels).
 """
 from __future__ import annotations
 
@@ -16,15 +19,19 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .synth import EVAL_LINEAR
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 DATASETS = ("gopro", "realblur", "paired", "synthetic", "sample")
-SAMPLE_VAL = ("coffee", "rocket")
-# scikit-image's bundled photographs: the colour ones plus the natural grayscale ones (read as RGB),
-# whose textures (brick, grass, gravel, coins, moon) teach edges that seven colour photos alone do not.
-SAMPLE_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right",
-    "retina", "rocket", "camera", "brick", "grass", "gravel", "moon", "coins",
-)
+# Photos that dependencies ship (no download): scikit-image's colour photos, its natural grayscale ones
+# (read as RGB; brick, grass, gravel, coins and moon teach textures), two scanned text pages, and
+# matplotlib's portrait of Grace Hopper. Split by photo, so no crop of a val/test photo is ever trained on.
+SAMPLE_SPLITS = {
+    "train": ("astronaut", "hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right", "retina", "camera",
+              "brick", "grass", "gravel", "moon", "coins", "page", "text"),
+    "val": ("chelsea", "grace_hopper"),
+    "test": ("coffee", "rocket"),
+}
 
 
 class LayoutError(ValueError):
@@ -38,7 +45,8 @@ class Pair:
     sharp: str
     split: str
     source: str
-    synth: dict = field(default_factory=dict, compare=False, hash=False)  # kind, mode, seed, max_len, ...
+    synth: dict = field(default_factory=dict, compare=False, hash=False)  # kind, mode, seed, max_len, ... or recipe
+    online: bool = False  # sharp only: training draws a fresh blur for every crop (synth.BlurRecipe)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -143,28 +151,67 @@ def _synthetic_pairs(
     return pairs
 
 
-def synthetic(root: str, val_fraction: float = 0.1, variants: int = 1, synth: dict | None = None) -> list[Pair]:
+def synthetic(
+    root: str, val_fraction: float = 0.1, variants: int = 1, synth: dict | None = None, online: bool = False,
+    eval_variants: int = 4,
+) -> list[Pair]:
+    """A folder of sharp photos. `online`: training photos are kept sharp and blurred per crop at training
+    time; held-out photos get `eval_variants` fixed blurs (`synth`, default linear motion of 9-21 px)."""
     files = _images(_root(root))
     tagged = [(p.stem, p, "val" if in_val(p.stem, val_fraction) else "train") for p in files]
+    if online:
+        return _online_pairs(tagged, "synthetic", synth or {"seed": 0, "recipe": EVAL_LINEAR}, eval_variants)
     return _synthetic_pairs(tagged, "synthetic", variants, synth or {})
 
 
-def sample(variants: int = 8, val_variants: int = 4, synth: dict | None = None) -> list[Pair]:
-    """scikit-image's bundled photos (no download); `coffee` and `rocket` are held out for val.
+def _online_pairs(files: list[tuple[str, Path, str]], source: str, eval_synth: dict, eval_variants: int) -> list[Pair]:
+    train = [Pair(stem, None, str(path), split, source, online=True) for stem, path, split in files if split == "train"]
+    held_out = [f for f in files if f[2] != "train"]
+    return train + _synthetic_pairs(held_out, source, 1, eval_synth, eval_variants)
 
-    Each held-out photo gets `val_variants` different kernels: with one kernel each, two images would
-    make the validation number mostly a measure of which two kernels were drawn.
-    """
+
+def sample_photo(stem: str) -> Path:
+    """Where a dependency keeps one of the sample photos; a LayoutError if it no longer ships it."""
+    import matplotlib
     import skimage
 
-    data = Path(skimage.__file__).parent / "data"
-    files = []
-    for stem in SAMPLE_PHOTOS:
-        found = [p for p in data.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_EXTS]
-        if not found:
-            raise LayoutError(f"{data}: scikit-image no longer ships {stem}; the sample dataset needs it")
-        files.append((stem, found[0], "val" if stem in SAMPLE_VAL else "train"))
-    return _synthetic_pairs(files, "sample", variants, synth or {}, val_variants)
+    folders = [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data"]
+    for folder in folders:
+        found = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_EXTS)
+        if found:
+            return found[0]
+    raise LayoutError(f"{stem}: neither scikit-image nor matplotlib ships this photo any more; the sample dataset needs it")
+
+
+def sample(
+    dead_leaves: int = 48, dead_leaves_size: int = 384, eval_variants: int = 4, eval_blur: dict | None = None,
+    online: bool = True, variants: int = 8, synth: dict | None = None,
+) -> list[Pair]:
+    """The embedded default (no download): see SAMPLE_SPLITS and the module docstring.
+
+    Training: the train photos and `dead_leaves` procedural images (made once into the cache, colours
+    drawn from the train photos), sharp, blurred per crop by the training config's `data.blur`; with
+    `online=False`, `variants` prepare-time blurs per photo instead (`synth`). Validation and test: each
+    photo with `eval_variants` fixed blurs drawn from `eval_blur` (default: linear motion of 9-21 px at a
+    random angle, the blur the README's numbers are measured on); several kernels per photo, so the number
+    measures the model rather than which few kernels were drawn.
+    """
+    from .. import storage
+    from ..images import read_image
+    from . import deadleaves
+
+    files = [(stem, sample_photo(stem), split) for split, stems in SAMPLE_SPLITS.items() for stem in stems]
+    train = [f for f in files if f[2] == "train"]
+    if dead_leaves:
+        palette = deadleaves.palette_from([read_image(str(path)) for _, path, _ in train])
+        folder = os.path.join(storage.cache_dir(), "deadleaves")
+        paths = deadleaves.ensure_images(dead_leaves, dead_leaves_size, 0, palette, folder)
+        train += [(f"deadleaves-{k:03d}", Path(path), "train") for k, path in enumerate(paths)]
+    eval_synth = {"seed": 0, "recipe": eval_blur or EVAL_LINEAR}
+    held_out = [f for f in files if f[2] != "train"]
+    if online:
+        return _online_pairs(train + held_out, "sample", eval_synth, eval_variants)
+    return _synthetic_pairs(train, "sample", variants, synth or {}) + _synthetic_pairs(held_out, "sample", 1, eval_synth, eval_variants)
 
 
 def discover(dataset: str, root: str | None = None, **options) -> list[Pair]:

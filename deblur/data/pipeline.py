@@ -18,6 +18,7 @@ from ray.data.datasource import FileShuffleConfig
 
 from .. import storage
 from ..images import decode_image, to_numpy_chw
+from . import synth
 from .shards import split_uris
 
 COLUMNS = ["key", "blur", "sharp"]
@@ -60,18 +61,38 @@ def augment_pair(blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random.
     return np.ascontiguousarray(blur), np.ascontiguousarray(sharp)
 
 
+# What a sharp-only row (its blur drawn per crop) carries as "blur" once decoded: Ray Data's tensor columns
+# take arrays of any shape but not None, so an empty image stands for "no blurred image".
+NO_BLUR = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
 def _image(value: Any, name: str) -> np.ndarray:
-    """A decoded H×W×3 uint8 array as it is (cached datasets), or PNG bytes decoded now."""
+    """A decoded H×W×3 uint8 array as it is (cached datasets), PNG bytes decoded now, or NO_BLUR."""
+    if value is None:
+        return NO_BLUR
     if isinstance(value, np.ndarray) and value.ndim == 3:
         return value
     return decode_image(bytes(value), name)
 
 
+def training_pair(blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random.Generator, flips: bool,
+                  recipe: synth.BlurRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """One aligned training crop: cut from a stored pair, or (sharp-only rows) cut with context and blurred now."""
+    if blur.size:
+        return augment_pair(blur, sharp, crop, rng, flips)
+    if flips and rng.random() < 0.5:  # flip before blurring, so the kernels' own asymmetries stay as drawn
+        sharp = sharp[:, ::-1]
+    blurred, window = synth.degrade_crop(sharp, crop, rng, recipe)
+    k = int(rng.integers(0, 4)) if flips else 0
+    return np.ascontiguousarray(np.rot90(blurred, k)), np.ascontiguousarray(np.rot90(window, k))
+
+
 def augment_batch(
-    batch: dict[str, np.ndarray], crop: int, flips: bool = True, seed: int | None = None, crops_per_pair: int = 1
+    batch: dict[str, np.ndarray], crop: int, flips: bool = True, seed: int | None = None, crops_per_pair: int = 1,
+    blur: synth.BlurRecipe | None = None,
 ) -> dict[str, np.ndarray]:
     """map_batches function: pairs (PNG bytes, or arrays already decoded) → aligned crops, float32
-    3×crop×crop in [-1, 1].
+    3×crop×crop in [-1, 1]. Sharp-only rows get a fresh blur from `blur` (default recipe if None) per crop.
 
     `crops_per_pair` > 1 cuts several independent windows from each decoded pair: decoding two
     full-size PNGs costs far more than cropping, so on CPU-bound machines this multiplies samples per
@@ -80,20 +101,21 @@ def augment_batch(
     """
     keys = [str(k) for k in batch["key"]]
     rng = np.random.default_rng(None if seed is None else [seed, zlib.crc32("\n".join(keys).encode())])
+    recipe = blur or synth.BlurRecipe()
     blurs, sharps = [], []
     for key, b, s in zip(keys, batch["blur"], batch["sharp"]):
         b_img, s_img = _image(b, f"{key}/blur"), _image(s, f"{key}/sharp")
         for _ in range(crops_per_pair):
-            b_crop, s_crop = augment_pair(b_img, s_img, crop, rng, flips)
+            b_crop, s_crop = training_pair(b_img, s_img, crop, rng, flips, recipe)
             blurs.append(to_numpy_chw(b_crop))
             sharps.append(to_numpy_chw(s_crop))
     return {"blur": np.stack(blurs), "sharp": np.stack(sharps)}
 
 
 def decode_pair(row: dict[str, Any]) -> dict[str, Any]:
-    """PNG bytes → H×W×3 uint8 arrays (what `cache=True` keeps in the object store)."""
+    """PNG bytes → H×W×3 uint8 arrays (what `cache=True` keeps in the object store); NO_BLUR for sharp-only rows."""
     key = row["key"]
-    return {"key": key, "blur": decode_image(bytes(row["blur"]), f"{key}/blur"), "sharp": decode_image(bytes(row["sharp"]), f"{key}/sharp")}
+    return {"key": key, "blur": _image(row["blur"], f"{key}/blur"), "sharp": _image(row["sharp"], f"{key}/sharp")}
 
 
 def train_dataset(
@@ -106,8 +128,9 @@ def train_dataset(
     small_blocks: bool = True,
     crops_per_pair: int = 1,
     cache: bool = False,
+    blur: synth.BlurRecipe | None = None,
 ) -> ray.data.Dataset:
-    """Training stream: decode, aligned random crop, flips/rot90, normalise.
+    """Training stream: decode, aligned random crop (blurred now for sharp-only rows), flips/rot90, normalise.
 
     Shards come in a new random order each epoch; consumers add a local shuffle buffer
     (`iter_torch_batches(local_shuffle_buffer_size=...)`) to mix pairs across shards.
@@ -117,7 +140,7 @@ def train_dataset(
     2-core machine decoding PNGs every epoch competes with the model for the same cores. Without it
     nothing is materialised: shards stream from storage each epoch, for splits of any size.
     """
-    kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair}
+    kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair, "blur": blur}
     ds = read_split(uri, split, shuffle_seed=False if cache else seed)
     if small_blocks:
         # Streaming split into batch-sized blocks (not an all-to-all repartition): Ray Data reads up to
@@ -133,6 +156,9 @@ def decode_row(row: dict[str, Any], center_crop: int | None = None) -> dict[str,
     """Full-resolution pair (or a fixed centre crop), float32 3×H×W in [-1, 1], key kept."""
     pair = decode_pair(row)
     blur, sharp = pair["blur"], pair["sharp"]
+    if not blur.size:
+        raise ValueError(f"{row['key']}: a sharp-only row (blurred per crop for training) cannot be evaluated; "
+                         "evaluation splits need stored blurred images")
     if center_crop:
         blur, sharp = _pad_to(blur, center_crop), _pad_to(sharp, center_crop)
         h, w = sharp.shape[:2]

@@ -1,7 +1,8 @@
 """Pack pairs into Parquet shards on storage: `out/<split>/part-NNNNN.parquet` + `out/manifest.json`.
 
 One row per pair: `key`, `blur` and `sharp` as lossless PNG bytes, `height`, `width`, `source`, `split`,
-and the blur `kernel` for synthetic pairs (null otherwise).
+and the blur `kernel` for synthetic pairs (null otherwise). A sharp-only row (`blur` null) is a source
+for training crops whose blur is drawn afresh each time (`synth.degrade_crop`).
 
 Shards are planned before anything is encoded: pairs are taken in key order per split and cut into
 shards by their estimated size (source file sizes), so a given input always maps to the same shards.
@@ -19,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -68,8 +70,8 @@ def _file_size(path: str) -> int:
 
 def _pair_identity(pair: Pair) -> list[Any]:
     files = [pair.sharp] + ([pair.blur] if pair.blur else [])
-    recipe = {**pair.synth, "synth_version": synth.VERSION} if pair.blur is None else pair.synth
-    return [pair.key, pair.split, pair.source, [(os.path.basename(f), _file_size(f)) for f in files], recipe]
+    recipe = {**pair.synth, "synth_version": synth.VERSION} if pair.blur is None and not pair.online else pair.synth
+    return [pair.key, pair.split, pair.source, [(os.path.basename(f), _file_size(f)) for f in files], recipe, pair.online]
 
 
 def plan_shards(pairs: list[Pair], target_bytes: int) -> list[ShardPlan]:
@@ -81,7 +83,7 @@ def plan_shards(pairs: list[Pair], target_bytes: int) -> list[ShardPlan]:
         current: list[Pair] = []
         size = 0
         for p in items:
-            est = _file_size(p.sharp) * (2 if p.blur is None else 1) + (_file_size(p.blur) if p.blur else 0)
+            est = _file_size(p.sharp) * (2 if p.blur is None and not p.online else 1) + (_file_size(p.blur) if p.blur else 0)
             if current and size + est > target_bytes:
                 plans.append(_plan(split, len([q for q in plans if q.split == split]), current))
                 current, size = [], 0
@@ -102,22 +104,27 @@ def encode_pair(pair: Pair) -> dict[str, Any]:
     try:
         sharp = read_image(pair.sharp)
         kernel = None
-        if pair.blur is None:
+        seed = synth.pair_seed(int(pair.synth.get("seed", 0)), pair.key)
+        if pair.online:
+            blur = None
+        elif pair.blur is None and "recipe" in pair.synth:
+            blur, kernel = synth.degrade(sharp, np.random.default_rng(seed), synth.BlurRecipe(**pair.synth["recipe"]))
+        elif pair.blur is None:
             opts = {k: v for k, v in pair.synth.items() if k != "seed"}
-            result = synth.synthesize(sharp, seed=synth.pair_seed(int(pair.synth.get("seed", 0)), pair.key), **opts)
+            result = synth.synthesize(sharp, seed=seed, **opts)
             blur, kernel = result.blurred, result.kernel
         else:
             blur = read_image(pair.blur)
     except ImageError as e:
         raise PairError(str(e)) from None
-    if blur.shape != sharp.shape:
+    if blur is not None and blur.shape != sharp.shape:
         raise PairError(
             f"{pair.blur}: size {blur.shape[1]}×{blur.shape[0]} differs from its sharp partner "
             f"{pair.sharp} ({sharp.shape[1]}×{sharp.shape[0]})"
         )
     return {
         "key": pair.key,
-        "blur": encode_png(blur),
+        "blur": encode_png(blur) if blur is not None else None,
         "sharp": encode_png(sharp),
         "height": sharp.shape[0],
         "width": sharp.shape[1],

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bumped whenever the same seed starts giving a different kernel or image, so shards made by an older
 # version are re-encoded (their fingerprints include it). 2: kernels centred to the exact centre of mass.
 VERSION = 2
-KINDS = ("motion", "linear", "gaussian")
+KINDS = ("motion", "linear", "gaussian", "defocus")
 MODES = ("physical", "deblurgan")
 DEBLURGAN_EXPL = (0.01, 0.009, 0.008, 0.007, 0.005, 0.003)
 DEBLURGAN_FRACTIONS = (1 / 100, 1 / 10, 1 / 2, 1.0)
@@ -94,6 +95,16 @@ def linear_kernel(length: float, angle_deg: float, size: int | None = None) -> n
     return k
 
 
+def defocus_kernel(radius: float) -> np.ndarray:
+    """An out-of-focus disk (a lens's aperture): each pixel weighted by the share of it inside the circle
+    (8×8 samples per pixel), so edges are anti-aliased and the disk is exactly symmetric about its centre."""
+    size = 2 * int(np.ceil(radius)) + 3
+    s = 8
+    coords = (np.arange(size * s) + 0.5) / s - size / 2  # sub-pixel sample centres, the kernel centre at 0
+    inside = (coords[:, None] ** 2 + coords[None, :] ** 2 <= radius**2).astype(np.float64)
+    return inside.reshape(size, s, size, s).mean(axis=(1, 3))
+
+
 def gaussian_kernel(sigma: float) -> np.ndarray:
     radius = max(1, int(np.ceil(3 * sigma)))
     g = cv2.getGaussianKernel(2 * radius + 1, sigma)
@@ -134,6 +145,8 @@ def random_kernel(rng: np.random.Generator, kind: str = "motion", max_len: float
         return normalise_kernel(linear_kernel(rng.uniform(5, max(6.0, max_len / 2)), rng.uniform(0, 180)))
     if kind == "gaussian":
         return normalise_kernel(gaussian_kernel(rng.uniform(0.8, 3.0)))
+    if kind == "defocus":
+        return normalise_kernel(defocus_kernel(rng.uniform(1.0, max(1.5, max_len / 8))))
     raise ValueError(f"unknown blur kind {kind!r}; choose one of {KINDS}")
 
 
@@ -185,3 +198,109 @@ def synthesize(
     rng = np.random.default_rng(seed)
     kernel = random_kernel(rng, kind, max_len)
     return SyntheticBlur(apply_kernel(img, kernel, mode, gamma, noise_sigma, rng), kernel)
+
+
+class BlurRecipe(BaseModel):
+    """The degradations drawn afresh for every training crop (`degrade`), so no kernel is seen twice.
+
+    `kinds` weighs the kernel families; "none" leaves the crop sharp (only noise/JPEG), so the network also
+    learns to leave sharp photos alone, which most photos in a real archive are. Lengths and radii are in
+    pixels of the crop. Noise is Gaussian (σ in 8-bit levels) after the blur; JPEG re-encodes the result
+    the way a camera or a web upload does. `gamma_prob` blurs that share of crops in linear light, as a
+    sensor integrates light before its tone curve (highlights then smear into bright streaks).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kinds: dict[str, float] = Field(default_factory=lambda: {"motion": 0.35, "linear": 0.35, "defocus": 0.15, "gaussian": 0.05, "none": 0.1})
+    motion_max_len: float = Field(40.0, gt=0, le=60)
+    linear_length: tuple[float, float] = (3.0, 25.0)
+    defocus_radius: tuple[float, float] = (1.0, 5.0)
+    gaussian_sigma: tuple[float, float] = (0.5, 2.5)
+    noise_sigma: tuple[float, float] = (0.0, 2.0)
+    jpeg_prob: float = Field(0.25, ge=0, le=1)
+    jpeg_quality: tuple[int, int] = (75, 95)
+    gamma_prob: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BlurRecipe":
+        unknown = set(self.kinds) - set(KINDS) - {"none"}
+        if unknown:
+            raise ValueError(f"kinds: unknown {sorted(unknown)}; choose from {list(KINDS) + ['none']}")
+        if not self.kinds or min(self.kinds.values()) < 0 or sum(self.kinds.values()) <= 0:
+            raise ValueError("kinds: give each kind a non-negative weight, at least one positive")
+        for name in ("linear_length", "defocus_radius", "gaussian_sigma", "noise_sigma", "jpeg_quality"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name}: expected 0 <= low <= high, got [{lo}, {hi}]")
+        if self.jpeg_quality[1] > 100:
+            raise ValueError("jpeg_quality: at most 100")
+        return self
+
+    @property
+    def margin(self) -> int:
+        """Pixels of context a kernel needs on each side of a crop: the largest kernel's half-size + 1."""
+        sizes = [0.0]
+        for kind, weight in self.kinds.items():
+            if weight > 0:
+                sizes.append({"motion": self.motion_max_len + 4, "linear": self.linear_length[1] + 3,
+                              "defocus": 2 * self.defocus_radius[1] + 3, "gaussian": 6 * self.gaussian_sigma[1] + 3,
+                              "none": 0.0}[kind])
+        return int(np.ceil(max(sizes) / 2)) + 1
+
+    def kernel(self, rng: np.random.Generator) -> np.ndarray | None:
+        names = list(self.kinds)
+        p = np.array([self.kinds[n] for n in names], dtype=np.float64)
+        kind = names[int(rng.choice(len(names), p=p / p.sum()))]
+        if kind == "none":
+            return None
+        if kind == "motion":
+            x = random_trajectory(rng, max_len=self.motion_max_len, expl=float(rng.choice(DEBLURGAN_EXPL)))
+            return normalise_kernel(trajectory_psf(x, fraction=float(rng.choice(DEBLURGAN_FRACTIONS[1:]))))
+        if kind == "linear":
+            return normalise_kernel(linear_kernel(rng.uniform(*self.linear_length), rng.uniform(0, 180)))
+        if kind == "defocus":
+            return normalise_kernel(defocus_kernel(rng.uniform(*self.defocus_radius)))
+        return normalise_kernel(gaussian_kernel(rng.uniform(*self.gaussian_sigma)))
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator, recipe: BlurRecipe) -> tuple[np.ndarray, np.ndarray | None]:
+    """A freshly drawn blur, noise and JPEG for one sharp uint8 RGB image or window: (degraded, kernel).
+
+    The kernel is None for a "none" draw. Borders are reflected, so a caller that wants exact pixels
+    cuts `recipe.margin` off each side.
+    """
+    kernel = recipe.kernel(rng)
+    gamma = 2.2 if rng.random() < recipe.gamma_prob else None
+    noise = float(rng.uniform(*recipe.noise_sigma))
+    out = apply_kernel(img, kernel if kernel is not None else np.ones((1, 1), np.float32), gamma=gamma, noise_sigma=noise, rng=rng)
+    if rng.random() < recipe.jpeg_prob:
+        quality = int(rng.integers(recipe.jpeg_quality[0], recipe.jpeg_quality[1] + 1))
+        ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return out, kernel
+
+
+def degrade_crop(
+    img: np.ndarray, crop: int, rng: np.random.Generator, recipe: BlurRecipe
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop×crop window of a sharp image and its freshly degraded twin: (blurred, sharp).
+
+    The window is cut with `recipe.margin` pixels of real context on every side (reflected where the
+    image is too small) and degraded with them, so the crop's blur is what the scene would really give.
+    """
+    m = recipe.margin
+    big = crop + 2 * m
+    h, w = img.shape[:2]
+    if h < big or w < big:
+        img = np.pad(img, ((0, max(0, big - h)), (0, max(0, big - w)), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        h, w = img.shape[:2]
+    i, j = int(rng.integers(0, h - big + 1)), int(rng.integers(0, w - big + 1))
+    window = np.ascontiguousarray(img[i : i + big, j : j + big])
+    blurred, _ = degrade(window, rng, recipe)
+    return blurred[m : m + crop, m : m + crop], window[m : m + crop, m : m + crop]
+
+
+# The evaluation blur the README's and the model card's numbers use: linear motion of 9-21 px at a random
+# angle, nothing else (no noise, no JPEG), so numbers compare across models and with published ones.
+EVAL_LINEAR = {"kinds": {"linear": 1.0}, "linear_length": (9.0, 21.0), "noise_sigma": (0.0, 0.0), "jpeg_prob": 0.0, "gamma_prob": 0.0}

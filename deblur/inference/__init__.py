@@ -8,7 +8,6 @@ tensorrt > onnxruntime-cuda > torch-cuda > onnxruntime-cpu (> torch-cpu when onl
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -30,11 +29,6 @@ def _local_copy(uri: str, names: list[str]) -> Path:
         if storage.exists(src):
             (folder / name).write_bytes(storage.read_bytes(src))
     return folder
-
-
-def cache_dir() -> Path:
-    """Where checkpoints exported on the fly are kept (`DEBLUR_CACHE`, else ~/.cache/deblur)."""
-    return Path(os.environ.get("DEBLUR_CACHE") or Path.home() / ".cache" / "deblur")
 
 
 def _cuda() -> bool:
@@ -90,7 +84,7 @@ def load_engine(model_uri: str, backend: str = "auto", device: str | None = None
     if backend == "onnxruntime":
         from .onnx_engine import add_metadata, export_onnx
 
-        folder = cache_dir() / "onnx" / model_hash
+        folder = Path(storage.cache_dir()) / "onnx" / model_hash
         if not (folder / ONNX_FILE).is_file():  # exported once per checkpoint, then reused
             staging = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent.mkdir(parents=True, exist_ok=True) or folder.parent))
             export_onnx(model, staging / ONNX_FILE, model.multiple)

@@ -63,7 +63,8 @@ def build_trainer(cfg: Config) -> TorchTrainer:
     path, fs = _storage(cfg)
     datasets = {
         "train": train_dataset(cfg.data.uri, crop=cfg.data.crop, split=cfg.data.train_split, seed=None,
-                               batch_size=cfg.data.batch_size, crops_per_pair=cfg.data.crops_per_pair, cache=cfg.data.cache),
+                               batch_size=cfg.data.batch_size, crops_per_pair=cfg.data.crops_per_pair, cache=cfg.data.cache,
+                               blur=cfg.data.blur),
         "val": eval_dataset(cfg.data.uri, split=cfg.data.val_split, center_crop=cfg.data.val_center_crop),
     }
     return TorchTrainer(
