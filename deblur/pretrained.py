@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 
-class PretrainedWeightsMissing(RuntimeError):
-    pass
+class PretrainedWeightsMissing(FileNotFoundError):
+    """ImageNet weights that are not on this machine (a missing file: the jobs print it as one line)."""
 
 
 def cached_weights_file(weights: Any) -> str:
@@ -26,11 +26,16 @@ def cached_weights_file(weights: Any) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
 
-def load_state(weights: Any, what: str, weights_path: str | None, allow_random: bool) -> dict | None:
+def check_available(weights: Any, what: str, weights_path: str | None = None) -> None:
+    """Raise PretrainedWeightsMissing now (before Ray starts) when `weights` cannot be loaded here."""
+    load_state(weights, what, weights_path, allow_random=False, load=False)
+
+
+def load_state(weights: Any, what: str, weights_path: str | None, allow_random: bool, load: bool = True) -> dict | None:
     """The backbone state dict, or None (random features) when allowed and nothing is available."""
     path = weights_path or cached_weights_file(weights)
     if os.path.isfile(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True) if load else None
     message = (
         f"{what}: ImageNet weights not found at {path}. Put torchvision's {os.path.basename(weights.url)} there "
         f"(or pass weights_path=...)"

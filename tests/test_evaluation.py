@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from deblur import metrics
 from deblur.data import layouts, shards
 from deblur.evaluation import evaluate, score
-from deblur.evaluation.baselines import wiener_deconvolve
+from deblur.evaluation.baselines import unsharp, wiener_deconvolve
 from deblur.evaluation.protocols import realblur_align
 from deblur.images import decode_image, read_image
 from deblur.inference.engine import Engine, EngineInfo
@@ -64,9 +65,12 @@ def rows_of(uri: str) -> dict[str, dict]:
 
 def test_report_numbers_equal_the_metrics_module(mcmaster_shards, trained_checkpoint, tmp_path):
     out = tmp_path / "report"
-    res = subprocess.run([sys.executable, "jobs/evaluate.py", "--checkpoint", str(trained_checkpoint), "--data",
-                          mcmaster_shards, "--out", str(out), "--engine", "torch", "--no-progress"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty-torch-home")}  # no ImageNet weights, whatever this machine has
+    cmd = [sys.executable, "jobs/evaluate.py", "--checkpoint", str(trained_checkpoint), "--data", mcmaster_shards,
+           "--out", str(out), "--engine", "torch", "--no-progress"]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 1 and "--lpips-random" in refused.stderr and refused.stderr.strip().count("\n") == 0
+    res = subprocess.run(cmd + ["--lpips-random"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "model output" in res.stdout and "RANDOM backbone" in res.stdout  # no ImageNet weights offline: said so
     for name in ("metrics.json", "metrics.csv", "index.html"):
@@ -87,7 +91,7 @@ def test_report_numbers_equal_the_metrics_module(mcmaster_shards, trained_checkp
         assert rec["output_psnr"] == pytest.approx(metrics.psnr(output, sharp), abs=1e-9)
         assert rec["output_ssim"] == pytest.approx(metrics.ssim(output, sharp, convention="gopro"), abs=1e-9)
         assert rec["output_lpips"] == pytest.approx(lpips(output, sharp), abs=1e-6)
-        assert rec["baseline_name"] == "wiener (known kernel)"
+        assert rec["wiener_psnr"] > rec["input_psnr"] and "unsharp_psnr" in rec  # synthetic pairs: both baselines
         assert (out / "grids" / f"{rec['key']}.png").is_file()
     s = report["summary"]
     assert s["input_psnr"] == pytest.approx(np.mean([r["input_psnr"] for r in report["images"]]))
@@ -96,7 +100,7 @@ def test_report_numbers_equal_the_metrics_module(mcmaster_shards, trained_checkp
         table = list(csv.DictReader(f))
     assert [float(r["output_psnr"]) for r in table] == pytest.approx([r["output_psnr"] for r in report["images"]])
     page = (out / "index.html").read_text()
-    assert "Best five" in page and "Worst five" in page and "wiener" in page
+    assert "Best five" in page and "Worst five" in page and "Wiener (known kernel)" in page and "unsharp mask" in page
     grid = cv2.imread(str(out / "grids" / f"{report['images'][0]['key']}.png"))
     assert grid.shape[1] >= 3 * 256  # blurred | deblurred | sharp side by side
 
@@ -124,6 +128,33 @@ def test_wiener_baseline_beats_the_blur_when_the_kernel_is_known(mcmaster_shards
         blur, sharp = decode_image(row["blur"]), decode_image(row["sharp"])
         gains.append(metrics.psnr(wiener_deconvolve(blur, np.asarray(row["kernel"])), sharp) - metrics.psnr(blur, sharp))
     assert np.mean(gains) > 1.0
+
+
+def test_baselines_match_independent_implementations_on_a_real_photo(real_photo):
+    from scipy import ndimage
+    from skimage.restoration import wiener
+
+    from deblur.data import synth
+
+    sharp = real_photo[:160, :200]
+    kernel = synth.normalise_kernel(synth.linear_kernel(15, 30))
+    blur = synth.apply_kernel(sharp, kernel)
+    # unsharp: x + a (x - G_sigma x), here with scipy's Gaussian
+    x = blur.astype(np.float64)
+    expected = np.clip(np.rint(x + 0.6 * (x - ndimage.gaussian_filter(x, (2.0, 2.0, 0), mode="reflect", truncate=4.0))), 0, 255)
+    assert np.abs(unsharp(blur, 2.0, 0.6).astype(int) - expected).max() <= 1
+    assert abs(unsharp(blur).mean() - blur.mean()) < 1.0  # sharpening keeps the brightness
+    # Wiener: scikit-image's with an identity regulariser (a delta), on the same reflect padding
+    pad = 2 * max(kernel.shape)
+    padded = np.pad(blur / 255.0, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    delta = np.zeros((3, 3))
+    delta[1, 1] = 1
+    ref = np.stack([wiener(padded[..., c], kernel.astype(np.float64), 0.01, reg=delta, clip=False) for c in range(3)], -1)
+    ref = np.clip(np.rint(ref[pad:-pad, pad:-pad] * 255), 0, 255)
+    assert np.abs(wiener_deconvolve(blur, kernel, 0.01).astype(int) - ref).max() <= 1
+    # and with the true kernel it restores a lot: the reference point must never sit below the input
+    assert metrics.psnr(wiener_deconvolve(blur, kernel), sharp) > metrics.psnr(blur, sharp) + 2
+    assert metrics.psnr(unsharp(blur), sharp) > metrics.psnr(blur, sharp) - 0.5
 
 
 def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):

@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 from .. import storage
+from ..pretrained import PretrainedWeightsMissing
 from .protocols import PROTOCOLS, describe, score
 from .run import Scorer, score_locally, summarise
 from .sources import EmptyDatasetError, iter_rows
@@ -37,26 +38,33 @@ def evaluate(
     engine: str = "auto",
     lpips: bool = True,
     lpips_weights: str | None = None,
+    lpips_random: bool = False,
     workers: int = 0,
     limit: int | None = None,
     progress: bool = True,
     engine_factory: Any = None,
+    real: str | None = None,
+    real_limit: int = 12,
     **options: Any,
 ) -> dict[str, Any]:
     """Score `model` on the pairs and write the report under `out`; returns metrics.json's content."""
     from ..inference import load_engine
     from ..metrics import LPIPS, describe_convention
-    from .report import training_curves, write_report
+    from .report import real_photo_grids, training_curves, write_report
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     factory = engine_factory or partial(load_engine, model, engine)
     probe = factory()  # fail fast (and once) on a model that does not load
     total, rows = iter_rows(data, dataset, root, split, limit, **options)
-    metric = LPIPS("alex", lpips_weights, allow_random_weights=True) if lpips else None
+    try:
+        metric = LPIPS("alex", lpips_weights, allow_random_weights=lpips_random) if lpips else None
+    except PretrainedWeightsMissing as e:
+        raise PretrainedWeightsMissing(f"{e} For evaluation: --lpips-weights FILE, --no-lpips, or --lpips-random "
+                                       "(random AlexNet features, labelled as such)") from None
     rows = list(rows)
     if workers > 0:
-        records = _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, workers)
+        records = _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, lpips_random, workers)
     else:
         scorer = Scorer(lambda: probe, out, protocol, metric)
         records = score_locally(scorer, rows, total, progress)
@@ -70,16 +78,17 @@ def evaluate(
         "protocol": protocol,
         "convention": describe(protocol) if protocol == "realblur" else describe_convention(protocol),
         "LPIPS": metric.label if metric else "not computed",
-        "baseline": summary.get("baseline_name", "none"),
+        "baselines": "unsharp mask (x + 0.6 (x - G_2 x)); Wiener with the true kernel where the data records it",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     run = _run_dir(model)
     curves = training_curves(storage.join(run, "metrics.jsonl")) if run else None
-    files = write_report(out, header, records, summary, {str(r["key"]): r for r in rows}, curves)
+    real_grids = real_photo_grids(probe, real, out, real_limit) if real else []
+    files = write_report(out, header, records, summary, {str(r["key"]): r for r in rows}, curves, real=real_grids)
     return {"header": header, "summary": summary, "images": records, "files": files}
 
 
-def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, workers) -> list[dict[str, Any]]:
+def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, lpips_random, workers) -> list[dict[str, Any]]:
     """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
     import ray.data
 
@@ -90,7 +99,7 @@ def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, workers)
 
     class RayScorer(Scorer):
         def __init__(self):
-            metric = LPIPS("alex", lpips_weights, allow_random_weights=True) if lpips else None
+            metric = LPIPS("alex", lpips_weights, allow_random_weights=lpips_random) if lpips else None
             super().__init__(factory, out, protocol, metric)
 
     ds = ray.data.from_items(rows).map(RayScorer, compute=ray.data.ActorPoolStrategy(size=workers))

@@ -13,7 +13,7 @@ import numpy as np
 from .. import storage
 from ..images import decode_image, encode_png
 from ..metrics import PSNR_CAP
-from .run import METHODS, output_name, ranked
+from .run import METHOD_NAMES, METHODS, output_name, ranked
 
 def _label(img: np.ndarray, text: str, scale: float) -> np.ndarray:
     """A white caption bar above the image; `scale` keeps text readable when the browser shrinks the grid."""
@@ -104,8 +104,34 @@ def _fmt(value: Any, metric: str) -> str:
     return f"{value:.4f}"
 
 
+def real_photo_grids(engine: Any, folder: str, out: str, limit: int = 12) -> list[tuple[str, str]]:
+    """Blurred photos without a sharp truth (real camera shake): grids of input | unsharp mask | model,
+    written under `out/real/`; returns (photo name, grid file) pairs. Unreadable files are skipped and named."""
+    from ..data.layouts import IMAGE_EXTS
+    from ..images import ImageError, read_image
+    from .baselines import unsharp
+
+    uris = [u for u in storage.listdir(folder) if u.lower().endswith(IMAGE_EXTS)][:limit]
+    if not uris:
+        raise ValueError(f"{folder}: no images to show (looked for {', '.join(IMAGE_EXTS)})")
+    grids = []
+    for uri in uris:
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            blur = read_image(uri)
+        except ImageError as e:
+            print(f"skipped {e}")
+            continue
+        grid = comparison_grid([("blurred", blur), ("unsharp mask", unsharp(blur)), ("model", engine.deblur_image(blur))])
+        path = "real/" + output_name(name.rsplit(".", 1)[0])
+        storage.write_bytes(storage.join(out, path), encode_png(grid))
+        grids.append((name, path))
+    return grids
+
+
 def write_report(out: str, header: dict[str, Any], records: list[dict[str, Any]], summary: dict[str, Any],
-                 rows_by_key: dict[str, dict[str, Any]], curves: bytes | None = None, max_grids: int = 24) -> list[str]:
+                 rows_by_key: dict[str, dict[str, Any]], curves: bytes | None = None, max_grids: int = 24,
+                 real: list[tuple[str, str]] = ()) -> list[str]:
     """Write every report file under `out`; returns their names."""
     written = ["metrics.json", "metrics.csv", "index.html"]
     storage.write_text(storage.join(out, "metrics.json"),
@@ -131,14 +157,15 @@ def write_report(out: str, header: dict[str, Any], records: list[dict[str, Any]]
     if curves:
         storage.write_bytes(storage.join(out, "curves.png"), curves)
         written.append("curves.png")
-    storage.write_text(storage.join(out, "index.html"), _html(header, records, summary, best, worst, grids, bool(curves)))
+    written += [path for _, path in real]
+    storage.write_text(storage.join(out, "index.html"), _html(header, records, summary, best, worst, grids, bool(curves), real))
     return written
 
 
-def _html(header, records, summary, best, worst, grids, curves) -> str:
+def _html(header, records, summary, best, worst, grids, curves, real=()) -> str:
     e = html.escape
     metrics = ["psnr", "ssim"] + (["lpips"] if "output_lpips" in summary else [])
-    names = {"input": "blurred input", "baseline": summary.get("baseline_name", "classical baseline"), "output": "model output"}
+    names = METHOD_NAMES
     head = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in header.items())
     rows = "".join(
         f"<tr><td>{e(names[m])}</td>" + "".join(f"<td>{_fmt(summary.get(f'{m}_{x}'), x)}</td>" for x in metrics) + "</tr>"
@@ -160,6 +187,11 @@ def _html(header, records, summary, best, worst, grids, curves) -> str:
         )
         return f"<h2>{e(title)}</h2>{figs}"
 
+    real_html = "".join(
+        f"<figure><img src='{e(path)}' alt='{e(name)}'><figcaption>{e(name)}</figcaption></figure>" for name, path in real
+    )
+    if real_html:
+        real_html = "<h2>Real blurred photos (no sharp truth): blurred | unsharp mask | model</h2>" + real_html
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>deblur evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}
@@ -172,4 +204,5 @@ figure{{margin:1em 0}}</style></head><body>
 {gallery("Best five (largest PSNR gain)", best)}
 {gallery("Worst five (smallest PSNR gain)", worst)}
 <h2>Every image</h2><table><tr><th>image</th><th>size</th>{cols}<th>gain dB</th></tr>{per_image}</table>
+{real_html}
 </body></html>"""

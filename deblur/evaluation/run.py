@@ -1,4 +1,4 @@
-"""Score a model on pairs: the output, the blurred input and a classical baseline, side by side.
+"""Score a model on pairs: the output, the blurred input and the classical baselines, side by side.
 
 Each pair is deblurred at full resolution through an `Engine` (the same code the bulk job and the endpoint
 use), scored under a protocol, and its output written to `<out>/outputs/<key>.png`, so the report can
@@ -13,10 +13,11 @@ import numpy as np
 
 from .. import storage
 from ..images import decode_image, encode_png
-from .baselines import classical
+from .baselines import unsharp, wiener_deconvolve
 from .protocols import score
 
-METHODS = ("input", "baseline", "output")
+METHODS = ("input", "unsharp", "wiener", "output")  # wiener only where the pair's kernel is known
+METHOD_NAMES = {"input": "blurred input", "unsharp": "unsharp mask", "wiener": "Wiener (known kernel)", "output": "model output"}
 
 
 def output_name(key: str) -> str:
@@ -39,9 +40,10 @@ class Scorer:
         images = {"input": blur, "output": output}
         record: dict[str, Any] = {"key": key, "height": int(sharp.shape[0]), "width": int(sharp.shape[1])}
         if self.baseline:
+            images["unsharp"] = unsharp(blur)
             kernel = row.get("kernel")
-            kernel = None if kernel is None or len(kernel) == 0 else np.stack([np.asarray(r, np.float32) for r in kernel])
-            record["baseline_name"], images["baseline"] = classical(blur, kernel)
+            if kernel is not None and len(kernel):
+                images["wiener"] = wiener_deconvolve(blur, np.stack([np.asarray(r, np.float32) for r in kernel]))
         for method, img in images.items():
             record[f"{method}_psnr"], record[f"{method}_ssim"] = score(img, sharp, self.protocol)
             if self.lpips is not None:
@@ -75,9 +77,6 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             summary[f"{method}_psnr_capped"] = capped
     if records:
         summary["gain_psnr"] = summary["output_psnr"] - summary["input_psnr"]
-        names = sorted({r["baseline_name"] for r in records if "baseline_name" in r})
-        if names:
-            summary["baseline_name"] = " / ".join(names)
     return summary
 
 
