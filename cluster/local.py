@@ -74,21 +74,55 @@ def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_sto
     return info
 
 
-def ray_processes() -> list[str]:
-    """Command lines of Ray's own daemons still alive on this machine (gcs_server, raylet, ...)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
-    names = ("gcs_server", "/raylet", "dashboard/dashboard.py", "ray::", "log_monitor.py", "runtime_env/agent")
-    return [line.strip() for line in out if any(n in line for n in names)]
+def _process_table() -> list[tuple[int, int, str]]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    rows = []
+    for line in out:
+        pid, ppid, *args = line.split(None, 2)
+        rows.append((int(pid), int(ppid), args[0] if args else ""))
+    return rows
+
+
+def cluster_processes(port: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process of the cluster whose GCS listens on `port`: the daemons that
+    name that address (gcs_server, raylets, dashboard, agents, monitors) and everything they started
+    (workers). Another cluster on this machine, or another user's, names another port and is left alone."""
+    table = _process_table()
+    marks = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
+    ours = {pid for pid, _, args in table if any(m in args for m in marks)}
+    grew = True
+    while grew:  # add descendants
+        more = {pid for pid, ppid, _ in table if ppid in ours and pid not in ours}
+        ours |= more
+        grew = bool(more)
+    ours.discard(os.getpid())
+    return [(pid, args) for pid, _, args in table if pid in ours]
 
 
 def stop(state: Path = STATE, wait_s: float = 30.0) -> list[str]:
-    """`ray stop --force`, then wait until no Ray process remains; returns any that did."""
-    subprocess.run([ray_bin(), "stop", "--force"], capture_output=True, timeout=120)
-    deadline = time.time() + wait_s
-    while ray_processes() and time.time() < deadline:
-        time.sleep(0.5)
-    (state / "cluster.json").unlink(missing_ok=True)
-    return ray_processes()
+    """Stop this cluster's processes only (SIGTERM, then SIGKILL after `wait_s`); returns any left.
+
+    Not `ray stop --force`: that kills every Ray process on the machine, other users' clusters too.
+    """
+    import signal
+
+    path = state / "cluster.json"
+    if not path.exists():
+        return []
+    port = int(json.loads(path.read_text())["address"].rsplit(":", 1)[1])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, _ in cluster_processes(port):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait_s
+        while cluster_processes(port) and time.time() < deadline:
+            time.sleep(0.5)
+        if not cluster_processes(port):
+            break
+    path.unlink(missing_ok=True)
+    return [args for _, args in cluster_processes(port)]
 
 
 def status(state: Path = STATE) -> dict:

@@ -15,7 +15,8 @@ import _common
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, Ray checkpoint dir or run dir (uses best.json)")
+    p.add_argument("--checkpoint", "--model", dest="checkpoint", default="default",
+                   help="checkpoint file, Ray checkpoint dir, run dir (uses best.json) or a shipped model's name (default: the shipped default)")
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="TensorRT precision")
     p.add_argument("--min-shape", default="64x64", help="TensorRT profile: smallest HEIGHTxWIDTH")

@@ -2,6 +2,7 @@
 relative names. Resumable (finished outputs are skipped), and one bad file never stops the run: it is
 listed in <output>/_errors.jsonl.
 
+  python jobs/deblur_archive.py --input photos/ --output deblurred/                 # the shipped model
   python jobs/deblur_archive.py --input photos/ --output deblurred/ --model runs/sample
   python jobs/deblur_archive.py --input s3://b/raw --output s3://b/sharp --model s3://b/models/gopro --workers 8 --gpus-per-worker 1
   ray job submit --working-dir . -- python jobs/deblur_archive.py --input s3://... --output s3://... --model ...
@@ -19,7 +20,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="folder, s3://bucket/prefix or archive.tar")
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix")
-    p.add_argument("--model", required=True, help="checkpoint, run dir (best.json) or compiled folder")
+    p.add_argument("--model", default="default",
+                   help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)")
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")

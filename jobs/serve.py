@@ -1,6 +1,7 @@
 """Run the deblur HTTP endpoint on Ray Serve (a local Ray, or the cluster at $RAY_ADDRESS) until Ctrl-C.
 
-  python jobs/serve.py --model runs/sample                       # http://127.0.0.1:8000/
+  python jobs/serve.py                                           # the shipped model at http://127.0.0.1:8000/
+  python jobs/serve.py --model runs/sample                       # a model you trained
   python jobs/serve.py --model s3://b/models/gopro --engine tensorrt --num-gpus 1 --max-replicas 4 --host 0.0.0.0
   DEBLUR_API_TOKEN=... python jobs/serve.py ...                  # bearer-token auth on
 """
@@ -16,7 +17,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="runs/sample", help="checkpoint, run dir or compiled folder")
+    p.add_argument("--model", default="default",
+                   help="checkpoint, run dir, compiled folder, or a shipped model's name (default: the shipped default)")
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 only behind a proxy you trust)")
     p.add_argument("--port", type=int, default=8000)
@@ -39,8 +41,11 @@ def main(argv: list[str] | None) -> int:
 
     from deblur import storage
 
+    from deblur.serve.limits import Limits
+
+    Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
     if not storage.exists(storage.join(args.model, "compile.json")):
-        resolve_checkpoint(args.model)  # a wrong path is one line here, not a replica crash loop
+        resolve_checkpoint(args.model)  # and so is a wrong model path
     init_ray()
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s})
     app = build_app({"model": args.model, "engine": args.engine, "min_replicas": args.min_replicas,

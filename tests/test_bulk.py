@@ -87,6 +87,80 @@ def test_real_archive_on_s3_and_in_a_tar(trained_checkpoint, tmp_path, bucket, r
     check_outputs({f"album/{p.name}": p.read_bytes() for p in photos}, read_tree(tmp_path / "from-tar"), trained_checkpoint)
 
 
+def test_hostile_tar_members_are_listed_and_never_written(trained_checkpoint, real_photo, tmp_path, ray_session):
+    jpeg = cv2.imencode(".jpg", real_photo[:64, :96, ::-1])[1].tobytes()
+    archive = tmp_path / "hostile.tar"
+    with tarfile.open(archive, "w") as tar:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            info.size = len(jpeg) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(jpeg) if kind == tarfile.REGTYPE else None)
+        add("ok/fine.jpg")
+        add("./dot/fine.jpg")
+        add("a/../../escape.jpg")
+        add("/abs/escape.jpg")
+        add("link.jpg", tarfile.SYMTYPE, "/etc/passwd")
+        add("hard.jpg", tarfile.LNKTYPE, "ok/fine.jpg")
+        add("dev.jpg", tarfile.CHRTYPE)
+    out = tmp_path / "nested" / "out"
+    summary = run(str(archive), str(out), Options(str(trained_checkpoint), "torch"), workers=1, progress=False)
+    assert (summary["done"], summary["failed"], summary["images"]) == (2, 5, 7)
+    assert read_tree(out).keys() == {"ok/fine.jpg", "dot/fine.jpg"}
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "nested" / "escape.jpg").exists()
+    assert not any(p.name == "escape.jpg" for p in tmp_path.rglob("*"))
+    errors = {e["path"]: e["reason"] for e in map(json.loads, (out / "_errors.jsonl").read_text().splitlines())}
+    assert "leaves the archive root" in errors["a/../../escape.jpg"] and "absolute" in errors["/abs/escape.jpg"]
+    assert all("link or device" in errors[n] for n in ("link.jpg", "hard.jpg", "dev.jpg"))
+
+
+@pytest.mark.parametrize("name, ok", [("a/b.jpg", "a/b.jpg"), ("./a//b.jpg", "a/b.jpg"), ("a/./b/../c.jpg", "a/c.jpg"),
+                                      ("../x.jpg", None), ("a/../../x.jpg", None), ("/etc/x.jpg", None),
+                                      ("C:/x.jpg", None), ("..", None), ("", None)])
+def test_safe_relative_names(name, ok):
+    from deblur.bulk.sources import UnsafeName, safe_relative
+
+    if ok:
+        assert safe_relative(name) == ok
+    else:
+        with pytest.raises(UnsafeName):
+            safe_relative(name)
+
+
+def test_s3_keys_that_climb_out_are_refused(trained_checkpoint, real_photo, bucket, tmp_path, ray_session, s3_endpoint):
+    import boto3
+
+    jpeg = cv2.imencode(".jpg", real_photo[:64, :96, ::-1])[1].tobytes()
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in ("raw/good.jpg", "raw/a/../../escape.jpg"):
+        client.put_object(Bucket=bucket[5:], Key=key, Body=jpeg)
+    summary = run(f"{bucket}/raw", f"{bucket}/out/sharp", Options(str(trained_checkpoint), "torch"), workers=1, progress=False)
+    assert summary["done"] == 1 and summary["failed"] == 1
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket[5:])["Contents"])
+    assert "out/sharp/good.jpg" in keys and not any("escape" in k and k.startswith("out") for k in keys)
+    assert "out/escape.jpg" not in keys and "escape.jpg" not in keys
+
+
+def test_same_stem_inputs_keep_both_outputs_when_the_format_changes(trained_checkpoint, real_photo, tmp_path, ray_session):
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), real_photo[:64, :96, ::-1])
+    cv2.imwrite(str(src / "a.png"), real_photo[64:128, :96, ::-1])
+    cv2.imwrite(str(src / "b.jpg"), real_photo[:64, 96:192, ::-1])
+    summary = run(str(src), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch", format="png"),
+                  workers=1, progress=False)
+    assert summary["done"] == 3 and summary["failed"] == 0
+    outputs = read_tree(tmp_path / "out")
+    assert set(outputs) == {"a.png", "a.jpg.png", "b.png"}  # a.jpg kept its extension instead of overwriting a.png
+    from deblur.images import decode_image
+
+    assert decode_image(outputs["a.png"]).shape == decode_image(outputs["a.jpg.png"]).shape == (64, 96, 3)
+    assert not np.array_equal(decode_image(outputs["a.png"]), decode_image(outputs["a.jpg.png"]))
+    again = run(str(src), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch", format="png"), workers=1,
+                progress=False)
+    assert again["skipped"] == 3 and again["done"] == 0  # resumable with the planned names
+
+
 def make_zoo(folder: Path, photo: np.ndarray) -> dict[str, str]:
     """Awkward files; returns name → what should happen ('ok' or a reason fragment)."""
     folder.mkdir(parents=True)

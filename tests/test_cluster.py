@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -63,29 +64,107 @@ def test_a_broken_ray_cluster_yaml_fails_the_schema():
             jsonschema.validate(broken, ray_schema())
 
 
-# --- KubeRay manifests against the project's own schema, plus the paths they name ------------------------------
+# --- KubeRay manifests against KubeRay's own CRDs, plus the paths they name --------------------------------------
 
-def kuberay_schema() -> dict:
-    return json.loads((ROOT / "cluster" / "kuberay" / "schema.json").read_text())
+CRDS = ROOT / "tests" / "data" / "kuberay-crds-v1.json.gz"  # openAPIV3Schema of each CRD (see "source" inside)
+
+
+def strict(schema: dict) -> dict:
+    """A CRD's structural schema as a strict API server applies it: objects with declared properties accept
+    no other field (unless they say x-kubernetes-preserve-unknown-fields); int-or-string stays anyOf."""
+    s = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes")}
+    if "properties" in s:
+        s["properties"] = {k: strict(v) for k, v in s["properties"].items()}
+        if "additionalProperties" not in s and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            s["additionalProperties"] = False
+    if isinstance(s.get("items"), dict):
+        s["items"] = strict(s["items"])
+    if isinstance(s.get("additionalProperties"), dict):
+        s["additionalProperties"] = strict(s["additionalProperties"])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in s:
+            s[key] = [strict(v) for v in s[key]]
+    return s
+
+
+@functools.cache
+def crd_schemas() -> dict[str, dict]:
+    import gzip
+
+    return {kind: strict(schema) for kind, schema in json.loads(gzip.open(CRDS).read())["schemas"].items()}
+
+
+def validate_manifest(doc: dict) -> None:
+    """What `kubectl apply --validate=strict` checks against the installed KubeRay CRDs (CEL rules aside)."""
+    schemas = crd_schemas()
+    if doc.get("apiVersion") != "ray.io/v1" or doc.get("kind") not in schemas:
+        raise jsonschema.ValidationError(f"no CRD serves {doc.get('apiVersion')}/{doc.get('kind')} (ray.io/v1: {sorted(schemas)})")
+    jsonschema.validate(doc, schemas[doc["kind"]])
+
+
+def test_vendored_crds_are_the_shared_ones():
+    shared_crds = ROOT.parent / "shared" / "kuberay-crds"
+    if not shared_crds.is_dir():
+        pytest.skip("../shared/kuberay-crds is not beside this clone; the vendored copy is used as it is")
+    import gzip
+
+    vendored = json.loads(gzip.open(CRDS).read())["schemas"]
+    for path in sorted(shared_crds.glob("ray.io_*.yaml")):
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        v1 = [v for v in crd["spec"]["versions"] if v["name"] == "v1"][0]
+        assert vendored[crd["spec"]["names"]["kind"]] == v1["schema"]["openAPIV3Schema"], path.name
 
 
 def cluster_specs(doc: dict) -> dict:
     return doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
 
 
+def pod_specs(doc: dict) -> list[dict]:
+    spec = cluster_specs(doc)
+    return [g["template"]["spec"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]]
+
+
 @pytest.mark.parametrize("name", KUBERAY)
 def test_kuberay_manifest_is_valid(name):
     doc = load(f"cluster/kuberay/{name}")
-    jsonschema.validate(doc, kuberay_schema())
+    validate_manifest(doc)
     spec = cluster_specs(doc)
     makefile = (ROOT / "Makefile").read_text()
-    images = [c["image"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]]
-    for image in images:  # each is one the Makefile builds from infra/docker
+    images = [c["image"] for pod in pod_specs(doc) for c in pod["containers"]]
+    for image in images:  # each is one the Makefile builds from infra/docker, pinned by tag
         tag = image.rsplit(":", 1)[1]
         assert f"image-{tag}:" in makefile and (ROOT / "infra" / "docker" / ("Dockerfile" if tag == "gpu" else f"Dockerfile.{tag}")).is_file()
     gpu = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1" and gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+
+
+def env_files(doc: dict) -> set[str]:
+    """Every file path that an env var of the manifest names (variables ending in _FILE), pod env and Serve's
+    runtime_env alike: the Serve replicas run on any pod of the cluster."""
+    found = {e["value"] for pod in pod_specs(doc) for c in pod["containers"] for e in c.get("env", [])
+             if e["name"].endswith("_FILE") and "value" in e}
+    if "serveConfigV2" in doc["spec"]:
+        for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]:
+            found |= {v for k, v in app.get("runtime_env", {}).get("env_vars", {}).items() if k.endswith("_FILE")}
+    return found
+
+
+@pytest.mark.parametrize("name", KUBERAY)
+def test_every_file_an_env_var_names_is_mounted_in_every_pod(name):
+    doc = load(f"cluster/kuberay/{name}")
+    for path in env_files(doc):
+        for pod in pod_specs(doc):
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for c in pod["containers"]:
+                mounts = [m for m in c.get("volumeMounts", []) if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+                assert mounts, f"{name}: {c['name']} names {path} but mounts nothing there"
+                volume = volumes[mounts[0]["name"]]
+                item = path[len(mounts[0]["mountPath"].rstrip("/")) + 1:]
+                if "secret" in volume and volume["secret"].get("items"):
+                    assert item in [i["path"] for i in volume["secret"]["items"]], f"{name}: {path} is not in the secret's items"
+    if name == "rayservice.yaml":
+        assert env_files(doc), "the endpoint's token file is configured"
 
 
 def test_rayjob_entrypoint_names_files_that_exist():
@@ -105,14 +184,16 @@ def test_rayservice_serve_config_is_cluster_serve_yaml():
 
 def test_a_broken_kuberay_manifest_fails():
     doc = load("cluster/kuberay/raycluster.yaml")
-    for breakage in (lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"),
-                     lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"),
-                     lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("image", "deblur:latest"),
-                     lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replica", 2)):
+    for breakage in (lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"),  # a version the CRD does not serve
+                     lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"),  # required
+                     lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replica", 2),  # unknown field (typo)
+                     lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replicas", "two"),  # wrong type
+                     lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("imag", "x"),
+                     lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].__setitem__("volumes", [{"name": "t", "secrett": {}}])):
         broken = copy.deepcopy(doc)
         breakage(broken)
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(broken, kuberay_schema())
+            validate_manifest(broken)
 
 
 # --- Dockerfiles: a parser check, and hadolint --------------------------------------------------------
@@ -243,3 +324,25 @@ def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards)
     assert "4 done, 0 skipped, 0 failed" in bulk.stdout
     assert sorted(fs.ls(f"{bucket[5:]}/deblurred"))[-1].endswith((".jpg", "_summary.json"))
     assert ray_cluster.env_vars["RAY_AUTH_TOKEN"] not in train.stdout + train.stderr + bulk.stdout + bulk.stderr
+
+
+@pytest.mark.slow
+def test_local_cluster_stop_leaves_other_clusters_running(tmp_path):
+    """`cluster/local.py stop` stops the processes of its own cluster, not every Ray process on the machine."""
+    from conftest import local_cluster_module
+
+    local = local_cluster_module()
+    a = local.start(workers=1, head_cpus=1, worker_cpus=1, object_store_mb=100, state=tmp_path / "a")
+    b = local.start(workers=0, head_cpus=1, object_store_mb=100, state=tmp_path / "b")
+    port_a, port_b = (int(info["address"].rsplit(":", 1)[1]) for info in (a, b))
+    try:
+        before_a, before_b = local.cluster_processes(port_a), local.cluster_processes(port_b)
+        assert len(before_a) >= 3 and len(before_b) >= 2  # gcs, raylets, dashboard, ... of each
+        assert {p for p, _ in before_a}.isdisjoint(p for p, _ in before_b)
+        assert local.stop(tmp_path / "a") == []
+        assert local.cluster_processes(port_a) == []
+        alive = {p for p, _ in local.cluster_processes(port_b)}
+        assert {p for p, _ in before_b} <= alive  # B untouched
+    finally:
+        local.stop(tmp_path / "a")
+        assert local.stop(tmp_path / "b") == []

@@ -70,6 +70,29 @@ def test_onnxruntime_agrees_with_torch(source, compiled, trained_checkpoint, rea
         assert np.abs(engine.run(x) - reference.run(x)).max() <= 1e-4, (h, w)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet_fpn", "resnet", "fpn_mobilenet", "nafnet"])
+def test_every_generator_exports_to_onnx_with_dynamic_batch_and_size(name, real_photo, tmp_path):
+    from deblur.inference.onnx_engine import OnnxEngine, export_onnx
+    from deblur.inference.torch_engine import TorchEngine
+    from deblur.models import GENERATORS, build_generator
+    from test_models import SMALL
+
+    assert name in GENERATORS
+    torch.manual_seed(0)
+    model = build_generator(name, **SMALL[name]).eval()
+    for p in model.parameters():  # zero-initialised output layers would make every model the identity
+        if p.ndim == 4 and not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.01)
+    export_onnx(model, tmp_path / "model.onnx", model.multiple)
+    ort, ref = OnnxEngine(tmp_path / "model.onnx", "cpu", 2, model.multiple), TorchEngine(model, threads=2)
+    for n, h, w in ((1, 96, 160), (2, 75, 130)):
+        x = np.concatenate([photo_batch(real_photo[k * 10:], h, w) for k in range(n)])
+        expected = ref.run(x)
+        assert np.abs(expected - x).mean() > 1e-3  # the model changes the image
+        assert np.abs(ort.run(x) - expected).max() <= 1e-4, (name, n, h, w)
+
+
 def test_auto_picks_what_this_machine_has(compiled):
     engine = load_engine(str(compiled), "auto")
     expected = "tensorrt" if tensorrt_status() is None else "onnxruntime"
@@ -169,3 +192,45 @@ def test_tensorrt_engine_agrees_with_onnxruntime(trained_checkpoint, real_photo,
     for h, w in SIZES:
         x = photo_batch(real_photo, h, w)
         assert np.abs(trt_engine.run(x) - ort_engine.run(x)).mean() <= 5e-3, (h, w)
+
+
+class _ProfileEngine:
+    """The TensorRT engine's size rules without TensorRT: the max_hw bound, the profile's tile, a recorder."""
+
+    @staticmethod
+    def make(max_hw, multiple, tile=1024):
+        from deblur.inference.engine import Engine, EngineInfo
+        from deblur.inference.tensorrt_engine import profile_tile
+
+        class Recorder(Engine):
+            def __init__(self):
+                self.info = EngineInfo("fake-tensorrt", "cpu", "fp32", multiple, "test")
+                self.max_pixels, self.max_hw = max_hw[0] * max_hw[1], max_hw
+                self.tile, self.overlap = profile_tile(max_hw, multiple, tile), 32
+                self.shapes = []
+
+            def _infer(self, batch):
+                assert batch.shape[2] <= max_hw[0] and batch.shape[3] <= max_hw[1], batch.shape
+                self.shapes.append(batch.shape)
+                return batch
+
+        return Recorder()
+
+
+def test_frames_beyond_a_profile_side_are_tiled_even_under_its_pixel_budget():
+    engine = _ProfileEngine.make((2160, 3840), 128)
+    portrait = np.random.default_rng(0).uniform(-1, 1, (1, 3, 2560, 1440)).astype(np.float32)  # 3.7 Mpx < 8.3 Mpx
+    assert not engine.fits(2560, 1440) and engine.fits(1440, 2560) and not engine.fits(2100, 3800 + 100)
+    out = engine.run(portrait)
+    assert np.allclose(out, portrait, atol=1e-5) and len(engine.shapes) > 1  # tiled, every tile within the profile
+    engine.shapes.clear()
+    engine.run(portrait[:, :, :1440, :1440])
+    assert len(engine.shapes) == 1  # within both sides: one call
+    # a size that pads past the profile (2100 → 2176 > 2160 with a 128 stride) is tiled too
+    assert not engine.fits(2100, 1000)
+    from deblur.inference.engine import EngineError
+    from deblur.inference.tensorrt_engine import profile_tile
+
+    assert profile_tile((2160, 3840), 128, 1024) == 1024 and profile_tile((700, 3840), 128, 1024) == 640
+    with pytest.raises(EngineError):
+        profile_tile((100, 100), 128, 1024)

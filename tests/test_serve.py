@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,6 +131,45 @@ def test_health_docs_and_auth(endpoint, real_photo):
     assert wrong.status_code == 401 and "s3cret" not in wrong.text
     right = requests.post(url, data=data, headers={**h, "Authorization": "Bearer s3cret-token-value"}, timeout=60)
     assert right.status_code == 200
+    # what is serving: the model's URI (it may name buckets) only for an authorised caller when auth is on
+    anonymous = requests.get(f"{endpoint}/auth/v1/model", timeout=30).json()
+    authorised = requests.get(f"{endpoint}/auth/v1/model", headers={"Authorization": "Bearer s3cret-token-value"}, timeout=30).json()
+    assert "model" not in anonymous and anonymous["checkpoint_hash"] == authorised["checkpoint_hash"]
+    assert authorised["model"] and "model" in requests.get(f"{endpoint}/open/v1/model", timeout=30).json()
+
+
+@pytest.mark.parametrize("setup, reason", [
+    ({"DEBLUR_API_TOKEN_FILE": "{tmp}/missing"}, "No such file"),
+    ({"DEBLUR_API_TOKEN_FILE": "{tmp}/empty"}, "is empty"),
+    ({"DEBLUR_API_TOKEN_FILE": "{tmp}/blank"}, "is empty"),
+    ({"DEBLUR_API_TOKEN_FILE": "{tmp}"}, "Is a directory"),
+    ({"DEBLUR_API_TOKEN": "  "}, "set but empty"),
+])
+def test_a_configured_token_source_without_a_token_stops_the_replica(setup, reason, tmp_path, monkeypatch):
+    from deblur.serve.limits import AuthConfigError, Limits
+
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "blank").write_text(" \n\t\n")
+    monkeypatch.delenv("DEBLUR_API_TOKEN", raising=False)
+    monkeypatch.delenv("DEBLUR_API_TOKEN_FILE", raising=False)
+    for k, v in setup.items():
+        monkeypatch.setenv(k, v.format(tmp=tmp_path))
+    with pytest.raises(AuthConfigError, match=reason) as e:
+        Limits.from_env()
+    assert "\n" not in str(e.value)
+    monkeypatch.delenv("DEBLUR_API_TOKEN", raising=False)
+    monkeypatch.delenv("DEBLUR_API_TOKEN_FILE", raising=False)
+    assert Limits.from_env().token is None  # nothing configured: auth off, as documented
+    (tmp_path / "good").write_text("tok\n")
+    assert Limits.from_env(token_file=str(tmp_path / "good")).token == "tok"
+
+
+def test_serve_job_refuses_a_token_file_that_gives_no_token(tmp_path):
+    env = {**os.environ, "DEBLUR_API_TOKEN_FILE": str(tmp_path / "nope")}
+    env.pop("DEBLUR_API_TOKEN", None)
+    res = subprocess.run([sys.executable, "jobs/serve.py"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "nope" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def _chromium() -> tuple[str, str] | None:

@@ -2,13 +2,16 @@
 
 `decode` reads the header first (Pillow opens lazily), so a decompression bomb is refused before a single
 pixel is decoded. Then: EXIF orientation applied, grayscale and alpha kept apart from the colour the
-model sees, 16-bit PNG/TIFF kept at 16 bits (OpenCV decodes them; Pillow would drop to 8), CMYK and
-palette images converted to RGB. `encode` puts it back together: the same mode, the alpha channel
-untouched, ICC profile and EXIF copied where the output format carries them.
+model sees, 16-bit PNG/TIFF kept at 16 bits (OpenCV decodes them; Pillow would drop to 8), CMYK converted
+to sRGB through its ICC profile (a CMYK profile says nothing true about RGB pixels, so it is not kept) and
+palette images to RGB. `encode` puts it back together: the same mode, the alpha channel untouched, ICC
+profile and EXIF copied where the output format carries them, 16-bit files included.
 """
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass, field
 
 import cv2
@@ -66,6 +69,8 @@ def decode(data: bytes, name: str = "<bytes>", max_pixels: int = 100_000_000) ->
         if len(exif):
             info["exif"] = exif.tobytes()
         mode = img.mode
+        if mode == "CMYK":
+            img = _cmyk_to_srgb(img, info.pop("icc_profile", None))
         alpha = None
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA" if mode != "LA" else "LA")
@@ -79,6 +84,38 @@ def decode(data: bytes, name: str = "<bytes>", max_pixels: int = 100_000_000) ->
     if rgb.size == 0:
         raise BadImage("image has no pixels")
     return Decoded(np.ascontiguousarray(rgb), fmt, gray, alpha, info)
+
+
+def _cmyk_to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """CMYK → RGB through the image's own profile when it has one (Pillow's naive conversion otherwise)."""
+    if icc:
+        from PIL import ImageCms
+
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile: fall back to the plain conversion rather than failing the image
+    return img.convert("RGB")
+
+
+def _with_png_icc(png: bytes, icc: bytes) -> bytes:
+    """Insert an iCCP chunk (PNG spec 11.3.3.3) right after IHDR: OpenCV writes 16-bit PNG but no profile."""
+    body = b"icc\x00\x00" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    end_of_ihdr = 8 + 4 + 4 + 13 + 4
+    return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
+
+
+def _tiff16(arr: np.ndarray, icc: bytes | None) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    extratags = [(34675, 7, len(icc), icc, True)] if icc else []  # InterColorProfile
+    photometric = "minisblack" if arr.ndim == 2 else "rgb"
+    tifffile.imwrite(buf, arr, photometric=photometric, extrasamples=["unassalpha"] if arr.ndim == 3 and arr.shape[2] in (2, 4) else None,
+                     extratags=extratags, compression="zlib")
+    return buf.getvalue()
 
 
 def _from_cv(arr: np.ndarray, fmt: str, info: dict) -> Decoded:
@@ -99,13 +136,19 @@ def output_format(requested: str, source: str) -> str:
 def encode(rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95) -> bytes:
     """The deblurred colour + the source's gray/alpha/metadata → file bytes in `fmt`."""
     if rgb.dtype == np.uint16 and fmt in ("PNG", "TIFF"):
+        icc = like.info.get("icc_profile")
+        if fmt == "TIFF":
+            out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else rgb
+            if like.alpha is not None:
+                out = np.dstack([out, like.alpha]) if out.ndim == 3 else np.dstack([out, like.alpha])
+            return _tiff16(out, icc)
         out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if like.alpha is not None:
             out = np.dstack([out, like.alpha]) if out.ndim == 3 else np.dstack([out, out, out, like.alpha])
-        ok, buf = cv2.imencode(EXTENSIONS[fmt], out)
+        ok, buf = cv2.imencode(".png", out)
         if not ok:
             raise BadImage(f"cannot encode 16-bit {fmt}")
-        return buf.tobytes()
+        return _with_png_icc(buf.tobytes(), icc) if icc else buf.tobytes()
     if rgb.dtype == np.uint16:  # a 16-bit source asked for as JPEG/WebP: 8 bits is all they hold
         rgb = (rgb.astype(np.uint32) * 255 + 32767) // 65535
         rgb = rgb.astype(np.uint8)

@@ -41,6 +41,30 @@ def output_rel(rel: str, fmt: str) -> str:
     return rel if FORMATS.get(ext.lower().lstrip(".")) == target else stem + EXTENSIONS[target]
 
 
+def plan_outputs(items: list[dict[str, Any]], fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Give every input its output name ("out"); (items, rejected).
+
+    Changing the format can map two inputs to one name (`a.jpg` and `a.png` both → `a.png`): those that
+    would collide keep their source extension (`a.jpg.png`), so no output overwrites another. An input
+    that still collides (its kept name is another input's name too) is rejected with the reason.
+    """
+    by_out: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        by_out.setdefault(output_rel(it["rel"], fmt), []).append(it)
+    for out, group in by_out.items():
+        for it in group:
+            it["out"] = out if len(group) == 1 or it["rel"] == out else it["rel"] + posixpath.splitext(out)[1]
+    taken: dict[str, str] = {}
+    kept, rejected = [], []
+    for it in sorted(items, key=lambda it: (it["out"] != it["rel"], it["rel"])):  # unchanged names win
+        if it["out"] in taken:
+            rejected.append({"path": it["rel"], "reason": f"not deblurred: its output {it['out']} is also {taken[it['out']]}'s"})
+            continue
+        taken[it["out"]] = it["rel"]
+        kept.append(it)
+    return sorted(kept, key=lambda it: it["rel"]), rejected
+
+
 class Deblurrer:
     """One per actor: loads the engine once, then handles batches of listing rows."""
 
@@ -66,7 +90,7 @@ class Deblurrer:
                 out = self.engine.deblur_image(img.rgb)
             fmt = output_format(self.options.format, img.format)
             payload = encode(out, img, fmt, self.options.quality)
-            storage.write_bytes(storage.join(self.output, output_rel(rel, self.options.format)), payload)
+            storage.write_bytes(storage.join(self.output, item["out"]), payload)
             result["bytes_out"] = len(payload)
         except BadImage as e:
             result.update(status="failed", reason=str(e))
@@ -80,13 +104,13 @@ class Deblurrer:
         return self.process(item)
 
 
-def pending(items: list[dict[str, Any]], output: str, fmt: str) -> tuple[list[dict[str, Any]], int]:
+def pending(items: list[dict[str, Any]], output: str) -> tuple[list[dict[str, Any]], int]:
     """Drop inputs whose output already exists (written whole, so complete); returns (todo, skipped)."""
     fs, path = storage.filesystem(output)
     done = set()
     if fs.exists(path):
         done = {posixpath.relpath(p, path) for p in fs.find(path)}
-    todo = [it for it in items if output_rel(it["rel"], fmt) not in done]
+    todo = [it for it in items if it["out"] not in done]
     return todo, len(items) - len(todo)
 
 
@@ -98,11 +122,13 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
 
     t0 = time.time()
     output_format(options.format, "PNG")  # a bad --format fails here, not per file
-    items = list_inputs(input_uri)
-    todo, skipped = pending(items, output, options.format)
-    counts = {"done": 0, "failed": 0}
+    items, rejected = list_inputs(input_uri)
+    items, collisions = plan_outputs(items, options.format)
+    errors: list[dict[str, str]] = rejected + collisions
+    listed = len(items) + len(errors)
+    todo, skipped = pending(items, output)
+    counts = {"done": 0, "failed": len(errors)}
     bytes_in = bytes_out = 0
-    errors: list[dict[str, str]] = []
     compute_s = 0.0
     if todo:
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
@@ -122,7 +148,7 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
     _append_errors(output, errors)
     wall = time.time() - t0
     summary = {
-        "input": input_uri, "output": output, "model": options.model, "images": len(items), "done": counts["done"],
+        "input": input_uri, "output": output, "model": options.model, "images": listed, "done": counts["done"],
         "skipped": skipped, "failed": counts["failed"], "bytes_in": bytes_in, "bytes_out": bytes_out,
         "wall_seconds": round(wall, 2), "images_per_second": round(counts["done"] / wall, 3) if wall else 0.0,
         "worker_seconds": round(compute_s, 2), "errors_file": storage.join(output, ERRORS) if errors else None,

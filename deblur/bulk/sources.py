@@ -3,6 +3,10 @@
 Each input is a small dict {"rel": relative path, "uri": where to read it, "offset"/"size" for tar
 members}; workers read the bytes themselves (ranged reads for tar members, local or on S3), so the
 driver only ever holds the listing.
+
+Every name becomes a relative path that stays inside the output (`safe_relative`): a tar member, S3 key
+or file whose name is absolute or climbs out with `..`, and tar links and devices, are rejected with a
+reason (the job lists them in `_errors.jsonl`) and never read or written.
 """
 from __future__ import annotations
 
@@ -29,28 +33,59 @@ def check_input(uri: str) -> None:
         raise ValueError(f"{uri}: expected a folder, an s3:// prefix or a .tar archive")
 
 
-def list_inputs(uri: str) -> list[dict[str, Any]]:
+class UnsafeName(ValueError):
+    pass
+
+
+def safe_relative(name: str) -> str:
+    """`name` as a normalised relative path inside the archive root, or UnsafeName saying why not."""
+    if not name or "\x00" in name:
+        raise UnsafeName("empty name or a NUL byte in it")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeName("an absolute path")
+    rel = posixpath.normpath(name)
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        raise UnsafeName("a path that leaves the archive root")
+    return rel
+
+
+def list_inputs(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(images to deblur, rejected entries as {"path", "reason"}) under a folder, prefix or .tar."""
     uri = str(uri).rstrip("/")
     check_input(uri)
     if _is_tar(uri):
         return _tar_members(uri)
     fs, path = storage.filesystem(uri)
-    items = []
+    items, rejected = [], []
     for found in sorted(fs.find(path)):
-        rel = posixpath.relpath(found, path)
-        if rel.lower().endswith(IMAGE_SUFFIXES) and not posixpath.basename(rel).startswith("."):
-            items.append({"rel": rel, "uri": storage.join(uri, rel), "offset": -1, "size": -1})
-    return items
+        name = found[len(path):].lstrip("/")  # the key as stored: relpath() would resolve a `..` in it
+        if not name.lower().endswith(IMAGE_SUFFIXES) or posixpath.basename(name).startswith("."):
+            continue
+        try:
+            rel = safe_relative(name)
+        except UnsafeName as e:
+            rejected.append({"path": name, "reason": f"not deblurred: {e}"})
+            continue
+        items.append({"rel": rel, "uri": storage.join(uri, name), "offset": -1, "size": -1})  # read as stored
+    return items, rejected
 
 
-def _tar_members(uri: str) -> list[dict[str, Any]]:
+def _tar_members(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     fs, path = storage.filesystem(uri)
-    items = []
+    items, rejected = [], []
     with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:  # headers only: seeks past data
         for m in tar:
-            if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
-                items.append({"rel": m.name.lstrip("./"), "uri": uri, "offset": m.offset_data, "size": m.size})
-    return items
+            if m.isdir() or not m.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            try:
+                if not m.isfile():
+                    raise UnsafeName("a link or device, not a regular file")
+                rel = safe_relative(m.name)
+            except UnsafeName as e:
+                rejected.append({"path": m.name, "reason": f"not deblurred: {e}"})
+                continue
+            items.append({"rel": rel, "uri": uri, "offset": m.offset_data, "size": m.size})
+    return items, rejected
 
 
 def read_input(item: dict[str, Any]) -> bytes:

@@ -39,6 +39,8 @@ class Engine:
     info: EngineInfo
     #: above this many pixels an image is deblurred in tiles (bounded memory, same result to ~1e-3)
     max_pixels: int = 2048 * 2048
+    #: the largest (height, width) the backend accepts at all (a TensorRT profile's max); beyond either side: tiles
+    max_hw: tuple[int, int] | None = None
     tile: int = 1024
     overlap: int = 64
     tile_batch: int = 2
@@ -63,9 +65,20 @@ class Engine:
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
             raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
-        if batch.shape[2] * batch.shape[3] > self.max_pixels:
+        if not self.fits(batch.shape[2], batch.shape[3]):
             return np.stack([self._tiled(img) for img in batch])
         return run_padded(self._infer, batch.astype(np.float32, copy=False), self.info.multiple)
+
+    def fits(self, h: int, w: int) -> bool:
+        """Whether an h×w image can go to the backend whole: within the pixel budget and, once padded to the
+        stride, within the backend's largest height and width on each side (a portrait frame can be under
+        the budget and still taller than a landscape profile allows)."""
+        if h * w > self.max_pixels:
+            return False
+        if self.max_hw is None:
+            return True
+        m = self.info.multiple
+        return -(-h // m) * m <= self.max_hw[0] and -(-w // m) * m <= self.max_hw[1]
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         return run_tiled(self._infer, image.astype(np.float32, copy=False), self.info.multiple, self.tile, self.overlap, self.tile_batch)

@@ -119,6 +119,16 @@ def read_engine_metadata(plan: Path) -> dict[str, Any]:
     return meta
 
 
+def profile_tile(max_hw: tuple[int, int], multiple: int, tile: int) -> int:
+    """The tile side for an engine whose profile allows at most max_hw: a multiple of the stride that fits
+    both sides once padded (so no tile is ever refused by the profile)."""
+    side = min(max_hw[0], max_hw[1], tile)
+    side -= side % multiple
+    if side < multiple:
+        raise EngineError(f"a TensorRT profile of at most {max_hw[0]}×{max_hw[1]} cannot take one {multiple}-px block")
+    return side
+
+
 class TensorRTEngine(Engine):
     def __init__(self, plan: str | os.PathLike, multiple: int = 1, model_hash: str = ""):
         plan = Path(plan)
@@ -143,8 +153,9 @@ class TensorRTEngine(Engine):
         self.min_hw = tuple(meta["min_shape"][2:])
         max_n, _, max_h, max_w = meta["max_shape"]
         self.max_batch = int(max_n)
-        self.max_pixels = int(max_h) * int(max_w)  # above the profile, the Engine tiles
-        self.tile = min(int(max_h), int(max_w), self.tile)
+        self.max_pixels = int(max_h) * int(max_w)
+        self.max_hw = (int(max_h), int(max_w))  # beyond the profile on either side, the Engine tiles
+        self.tile = profile_tile(self.max_hw, multiple, self.tile)
         self.overlap = min(self.overlap, self.tile // 4)
         self.info = EngineInfo("tensorrt", meta["gpu_name"], meta["precision"], multiple, str(plan),
                                model_hash or meta.get("model_hash", ""), {"tensorrt_version": meta["tensorrt_version"]})
@@ -159,7 +170,9 @@ class TensorRTEngine(Engine):
         for k in range(0, n, self.max_batch):
             x = torch.from_numpy(np.ascontiguousarray(batch[k : k + self.max_batch])).cuda()
             y = torch.empty_like(x)
-            self.context.set_input_shape(INPUT, tuple(x.shape))
+            if not self.context.set_input_shape(INPUT, tuple(x.shape)):
+                raise EngineError(f"{self.info.source}: shape {tuple(x.shape)} is outside the engine's profile "
+                                  f"(max {self.max_batch}×3×{self.max_hw[0]}×{self.max_hw[1]})")
             self.context.set_tensor_address(INPUT, x.data_ptr())
             self.context.set_tensor_address(OUTPUT, y.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):

@@ -1,6 +1,6 @@
 """The online endpoint: a FastAPI ingress in front of a batched model deployment holding an `Engine`.
 
-  serve run deblur.serve.app:app                   # local; model from $DEBLUR_MODEL (default runs/sample)
+  serve run deblur.serve.app:app                   # local; model from $DEBLUR_MODEL (default: the shipped model)
   serve deploy cluster/serve.yaml                  # a cluster; the same builder with arguments
   python jobs/serve.py --model runs/sample         # convenience launcher
 
@@ -102,8 +102,8 @@ class Ingress:
                 raise RequestError(400, "bad format", f"{format!r}; choose png, jpg or webp")
             if not 1 <= quality <= 100:
                 raise RequestError(400, "bad quality", "quality must be within 1..100")
-            try:
-                img = decode(data, "request", self.limits.max_pixels)
+            try:  # decoding (and encoding below) in a thread: a 24 Mpx PNG must not stall every other request
+                img = await asyncio.to_thread(decode, data, "request", self.limits.max_pixels)
             except BadImage as e:
                 reason = str(e)
                 if "budget" in reason:
@@ -120,7 +120,7 @@ class Ingress:
         fmt = output_format(format or "same", img.format if img.format in MEDIA_TYPES else "PNG")
         if self.model_id is None:
             self.model_id = (await self.deblurrer.info.remote())["checkpoint_hash"]
-        payload = encode(out, img, fmt, quality)
+        payload = await asyncio.to_thread(encode, out, img, fmt, quality)
         return Response(payload, media_type=MEDIA_TYPES[fmt],
                         headers={"X-Model-Id": self.model_id, "X-Inference-Ms": f"{ms:.1f}"})
 
@@ -132,9 +132,12 @@ class Ingress:
             return JSONResponse({"status": "unavailable", "detail": type(e).__name__}, status_code=503)
         return JSONResponse({"status": "ok", "model": info["checkpoint_hash"]})
 
-    @api.get("/v1/model", summary="What is serving")
-    async def model(self) -> dict[str, Any]:
-        return await self.deblurrer.info.remote()
+    @api.get("/v1/model", summary="What is serving (the model's storage URI only to authorised callers)")
+    async def model(self, request: Request) -> dict[str, Any]:
+        info = await self.deblurrer.info.remote()
+        if not self.limits.authorised(request.headers.get("authorization")):
+            info = {k: v for k, v in info.items() if k != "model"}  # a URI may name buckets and paths
+        return info
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -143,7 +146,7 @@ class Ingress:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder (`serve run`/`serve deploy` pass `args`): model, engine, batching, autoscaling."""
-    model = str(args.get("model") or os.environ.get("DEBLUR_MODEL", "runs/sample"))
+    model = str(args.get("model") or os.environ.get("DEBLUR_MODEL", "default"))
     gpus = float(args.get("num_gpus", 0))
     deblurrer = Deblurrer.options(
         ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class AuthConfigError(ValueError):
+    """A token source that was configured but gives no token: the replica must not start without auth."""
+
+
 class RequestError(Exception):
     def __init__(self, status: int, error: str, detail: str):
         super().__init__(f"{status} {error}: {detail}")
@@ -24,20 +28,42 @@ class Limits:
     max_pixels: int = 24_000_000  # 24 Mpx, e.g. 6000×4000
     token: str | None = None
 
+    @property
+    def auth(self) -> bool:
+        return self.token is not None
+
     @classmethod
     def from_env(cls, max_bytes: int | None = None, max_pixels: int | None = None, token_file: str | None = None) -> "Limits":
-        """Token from DEBLUR_API_TOKEN, or a file (`token_file`, else $DEBLUR_API_TOKEN_FILE); none → auth off."""
-        token = os.environ.get("DEBLUR_API_TOKEN") or None
+        """Token from $DEBLUR_API_TOKEN, or a file (`token_file`, else $DEBLUR_API_TOKEN_FILE); neither set →
+        auth off. A source that is set but missing, unreadable or empty is an AuthConfigError (one line): it
+        never turns auth off silently."""
+        env_token = os.environ.get("DEBLUR_API_TOKEN")
+        if env_token is not None:
+            if not env_token.strip():
+                raise AuthConfigError("DEBLUR_API_TOKEN is set but empty; unset it to run without auth")
+            return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, env_token.strip())
         token_file = token_file or os.environ.get("DEBLUR_API_TOKEN_FILE")
-        if not token and token_file:
-            token = Path(token_file).read_text().strip() or None
+        if token_file is None:
+            return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, None)
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise AuthConfigError(f"API token file {token_file}: {e.strerror or type(e).__name__}; the endpoint will "
+                                  "not start without it (mount the secret, or unset DEBLUR_API_TOKEN_FILE)") from None
+        except UnicodeDecodeError:
+            raise AuthConfigError(f"API token file {token_file}: not text") from None
+        if not token:
+            raise AuthConfigError(f"API token file {token_file} is empty; the endpoint will not start without a token")
         return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, token)
 
-    def check_auth(self, authorization: str | None) -> None:
+    def authorised(self, authorization: str | None) -> bool:
         if self.token is None:
-            return
+            return True
         scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+    def check_auth(self, authorization: str | None) -> None:
+        if not self.authorised(authorization):
             raise RequestError(401, "unauthorized", "send 'Authorization: Bearer <token>'")
 
     def check_length(self, content_length: str | None) -> None:
