@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench image-gpu image-cpu clean
+.PHONY: install train test test-fast bench shipped-model image-gpu image-cpu clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The shipped model, from scratch: hours on a CPU (jobs/configs/shipped.yaml; rerun to resume), then packaged.
+shipped-model: $(STAMP)
+	$(PY) jobs/train.py --config jobs/configs/shipped.yaml $(ARGS)
+	$(PY) -m deblur.models.shipped runs/shipped
 
 bench: $(STAMP)
 	for b in benchmarks/[a-z]*.py; do $(PY) $$b || exit 1; done

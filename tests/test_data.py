@@ -106,6 +106,48 @@ def test_synthetic_shards_are_remade_when_the_blur_recipe_changes(cbsd68, tmp_pa
     assert calls == [3]  # every synthetic pair made again
 
 
+def test_an_edited_file_of_the_same_size_is_re_encoded(real_photo, tmp_path):
+    root = tmp_path / "pairs"
+    sharp = real_photo[:64, :80]
+    for kind, img in (("sharp", sharp), ("blur", cv2.GaussianBlur(sharp, (5, 5), 0))):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / kind / "a.bmp"), img[..., ::-1])  # uncompressed: an edit keeps the size
+    out = str(tmp_path / "shards")
+    pairs = layouts.paired(str(root))
+    shards.prepare(pairs, out, {}, progress=False)
+    path = root / "sharp" / "a.bmp"
+    size = path.stat().st_size
+    edited = sharp.copy()
+    edited[10:20, 10:20] = 255 - edited[10:20, 10:20]
+    cv2.imwrite(str(path), edited[..., ::-1])
+    assert path.stat().st_size == size
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a later mtime, as an edit makes
+    calls = []
+    shards.prepare(layouts.paired(str(root)), out, {}, progress=False, encoder=counting_encoder(calls))
+    assert calls == [1]
+    row = shards.read_rows(shards.split_uris(out, "train")[0])[0]
+    assert np.array_equal(decode_image(row["sharp"]), edited)
+
+
+def test_truncated_or_altered_shards_fail_with_their_name(paired_folder, tmp_path):
+    out = tmp_path / "shards"
+    manifest = shards.prepare(layouts.paired(str(paired_folder)), str(out), {}, shard_mb=2.0, progress=False)
+    first = out / manifest["shards"][0]["path"]
+    data = first.read_bytes()
+    first.write_bytes(data[:-100])
+    with pytest.raises(shards.ShardError, match=f"{first.name}.*truncated"):
+        shards.split_uris(str(out), "train")
+    altered = bytearray(data)
+    altered[len(data) // 2] ^= 0xFF
+    first.write_bytes(bytes(altered))
+    shards.split_uris(str(out), "train")  # the size is right ...
+    with pytest.raises(shards.ShardError, match=f"{first.name}.*sha256"):
+        shards.read_rows(str(first))  # ... the content is not
+    first.unlink()
+    with pytest.raises(shards.ShardError, match="missing"):
+        shards.split_uris(str(out), "train")
+
+
 def test_prepare_through_ray_on_s3(ray_session, paired_folder, bucket):
     from deblur.data.pipeline import ray_map_ordered
 

@@ -30,6 +30,7 @@ from . import synth
 from .layouts import Pair
 
 FORMAT_VERSION = 1
+IDENTITY_VERSION = 2  # 2: source files identified by size and mtime, not size alone
 MANIFEST = "manifest.json"
 SCHEMA = pa.schema(
     [
@@ -68,10 +69,19 @@ def _file_size(path: str) -> int:
         return 0
 
 
+def _file_identity(path: str) -> tuple[str, int, int]:
+    """(name, size, mtime in ns): an edited file of the same size (a retouched TIFF or BMP) still changes it."""
+    try:
+        st = os.stat(path)
+        return os.path.basename(path), st.st_size, st.st_mtime_ns
+    except OSError:
+        return os.path.basename(path), 0, 0
+
+
 def _pair_identity(pair: Pair) -> list[Any]:
     files = [pair.sharp] + ([pair.blur] if pair.blur else [])
     recipe = {**pair.synth, "synth_version": synth.VERSION} if pair.blur is None and not pair.online else pair.synth
-    return [pair.key, pair.split, pair.source, [(os.path.basename(f), _file_size(f)) for f in files], recipe, pair.online]
+    return [pair.key, pair.split, pair.source, [_file_identity(f) for f in files], recipe, pair.online]
 
 
 def plan_shards(pairs: list[Pair], target_bytes: int) -> list[ShardPlan]:
@@ -95,7 +105,7 @@ def plan_shards(pairs: list[Pair], target_bytes: int) -> list[ShardPlan]:
 
 
 def _plan(split: str, index: int, pairs: list[Pair]) -> ShardPlan:
-    ident = json.dumps([FORMAT_VERSION] + [_pair_identity(p) for p in pairs], sort_keys=True)
+    ident = json.dumps([FORMAT_VERSION, IDENTITY_VERSION] + [_pair_identity(p) for p in pairs], sort_keys=True)
     return ShardPlan(split, index, pairs, hashlib.sha256(ident.encode()).hexdigest()[:32])
 
 
@@ -275,18 +285,50 @@ def _remove_stale(out: str, keep: set[str], splits: set[str]) -> None:
                 fs.rm(path)
 
 
-def split_uris(out: str, split: str) -> list[str]:
-    """Shard URIs of a split as the manifest lists them."""
+class ShardError(ValueError):
+    """A shard that is not what its manifest says (truncated, altered, missing); the message names it."""
+
+
+def split_uris(out: str, split: str, check_sizes: bool = True) -> list[str]:
+    """Shard URIs of a split as the manifest lists them; each one's size is checked against the manifest
+    (cheap: a truncated or replaced shard fails here, naming it, instead of deep inside a Ray Data task)."""
     manifest = read_manifest(out)
-    uris = [storage.join(out, e["path"]) for e in manifest["shards"] if e["split"] == split]
-    if not uris:
+    entries = [e for e in manifest["shards"] if e["split"] == split]
+    if not entries:
         raise storage.StorageError(f"{out}: no shards for split {split!r} (splits: {sorted(manifest['splits'])})")
-    return uris
+    if check_sizes:
+        fs, _ = storage.filesystem(out)
+        for e in entries:
+            uri = storage.join(out, e["path"])
+            path = storage.filesystem(uri)[1]
+            if not fs.exists(path):
+                raise ShardError(f"{uri}: listed in the manifest but missing; run the prepare job again")
+            if e.get("bytes") is not None and fs.size(path) != e["bytes"]:
+                raise ShardError(f"{uri}: {fs.size(path)} bytes, the manifest says {e['bytes']} (truncated or replaced); "
+                                 "run the prepare job again")
+    return [storage.join(out, e["path"]) for e in entries]
 
 
-def read_rows(uri: str) -> list[dict[str, Any]]:
-    """All rows of one shard (tests and small tools; training streams through Ray Data instead)."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+def _expected_sha256(uri: str) -> str | None:
+    folder, name = uri.rstrip("/").rsplit("/", 2)[0], "/".join(uri.rstrip("/").rsplit("/", 2)[1:])
+    try:
+        manifest = read_manifest(folder)
+    except storage.StorageError:
+        return None
+    return next((e.get("sha256") for e in manifest["shards"] if e["path"] == name), None)
+
+
+def read_rows(uri: str, verify: bool = True) -> list[dict[str, Any]]:
+    """All rows of one shard, its sha256 checked against the manifest beside it (tests and small tools;
+    training streams through Ray Data instead, with the sizes checked by `split_uris`)."""
+    data = storage.read_bytes(uri)
+    expected = _expected_sha256(uri) if verify else None
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise ShardError(f"{uri}: content differs from the manifest's sha256 (altered or corrupt); run the prepare job again")
+    try:
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    except Exception as e:  # pyarrow raises ArrowInvalid and friends on damaged files
+        raise ShardError(f"{uri}: not a readable Parquet shard ({str(e).splitlines()[0][:160]})") from None
 
 
 def layout_info(dataset: str, root: str | None, **options: Any) -> dict[str, Any]:

@@ -27,3 +27,46 @@ def shipped_path(name: str) -> str | None:
 
 def model_card(name: str = DEFAULT) -> Path:
     return WEIGHTS / f"{ALIASES.get(name, name)}.md"
+
+
+def package(checkpoint: str, name: str, half: bool = True, folder: Path = WEIGHTS) -> Path:
+    """A training checkpoint (file, Ray checkpoint dir or run dir) → `folder/<name>.pt`: the generator only
+    (no critic, no optimiser state), in fp16 when `half` (weights load back as fp32; the difference is below
+    8-bit rounding), plus what it was trained with. This is the file that ships."""
+    import io
+
+    import torch
+
+    from .checkpoint import FORMAT, read_checkpoint, resolve_checkpoint
+
+    source = resolve_checkpoint(checkpoint)
+    obj = read_checkpoint(source)
+    if obj.get("format") != FORMAT:
+        raise ValueError(f"{checkpoint}: not a deblur training checkpoint")
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in obj["generator"].items()}
+    shipped = {"format": FORMAT, "generator_name": obj["generator_name"], "generator_kwargs": obj["generator_kwargs"],
+               "generator": state, "name": name, "epoch": obj.get("epoch"), "step": obj.get("step"),
+               "metrics": obj.get("metrics", {}), "config": obj.get("config", {})}
+    buf = io.BytesIO()
+    torch.save(shipped, buf)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.pt"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def main() -> None:
+    """`python -m deblur.models.shipped RUN [--name NAME]`: package a run's best checkpoint as a shipped model."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("checkpoint", help="run dir (best.json), Ray checkpoint dir or checkpoint file")
+    p.add_argument("--name", default=DEFAULT)
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
+    args = p.parse_args()
+    path = package(args.checkpoint, args.name, half=not args.fp32)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); describe it in {model_card(args.name)}")
+
+
+if __name__ == "__main__":
+    main()
