@@ -157,6 +157,25 @@ def test_baselines_match_independent_implementations_on_a_real_photo(real_photo)
     assert metrics.psnr(unsharp(blur), sharp) > metrics.psnr(blur, sharp) - 0.5
 
 
+def test_real_blurred_photos_are_shown_beside_unsharp_masking(mcmaster_shards, trained_checkpoint, real_photo, tmp_path):
+    from scipy import ndimage
+
+    folder = tmp_path / "camera-shake"
+    folder.mkdir()
+    for k in range(3):  # blurred photos without a sharp truth, as a user has them
+        shaken = ndimage.uniform_filter1d(real_photo[k * 20:k * 20 + 120, :160], 9, axis=k % 2)
+        cv2.imwrite(str(folder / f"shake{k}.jpg"), shaken[..., ::-1])
+    (folder / "notes.txt").write_text("not an image")
+    result = evaluate(str(trained_checkpoint), str(tmp_path / "r"), data=mcmaster_shards, engine="torch", lpips=False,
+                      progress=False, real=str(folder))
+    grids = sorted((tmp_path / "r" / "real").glob("*.png"))
+    assert [g.stem for g in grids] == ["shake0", "shake1", "shake2"] and all(f"real/{g.name}" in result["files"] for g in grids)
+    grid = cv2.imread(str(grids[0]))
+    assert grid.shape[1] > 3 * 160  # blurred | unsharp mask | model, side by side
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Real blurred photos" in page and "real/shake1.png" in page
+
+
 def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):
     sharp = real_photo
     shifted = np.roll(sharp, (2, -3), axis=(0, 1))

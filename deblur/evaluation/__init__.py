@@ -10,7 +10,7 @@ from .. import storage
 from ..pretrained import PretrainedWeightsMissing
 from .protocols import PROTOCOLS, describe, score
 from .run import Scorer, score_locally, summarise
-from .sources import EmptyDatasetError, iter_rows
+from .sources import EmptyDatasetError, open_source
 
 
 def _run_dir(model_uri: str) -> str | None:
@@ -50,24 +50,23 @@ def evaluate(
     """Score `model` on the pairs and write the report under `out`; returns metrics.json's content."""
     from ..inference import load_engine
     from ..metrics import LPIPS, describe_convention
-    from .report import real_photo_grids, training_curves, write_report
+    from .report import keys_to_show, real_photo_grids, training_curves, write_report
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     factory = engine_factory or partial(load_engine, model, engine)
     probe = factory()  # fail fast (and once) on a model that does not load
-    total, rows = iter_rows(data, dataset, root, split, limit, **options)
+    source = open_source(data, dataset, root, split, limit, **options)
     try:
         metric = LPIPS("alex", lpips_weights, allow_random_weights=lpips_random) if lpips else None
     except PretrainedWeightsMissing as e:
         raise PretrainedWeightsMissing(f"{e} For evaluation: --lpips-weights FILE, --no-lpips, or --lpips-random "
                                        "(random AlexNet features, labelled as such)") from None
-    rows = list(rows)
     if workers > 0:
-        records = _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, lpips_random, workers)
+        records = _score_with_ray(factory, source, out, protocol, lpips, lpips_weights, lpips_random, workers)
     else:
         scorer = Scorer(lambda: probe, out, protocol, metric)
-        records = score_locally(scorer, rows, total, progress)
+        records = score_locally(scorer, source.rows(), source.total, progress)
     summary = summarise(records)
     header = {
         "model": model,
@@ -84,11 +83,12 @@ def evaluate(
     run = _run_dir(model)
     curves = training_curves(storage.join(run, "metrics.jsonl")) if run else None
     real_grids = real_photo_grids(probe, real, out, real_limit) if real else []
-    files = write_report(out, header, records, summary, {str(r["key"]): r for r in rows}, curves, real=real_grids)
+    shown = keys_to_show(records)
+    files = write_report(out, header, records, summary, source.rows_for(set(shown)), curves, real=real_grids, shown=shown)
     return {"header": header, "summary": summary, "images": records, "files": files}
 
 
-def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, lpips_random, workers) -> list[dict[str, Any]]:
+def _score_with_ray(factory, source, out, protocol, lpips, lpips_weights, lpips_random, workers) -> list[dict[str, Any]]:
     """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
     import ray.data
 
@@ -102,10 +102,9 @@ def _score_with_ray(factory, rows, out, protocol, lpips, lpips_weights, lpips_ra
             metric = LPIPS("alex", lpips_weights, allow_random_weights=lpips_random) if lpips else None
             super().__init__(factory, out, protocol, metric)
 
-    ds = ray.data.from_items(rows).map(RayScorer, compute=ray.data.ActorPoolStrategy(size=workers))
+    ds = source.ray_dataset().map(RayScorer, compute=ray.data.ActorPoolStrategy(size=workers))
     records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
-    order = {str(r["key"]): k for k, r in enumerate(rows)}
-    return sorted(records, key=lambda r: order[str(r["key"])])
+    return sorted(records, key=lambda r: str(r["key"]))
 
 
 __all__ = ["evaluate", "score", "PROTOCOLS", "EmptyDatasetError"]

@@ -129,10 +129,16 @@ def real_photo_grids(engine: Any, folder: str, out: str, limit: int = 12) -> lis
     return grids
 
 
+def keys_to_show(records: list[dict[str, Any]], max_grids: int = 24) -> list[str]:
+    """The images the report draws: the best and worst five by gain, then the first ones up to `max_grids`."""
+    best, worst = ranked(records)
+    return list(dict.fromkeys([r["key"] for r in best + worst] + [r["key"] for r in records[:max_grids]]))
+
+
 def write_report(out: str, header: dict[str, Any], records: list[dict[str, Any]], summary: dict[str, Any],
-                 rows_by_key: dict[str, dict[str, Any]], curves: bytes | None = None, max_grids: int = 24,
-                 real: list[tuple[str, str]] = ()) -> list[str]:
-    """Write every report file under `out`; returns their names."""
+                 rows_by_key: dict[str, dict[str, Any]], curves: bytes | None = None,
+                 real: list[tuple[str, str]] = (), shown: list[str] | None = None) -> list[str]:
+    """Write every report file under `out`; returns their names. `rows_by_key` needs only the `shown` rows."""
     written = ["metrics.json", "metrics.csv", "index.html"]
     storage.write_text(storage.join(out, "metrics.json"),
                        json.dumps({"header": header, "summary": summary, "images": records}, indent=2))
@@ -144,9 +150,8 @@ def write_report(out: str, header: dict[str, Any], records: list[dict[str, Any]]
     storage.write_text(storage.join(out, "metrics.csv"), buf.getvalue())
 
     best, worst = ranked(records)
-    show = list(dict.fromkeys([r["key"] for r in best + worst] + [r["key"] for r in records[:max_grids]]))
     grids = {}
-    for key in show:
+    for key in shown if shown is not None else keys_to_show(records):
         row = rows_by_key[key]
         blur, sharp = decode_image(bytes(row["blur"]), key), decode_image(bytes(row["sharp"]), key)
         output = decode_image(storage.read_bytes(storage.join(out, "outputs", output_name(key))), key)
