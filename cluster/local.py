@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,21 +63,30 @@ def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_sto
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would refuse the second raylet on one machine
     port, dash = free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    # A temp dir of its own (short: Ray's socket paths must fit 107 bytes): the head then does not overwrite
+    # /tmp/ray/ray_current_cluster, through which Ray processes of another cluster on this machine find
+    # "their" cluster; sharing it sends them to this one.
+    temp = tempfile.mkdtemp(prefix="deblur-ray-", dir="/tmp")
     _run([ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
-          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
           f"--object-store-memory={object_store_mb * 1024 * 1024}", *common], env)
-    for k in range(workers):
-        _run([ray_bin(), "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
-              f'--resources={{"node{k + 2}": 1}}', f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
-              *common], env)
-    info = {"address": f"127.0.0.1:{port}", "dashboard_url": f"http://127.0.0.1:{dash}", "nodes": 1 + workers}
+    info = {"address": f"127.0.0.1:{port}", "dashboard_url": f"http://127.0.0.1:{dash}", "nodes": 1 + workers,
+            "temp_dir": temp}
     state.mkdir(parents=True, exist_ok=True)
-    (state / "cluster.json").write_text(json.dumps(info))
+    (state / "cluster.json").write_text(json.dumps(info))  # from here on, `stop` can find what was started
+    try:
+        for k in range(workers):
+            _run([ray_bin(), "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
+                  f'--resources={{"node{k + 2}": 1}}', f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
+                  *common], env)
+    except Exception:
+        stop(state)
+        raise
     return info
 
 
 def _process_table() -> list[tuple[int, int, str]]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
     rows = []
     for line in out:
         pid, ppid, *args = line.split(None, 2)
@@ -88,8 +99,8 @@ def cluster_processes(port: int) -> list[tuple[int, str]]:
     name that address (gcs_server, raylets, dashboard, agents, monitors) and everything they started
     (workers). Another cluster on this machine, or another user's, names another port and is left alone."""
     table = _process_table()
-    marks = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
-    ours = {pid for pid, _, args in table if any(m in args for m in marks)}
+    mark = re.compile(rf"(?:\S:{port}|--gcs_server_port={port})(?:\s|$)")  # --gcs-address=<ip>:port, the GCS's own port
+    ours = {pid for pid, _, args in table if mark.search(args)}
     grew = True
     while grew:  # add descendants
         more = {pid for pid, ppid, _ in table if ppid in ours and pid not in ours}
@@ -109,7 +120,8 @@ def stop(state: Path = STATE, wait_s: float = 30.0) -> list[str]:
     path = state / "cluster.json"
     if not path.exists():
         return []
-    port = int(json.loads(path.read_text())["address"].rsplit(":", 1)[1])
+    info = json.loads(path.read_text())
+    port = int(info["address"].rsplit(":", 1)[1])
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid, _ in cluster_processes(port):
             try:
@@ -121,8 +133,12 @@ def stop(state: Path = STATE, wait_s: float = 30.0) -> list[str]:
             time.sleep(0.5)
         if not cluster_processes(port):
             break
-    path.unlink(missing_ok=True)
-    return [args for _, args in cluster_processes(port)]
+    left = [args for _, args in cluster_processes(port)]
+    if not left:
+        path.unlink(missing_ok=True)
+        if info.get("temp_dir", "").startswith("/tmp/deblur-ray-"):
+            shutil.rmtree(info["temp_dir"], ignore_errors=True)
+    return left
 
 
 def status(state: Path = STATE) -> dict:

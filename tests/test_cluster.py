@@ -332,8 +332,8 @@ def test_local_cluster_stop_leaves_other_clusters_running(tmp_path):
     from conftest import local_cluster_module
 
     local = local_cluster_module()
-    a = local.start(workers=1, head_cpus=1, worker_cpus=1, object_store_mb=100, state=tmp_path / "a")
-    b = local.start(workers=0, head_cpus=1, object_store_mb=100, state=tmp_path / "b")
+    a = local.start(workers=1, head_cpus=1, worker_cpus=1, object_store_mb=200, state=tmp_path / "a")
+    b = local.start(workers=0, head_cpus=1, object_store_mb=200, state=tmp_path / "b")
     port_a, port_b = (int(info["address"].rsplit(":", 1)[1]) for info in (a, b))
     try:
         before_a, before_b = local.cluster_processes(port_a), local.cluster_processes(port_b)
