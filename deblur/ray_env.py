@@ -11,6 +11,22 @@ import os
 log = logging.getLogger(__name__)
 
 
+def _local_cluster_alive(timeout_s: float = 1.0) -> bool:
+    """Whether the cluster `address="auto"` would join answers at all. Ray records the last cluster started
+    on this machine in <tmp>/ray/ray_current_cluster and keeps it after that cluster is gone; joining a dead
+    one retries for minutes, so a stale record must mean "start a local Ray", not a hang."""
+    import socket
+    import tempfile
+
+    record = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "ray_current_cluster")
+    try:
+        host, port = open(record).read().split()[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> str:
     """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'."""
     import ray
@@ -22,15 +38,16 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
         return "cluster"
-    try:
-        ray.init(address="auto", **quiet)
-        return "cluster"
-    except (ConnectionError, RuntimeError, ValueError):
-        pass
+    if _local_cluster_alive():
+        try:
+            ray.init(address="auto", **quiet)
+            return "cluster"
+        except (ConnectionError, RuntimeError, ValueError):
+            pass
     # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
     kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
               "_node_ip_address": "127.0.0.1"}
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
-    ray.init(**kwargs, **quiet)
+    ray.init(address="local", **kwargs, **quiet)  # "local": a new instance, whatever stale record lies around
     return "local"

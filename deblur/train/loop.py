@@ -26,6 +26,8 @@ from ..models import build_critic, build_generator, generator_checkpoint
 from ..models.checkpoint import CHECKPOINT_FILE
 from .step import GANStep, unwrap
 
+PROGRESS_EVERY_S = 120.0
+
 
 def _mean_across_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -161,6 +163,7 @@ def train_loop(config: dict[str, Any]) -> None:
             drop_last=True,
             device=device,
         )
+        shown = t0
         for batch in batches:
             out = step(batch["blur"], batch["sharp"])
             for k, v in vars(out).items():
@@ -170,6 +173,10 @@ def train_loop(config: dict[str, Any]) -> None:
             n_images += batch["blur"].shape[0]
             if cfg.train.steps_per_epoch and n_steps >= cfg.train.steps_per_epoch:
                 break
+            if rank == 0 and time.perf_counter() - shown > PROGRESS_EVERY_S:  # long epochs show progress
+                shown = time.perf_counter()
+                print(f"epoch {epoch + 1}/{cfg.train.epochs}  step {n_steps}  {(shown - t0) / n_steps:.2f} s/step  "
+                      f"loss_g {sums['loss_g'] / n_steps:.4f}")
         if n_steps == 0:
             raise ValueError(f"{cfg.data.uri}: no training batch of {cfg.data.batch_size} for this worker (split too small)")
         seconds = time.perf_counter() - t0

@@ -65,8 +65,9 @@ class GANStep:
     def __init__(self, cfg: Config, generator: nn.Module, critic: nn.Module, device: torch.device):
         self.cfg, self.g, self.d, self.device = cfg, generator, critic, device
         o = cfg.optim
-        self.opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr_g, betas=o.betas)
-        self.opt_d = torch.optim.Adam(critic.parameters(), lr=o.lr_d, betas=o.betas)
+        # fused: one kernel for all parameters (CPU and CUDA); the per-tensor loop took 10 % of a CPU NAFNet step
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr_g, betas=o.betas, fused=True)
+        self.opt_d = torch.optim.Adam(critic.parameters(), lr=o.lr_d, betas=o.betas, fused=True)
         self.dtype = amp_dtype(cfg.train.amp, device)
         fp16 = self.dtype == torch.float16
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
