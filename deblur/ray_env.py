@@ -50,4 +50,9 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(address="local", **kwargs, **quiet)  # "local": a new instance, whatever stale record lies around
+    # Record it as `ray start` does: Ray Train's placement-group cleaner finds "its" cluster through this
+    # record and otherwise talks to whichever cluster was last started here (or a dead one) and fails.
+    from ray._private.utils import write_ray_address
+
+    write_ray_address(ray.get_runtime_context().gcs_address)
     return "local"

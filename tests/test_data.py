@@ -290,7 +290,7 @@ def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
     # one fixed, symmetric kernel (a defocus disk of radius 3), so each crop's blur can be recomputed here
     recipe = synth.BlurRecipe(kinds={"defocus": 1.0}, defocus_radius=(3, 3), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0)
     disk = synth.normalise_kernel(synth.defocus_kernel(3))
-    ds = train_dataset(out, crop=64, batch_size=4, crops_per_pair=2, cache=True, blur=recipe)
+    ds = train_dataset(out, crop=64, batch_size=4, crops_per_pair=2, blur=recipe)  # streamed: Ray Data cuts the crops
     epochs = [list(ds.iter_batches(batch_size=None)) for _ in range(2)]
     pairs = [(to_uint8(b), to_uint8(s)) for epoch in epochs for batch in epoch for b, s in zip(batch["blur"], batch["sharp"])]
     assert len(pairs) == 2 * 4 * 2 and pairs[0][0].shape == (64, 64, 3)
@@ -337,16 +337,24 @@ def test_cached_training_stream_decodes_once_and_crops_anew_each_epoch(ray_sessi
     """cache=True: the decoded split sits in the object store; windows still differ per epoch."""
     from deblur.data.pipeline import train_dataset
 
+    from deblur.data.pipeline import CropStream
+
     ds = train_dataset(inverted_shards, crop=64, batch_size=3, cache=True, crops_per_pair=2)
+    rows = list(ds.iter_rows())
+    assert len(rows) == 7 and all(r["blur"].dtype == np.uint8 and r["blur"].ndim == 3 for r in rows)  # decoded, once
+    stream = CropStream(rows, crop=64, batch_size=4, crops_per_pair=2, seed=0)
     epochs = []
-    for _ in range(2):
+    for epoch in range(2):
         crops = []
-        for batch in ds.iter_batches(batch_size=4, batch_format="numpy"):
-            assert np.array_equal(to_uint8(batch["blur"]), 255 - to_uint8(batch["sharp"]))
+        for batch in stream.epoch(epoch):
+            assert batch["blur"].shape == (4, 3, 64, 64) and batch["blur"].dtype == np.float32
+            assert np.array_equal(to_uint8(batch["blur"]), 255 - to_uint8(batch["sharp"]))  # still aligned
             crops += [c.tobytes() for c in to_uint8(batch["sharp"])]
         epochs.append(crops)
-    assert len(epochs[0]) == len(epochs[1]) == 14
+    assert len(epochs[0]) == len(epochs[1]) == 12  # 7 pairs × 2 crops, whole batches of 4
     assert set(epochs[0]) != set(epochs[1])  # random windows are cut after the cache, not cached
+    again = [c.tobytes() for batch in stream.epoch(0) for c in to_uint8(batch["sharp"])]
+    assert again == epochs[0]  # seeded: an epoch is the same epoch after a resume
 
 
 def test_training_stream_from_s3(ray_session, inverted_shards, bucket):
@@ -373,3 +381,19 @@ def test_eval_stream_full_images_with_keys(ray_session, inverted_shards):
 def test_missing_shards_uri_is_a_clear_error(tmp_path):
     with pytest.raises(storage.StorageError, match="no manifest"):
         shards.split_uris(str(tmp_path / "nothing"), "train")
+
+
+def test_crop_stream_surfaces_errors_and_stops_cleanly(real_photo):
+    from deblur.data.pipeline import NO_BLUR, CropStream
+
+    rows = [{"key": "a", "blur": NO_BLUR, "sharp": real_photo}, {"key": "b", "blur": NO_BLUR, "sharp": real_photo[:50, :60]}]
+    stream = CropStream(rows, crop=48, batch_size=2, crops_per_pair=3)
+    batches = list(stream.epoch(0))
+    assert len(batches) == 3 and all(b["blur"].shape == (2, 3, 48, 48) for b in batches)
+    first = next(iter(stream.epoch(1)))  # abandoning an epoch half-way leaves no thread behind
+    assert first["sharp"].shape == (2, 3, 48, 48)
+    broken = CropStream([{"key": "c", "blur": NO_BLUR, "sharp": real_photo.astype(np.float32)}], crop=48, batch_size=1)
+    with pytest.raises(ValueError, match="uint8"):  # raised in the producer thread, surfaced in the consumer
+        list(broken.epoch(0))
+    with pytest.raises(ValueError, match="no training pairs"):
+        CropStream([], crop=48, batch_size=1)

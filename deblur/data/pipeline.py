@@ -135,21 +135,89 @@ def train_dataset(
     Shards come in a new random order each epoch; consumers add a local shuffle buffer
     (`iter_torch_batches(local_shuffle_buffer_size=...)`) to mix pairs across shards.
 
-    `cache=True` is Ray Data's advice for a split that fits in the object store: decode once and
-    `materialize()`, then apply the random crops (which must differ every epoch) after the cache. On a
-    2-core machine decoding PNGs every epoch competes with the model for the same cores. Without it
-    nothing is materialised: shards stream from storage each epoch, for splits of any size.
+    `cache=True` returns the decoded split instead (`cached_split`), for the training workers to cut their
+    crops from (`CropStream`); without it nothing is materialised: shards stream from storage each epoch,
+    for splits of any size.
     """
+    if cache:
+        return cached_split(uri, split, batch_size if small_blocks else None)
     kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair, "blur": blur}
-    ds = read_split(uri, split, shuffle_seed=False if cache else seed)
+    ds = read_split(uri, split, shuffle_seed=seed)
     if small_blocks:
         # Streaming split into batch-sized blocks (not an all-to-all repartition): Ray Data reads up to
         # 128 MB of shards into one block, and one block is decoded by one task on one CPU.
         ds = ds.repartition(target_num_rows_per_block=batch_size)
-    if cache:
-        # Small blocks are cached too, so each epoch visits them in a new order (block-level shuffle).
-        ds = ds.map(decode_pair).materialize().randomize_block_order(seed=seed)
     return ds.map_batches(augment_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy")
+
+
+def cached_split(uri: str, split: str = "train", rows_per_block: int | None = 8) -> ray.data.MaterializedDataset:
+    """The split decoded once and kept in the object store (Ray Data's advice for a split that fits there).
+
+    The random crops must differ every epoch, so they are cut after the cache, by the training workers
+    themselves (`CropStream`): running a Ray Data map after a materialised dataset costs each epoch a
+    streaming executor whose scheduling loop spins while the trainer is busy (60 % of a core measured on a
+    2-core machine, which slowed the model's own threads 3× through OpenMP barrier waits).
+    """
+    ds = read_split(uri, split, shuffle_seed=False)
+    if rows_per_block:
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
+    return ds.map(decode_pair).materialize()
+
+
+class CropStream:
+    """Training batches cut from decoded pairs held in memory: every epoch new random crops (and, for sharp-only
+    rows, new blur), in a new order, made by one background thread so the model never waits for them."""
+
+    def __init__(self, rows: list[dict[str, Any]], crop: int, batch_size: int, crops_per_pair: int = 1,
+                 blur: synth.BlurRecipe | None = None, flips: bool = True, seed: int | None = None, prefetch: int = 4):
+        if not rows:
+            raise ValueError("no training pairs for this worker")
+        self.rows, self.crop, self.batch_size, self.crops_per_pair = rows, crop, batch_size, crops_per_pair
+        self.blur, self.flips, self.seed, self.prefetch = blur or synth.BlurRecipe(), flips, seed, prefetch
+
+    def batches_per_epoch(self) -> int:
+        return len(self.rows) * self.crops_per_pair // self.batch_size
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """float32 batches {"blur", "sharp"}: N×3×crop×crop in [-1, 1]; the last partial batch is dropped."""
+        import queue
+        import threading
+
+        rng = np.random.default_rng(None if self.seed is None else [self.seed, epoch])
+        order = [k for k in range(len(self.rows)) for _ in range(self.crops_per_pair)]
+        rng.shuffle(order)
+        out: queue.Queue = queue.Queue(self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for start in range(0, self.batches_per_epoch() * self.batch_size, self.batch_size):
+                    pairs = [training_pair(self.rows[k]["blur"], self.rows[k]["sharp"], self.crop, rng, self.flips, self.blur)
+                             for k in order[start : start + self.batch_size]]
+                    batch = {"blur": np.stack([to_numpy_chw(b) for b, _ in pairs]),
+                             "sharp": np.stack([to_numpy_chw(s) for _, s in pairs])}
+                    while not stop.is_set():
+                        try:
+                            out.put(batch, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                out.put(None)
+            except BaseException as e:  # surfaced in the training thread, not lost in this one
+                out.put(e)
+
+        worker = threading.Thread(target=produce, name="crop-stream", daemon=True)
+        worker.start()
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=5)
 
 
 def decode_row(row: dict[str, Any], center_crop: int | None = None) -> dict[str, Any]:

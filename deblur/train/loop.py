@@ -119,6 +119,32 @@ def validate(cfg: Config, g, device: torch.device) -> tuple[dict[str, float], li
     return result, images
 
 
+def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
+    """epoch → an iterator of {"blur", "sharp"} tensor batches for this worker.
+
+    Streaming splits come through Ray Data (`get_dataset_shard`, a share of every epoch per worker). A cached
+    split arrives whole and decoded; this worker keeps every world-th pair (DDP ranks train on disjoint
+    pairs) and cuts fresh crops from them each epoch in a background thread (`CropStream`).
+    """
+    shard = ray.train.get_dataset_shard("train")
+    if not cfg.data.cache:
+        return lambda epoch: shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            drop_last=True, device=device,
+        )
+    from ..data.pipeline import CropStream
+
+    rows = [row for k, row in enumerate(shard.iter_rows()) if k % world == rank]
+    stream = CropStream(rows, cfg.data.crop, cfg.data.batch_size, cfg.data.crops_per_pair, cfg.data.blur,
+                        seed=None if cfg.train.seed is None else cfg.train.seed * 1000 + rank)
+
+    def batches(epoch: int):
+        for batch in stream.epoch(epoch):
+            yield {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+    return batches
+
+
 def train_loop(config: dict[str, Any]) -> None:
     cfg = Config.model_validate(config["cfg"])
     run_uri = config["run_uri"]
@@ -152,17 +178,12 @@ def train_loop(config: dict[str, Any]) -> None:
         from .runlog import RunLog
 
         runlog = RunLog(run_uri)
-    train_shard = ray.train.get_dataset_shard("train")
+    batches_of = _training_batches(cfg, rank, ctx.get_world_size(), device)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         n_steps = n_images = 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.data.batch_size,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            drop_last=True,
-            device=device,
-        )
+        batches = batches_of(epoch)
         shown = t0
         for batch in batches:
             out = step(batch["blur"], batch["sharp"])

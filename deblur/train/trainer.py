@@ -83,7 +83,8 @@ def build_trainer(cfg: Config) -> TorchTrainer:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # a cached split goes whole to every worker, which takes its own share (train/loop.py)
+        dataset_config=ray.train.DataConfig(datasets_to_split=[] if cfg.data.cache else ["train"]),
     )
 
 
