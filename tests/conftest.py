@@ -1,4 +1,10 @@
-"""Shared fixtures. Real parts only: real images from ../shared/data, real Ray, a real S3 endpoint."""
+"""Shared fixtures. Real parts only: real photos, real Ray, a real S3 endpoint.
+
+Photos: ../shared/data's sets where that folder sits beside the clone (CI has it); a user's fresh clone has
+none, and then the same fixtures are made from the photos scikit-image and matplotlib install with
+themselves (public-domain / CC-licensed pictures; see scikit-image's data/README.txt), cropped and
+saved in the formats the shared sets have: no download, no skipped test.
+"""
 from __future__ import annotations
 
 import os
@@ -21,11 +27,71 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEBLUR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def _embedded_photos() -> list[np.ndarray]:
+    """The dependency-shipped photos as RGB arrays (the sample dataset's own list, held-out ones included)."""
+    from deblur.data.layouts import SAMPLE_SPLITS, sample_photo
+    from deblur.images import read_image
+
+    stems = [s for split in ("test", "val", "train") for s in SAMPLE_SPLITS[split]]
+    return [read_image(str(sample_photo(s))) for s in stems]
+
+
+def _cover(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Scaled (area) to cover h×w, then the centre h×w: every stand-in photo has the shared set's size."""
+    import cv2
+
+    scale = max(h / img.shape[0], w / img.shape[1])
+    size = (max(w, round(img.shape[1] * scale)), max(h, round(img.shape[0] * scale)))
+    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    i, j = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    return np.ascontiguousarray(img[i:i + h, j:j + w])
+
+
+def _made(folder: Path, kind: str) -> list[Path]:
+    """../shared/data's sets rebuilt from the embedded photos: same formats, similar sizes."""
+    import cv2
+
+    from deblur.data import synth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = _embedded_photos()
+    if kind == "mcmaster18":
+        photos = photos[::-1]  # other photos first than the cbsd68 stand-in
+    paths = []
+    for k, img in enumerate(photos):
+        if kind == "cbsd68":  # 481×321 PNG (BSDS landscape)
+            path, out = folder / f"{k:04d}.png", _cover(img, 321, 481)
+        elif kind == "mcmaster18":  # 500×500 TIFF
+            path, out = folder / f"{k + 1}.tif", _cover(img, 500, 500)
+        else:  # "lai-real": blurred JPEGs of varied sizes (synthetic camera shake; no sharp truth kept)
+            kernel = synth.random_kernel(np.random.default_rng(k), "motion", max_len=25)
+            path, out = folder / f"photo_{k:02d}.jpg", synth.apply_kernel(img, kernel)
+        params = [cv2.IMWRITE_JPEG_QUALITY, 92] if path.suffix == ".jpg" else []
+        cv2.imwrite(str(path), np.ascontiguousarray(out[..., ::-1]), params)
+        paths.append(path)
+    return paths
+
+
+_MADE: dict[str, Path] = {}
+
+
 def shared(*parts: str) -> Path:
+    """A folder of ../shared/data, or (without it) the same set made from the embedded photos."""
     path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"test data missing: {path} (../shared/data must sit beside the repository)")
-    return path
+    if path.exists():
+        return path
+    kind = parts[-1]
+    if kind not in ("cbsd68", "mcmaster18", "lai-real"):
+        pytest.fail(f"test data missing: {path}, and no embedded stand-in for it")
+    if kind not in _MADE:
+        import atexit
+        import shutil
+        import tempfile
+
+        _MADE[kind] = Path(tempfile.mkdtemp(prefix=f"deblur-{kind}-"))
+        atexit.register(shutil.rmtree, _MADE[kind], True)
+        _made(_MADE[kind], kind)
+    return _MADE[kind]
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +260,15 @@ def trained_checkpoint(cbsd68, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "checkpoint.pt"
     torch.save(generator_checkpoint(model, "unet_fpn", {"base_channels": 8}), path)
     return path
+
+
+# What makes a test slow: a real Ray cluster, Serve, a browser, a subprocess job, or a trained model.
+SLOW_FIXTURES = {"ray_session", "ray_cluster", "endpoint", "trained_checkpoint", "compiled", "mcmaster_shards"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test-fast` (-m "not slow") runs no cluster, no browser and no training: every test that
+    needs one is marked slow here, by the fixtures it takes, so no test can forget its marker."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

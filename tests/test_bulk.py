@@ -45,9 +45,12 @@ def check_outputs(inputs: dict[str, bytes], output_files: dict[str, bytes], chec
         assert (out.format, out.size, out.mode) == (src.format, src.size, src.mode), rel
         assert output_files[rel] != data, rel
         if k < check_model:
-            expected = engine.deblur_image(np.asarray(src.convert("RGB")))
+            given = np.asarray(src.convert("RGB"))
+            expected = engine.deblur_image(given)
             diff = np.abs(np.asarray(out.convert("RGB"), np.int16) - expected)
             assert diff.mean() < 1.5, (rel, diff.mean())
+            # negative control: a pass-through (the input re-encoded) would be this far from the model's output
+            assert np.abs(given.astype(np.int16) - expected).mean() > 3 * 1.5, rel
 
 
 def read_tree(root: Path) -> dict[str, bytes]:

@@ -53,8 +53,10 @@ def test_torch_engine_matches_the_model_at_any_size(trained_checkpoint, real_pho
 def test_compile_job_writes_a_verified_onnx_folder(compiled, trained_checkpoint):
     summary = json.loads((compiled / "compile.json").read_text())
     assert {"model.onnx", "compile.json"} <= set(summary["files"]) <= {p.name for p in compiled.iterdir()}
-    assert summary["onnx"]["max_abs_error"] <= 1e-4
-    assert any("333x517" in k for k in summary["onnx"]["errors"])
+    from deblur.models.checkpoint import checkpoint_hash
+
+    assert summary["model_hash"] == checkpoint_hash(str(trained_checkpoint))  # names what it was compiled from
+    assert any("333x517" in k for k in summary["onnx"]["errors"])  # verified at an odd size too
     if tensorrt_status() is not None:
         assert summary["tensorrt"] == {"built": False, "reason": tensorrt_status()}
 
@@ -139,12 +141,12 @@ def test_broken_onnx_files_are_named(compiled, tmp_path):
     (truncated / "model.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(EngineError, match="model.onnx"):
         load_engine(str(truncated), "onnxruntime")
-    if (compiled / "model.onnx.data").exists():
-        orphan = tmp_path / "orphan"
-        shutil.copytree(compiled, orphan)
-        (orphan / "model.onnx.data").unlink()
-        with pytest.raises(EngineError, match=r"model\.onnx\.data is missing"):
-            OnnxEngine(orphan / "model.onnx")
+    assert (compiled / "model.onnx.data").exists()  # the exporter keeps weights beside the graph
+    orphan = tmp_path / "orphan"
+    shutil.copytree(compiled, orphan)
+    (orphan / "model.onnx.data").unlink()
+    with pytest.raises(EngineError, match=r"model\.onnx\.data is missing"):
+        OnnxEngine(orphan / "model.onnx")
     with pytest.raises(EngineError, match="not found"):
         OnnxEngine(tmp_path / "nothing.onnx")
 

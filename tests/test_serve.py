@@ -55,8 +55,17 @@ def encoded(photo: np.ndarray, fmt: str, size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
+def engine_output(checkpoint, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(what the engine itself makes of the decoded image, the decoded input): the endpoint must return the first."""
+    from deblur.bulk.imagefile import decode
+    from deblur.inference import load_engine
+
+    img = decode(data).rgb
+    return load_engine(str(checkpoint), "torch").deblur_image(img), img
+
+
 @pytest.mark.parametrize("fmt,mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
-def test_round_trip_raw_and_multipart(endpoint, real_photo, fmt, mime):
+def test_round_trip_raw_and_multipart(endpoint, real_photo, trained_checkpoint, fmt, mime):
     for size in [(97, 61), (320, 240), (481, 321)]:
         data = encoded(real_photo, fmt, size)
         raw = requests.post(f"{endpoint}/open/v1/deblur", data=data, headers={"Content-Type": mime}, timeout=120)
@@ -68,6 +77,12 @@ def test_round_trip_raw_and_multipart(endpoint, real_photo, fmt, mime):
             out = Image.open(io.BytesIO(res.content))
             assert out.format == fmt and out.size == size
         assert raw.content == form.content
+        # the pixels are the model's: equal to the engine's output (up to the codec), not the input's
+        expected, given = engine_output(trained_checkpoint, data)
+        got = np.asarray(Image.open(io.BytesIO(raw.content)).convert("RGB"), np.int16)
+        tolerance = 0.5 if fmt == "PNG" else 3.0  # lossy formats re-encode
+        assert np.abs(got - expected).mean() <= tolerance, (fmt, size)
+        assert np.abs(given.astype(np.int16) - expected).mean() > 2 * tolerance  # an echo server would fail here
     as_png = requests.post(f"{endpoint}/open/v1/deblur?format=png", data=data, headers={"Content-Type": mime}, timeout=120)
     assert as_png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(as_png.content)).format == "PNG"
 
@@ -184,7 +199,7 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def test_upload_page_in_headless_chromium(endpoint, real_photo, tmp_path):
+def test_upload_page_in_headless_chromium(endpoint, real_photo, trained_checkpoint, tmp_path):
     found = _chromium()
     if found is None:
         pytest.fail("chromium/chromedriver missing and could not be installed with apt-get")
@@ -212,6 +227,16 @@ def test_upload_page_in_headless_chromium(endpoint, real_photo, tmp_path):
         size = driver.execute_script("const i = document.getElementById('after'); return [i.naturalWidth, i.naturalHeight];")
         assert size == [320, 240]
         assert "done in" in driver.find_element(By.ID, "status").text
+        # the picture the page shows is the model's output for the uploaded file (read back through a canvas)
+        shown = driver.execute_script(
+            "const i = document.getElementById('after'); const c = document.createElement('canvas');"
+            "c.width = i.naturalWidth; c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);"
+            "return c.toDataURL('image/png');")
+        import base64
+
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1]))).convert("RGB"), np.int16)
+        expected, given = engine_output(trained_checkpoint, photo.read_bytes())
+        assert np.abs(pixels - expected).mean() < 3.0 and np.abs(given.astype(np.int16) - expected).mean() > 6.0
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
     finally:
@@ -228,6 +253,24 @@ def test_serve_config_is_a_valid_deploy_schema():
     from deblur.serve.app import build_app
 
     build_app(app.args)  # the args are ones the builder accepts
+    from pydantic import ValidationError
+
     broken = {**config, "applications": [{"name": "x", "import_path": 42, "unknown_field": True}]}
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         ServeDeploySchema.model_validate(broken) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(broken)
+
+
+@pytest.mark.parametrize("typo, message", [
+    ({"max_replica": 4}, "max_replica: unknown argument"),
+    ({"engine": "tensorflow"}, "engine: Input should be"),
+    ({"num_cpus": 0}, "num_cpus: Input should be greater than 0"),
+    ({"min_replicas": 3, "max_replicas": 2}, "min_replicas 3 > max_replicas 2"),
+])
+def test_a_typo_in_the_serve_args_is_refused(typo, message):
+    from deblur.serve.app import AppArgs, build_app
+
+    config = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+    with pytest.raises(ValueError, match=message) as e:
+        build_app({**config["applications"][0]["args"], **typo})
+    assert "\n" not in str(e.value)
+    assert AppArgs.parse({}).model in ("default", os.environ.get("DEBLUR_MODEL"))

@@ -15,10 +15,11 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
@@ -144,22 +145,58 @@ class Ingress:
         return HTMLResponse(PAGE.read_text())
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
+class AppArgs(BaseModel):
+    """What `serve run`/`serve deploy` (cluster/serve.yaml's `args`) and jobs/serve.py may set: typed and
+    strict, so a typo is refused when the app is built instead of silently falling back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))
+    engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    threads: int | None = Field(None, ge=1)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+    max_bytes: int | None = Field(None, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    token_file: str | None = None
+    ingress_cpus: float = Field(0.25, gt=0)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "AppArgs":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+    @classmethod
+    def parse(cls, args: "AppArgs | dict[str, Any]") -> "AppArgs":
+        """Validated arguments, or a one-line ValueError naming the argument."""
+        if isinstance(args, cls):
+            return args
+        try:
+            return cls.model_validate(args or {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "args"
+            msg = "unknown argument (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"deblur Serve app: {where}: {msg}") from None
+
+
+def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     """Application builder (`serve run`/`serve deploy` pass `args`): model, engine, batching, autoscaling."""
-    model = str(args.get("model") or os.environ.get("DEBLUR_MODEL", "default"))
-    gpus = float(args.get("num_gpus", 0))
+    a = AppArgs.parse(args)
     deblurrer = Deblurrer.options(
-        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},
-        autoscaling_config={
-            "min_replicas": int(args.get("min_replicas", 1)),
-            "max_replicas": int(args.get("max_replicas", 2)),
-            "target_ongoing_requests": float(args.get("target_ongoing_requests", 8)),
-        },
-        max_ongoing_requests=int(args.get("max_ongoing_requests", 32)),
-    ).bind(model, str(args.get("engine", "auto")), int(args.get("max_batch_size", 8)),
-           float(args.get("batch_wait_timeout_s", 0.05)), args.get("threads"))
-    return Ingress.options(ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.25))}).bind(
-        deblurrer, args.get("max_bytes"), args.get("max_pixels"), args.get("token_file"))
+        ray_actor_options={"num_cpus": a.num_cpus, "num_gpus": a.num_gpus},
+        autoscaling_config={"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                            "target_ongoing_requests": a.target_ongoing_requests},
+        max_ongoing_requests=a.max_ongoing_requests,
+    ).bind(a.model, a.engine, a.max_batch_size, a.batch_wait_timeout_s, a.threads)
+    return Ingress.options(ray_actor_options={"num_cpus": a.ingress_cpus}).bind(deblurrer, a.max_bytes, a.max_pixels, a.token_file)
 
 
-app = build_app({})
+app = build_app(AppArgs())
