@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -145,6 +146,24 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
     except Exception as e:
         raise _wrap(uri, "write", e) from None
+
+
+TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}$")
+
+
+def remove_partial_writes(uri: str) -> int:
+    """Delete what `write_bytes` leaves when its process is killed mid-write (`<name>.tmp-<8 hex>`) under a
+    local folder; returns how many. S3 has none: an object appears only when its upload completes."""
+    if is_remote(uri):
+        return 0
+    _, path = filesystem(uri)
+    removed = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if TMP_SUFFIX.search(name):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
 
 
 def write_text(uri: str, text: str) -> None:

@@ -242,6 +242,44 @@ def test_kill_halfway_then_resume(trained_checkpoint, tmp_path, ray_cluster):
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
+def test_a_killed_actor_leaves_no_partial_output(trained_checkpoint, tmp_path, ray_cluster):
+    """SIGKILL the engine actor (not the driver) mid-run: Ray restarts it and retries its images; every output
+    under its final name is complete, and what a killed write leaves (.tmp-*) is removed by the next run."""
+    import signal
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for photo in lai_photos(16):
+        shutil.copy(photo, src / photo.name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.jpg.tmp-0123abcd").write_bytes(b"half a file")  # as a killed earlier write leaves it
+    cmd = [sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out), "--model",
+           str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.time() + 300, None
+    while time.time() < deadline and killed is None and proc.poll() is None:
+        if len(list(out.glob("*.jpg"))) >= 3:
+            ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+            actors = [int(line.split()[0]) for line in ps.splitlines() if "Deblurrer" in line and "ray::" in line]
+            if actors:
+                os.kill(actors[0], signal.SIGKILL)
+                killed = actors[0]
+        time.sleep(0.1)
+    output = proc.communicate(timeout=600)[0]
+    assert killed, "the actor was not found while the job ran"
+    assert proc.returncode == 0, output[-3000:]
+    assert not (out / "stale.jpg.tmp-0123abcd").exists()
+    for p in src.iterdir():  # every output complete under its final name
+        img = Image.open(out / p.name)
+        img.load()
+        assert img.size == Image.open(p).size
+    leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    res = subprocess.run(cmd, cwd=ROOT, env=job_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "16 skipped" in res.stdout, res.stdout[-2000:]
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name], leftovers  # the rerun cleaned any
+
+
 @pytest.mark.parametrize("case", ["missing input", "compressed tar"])
 def test_bad_input_is_one_line(case, trained_checkpoint, tmp_path):
     target = tmp_path / ("nope" if case == "missing input" else "x.tar.gz")

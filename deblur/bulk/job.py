@@ -122,6 +122,7 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
 
     t0 = time.time()
     output_format(options.format, "PNG")  # a bad --format fails here, not per file
+    storage.remove_partial_writes(output)  # left by a worker killed mid-write; the file itself is redone
     items, rejected = list_inputs(input_uri)
     items, collisions = plan_outputs(items, options.format)
     errors: list[dict[str, str]] = rejected + collisions
