@@ -33,6 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_ports() -> list[str]:
+    """Ports Ray would otherwise take at fixed defaults (the dashboard agent's 52365 above all): a second
+    cluster on the same machine then finds them taken and its job agent never comes up."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
 def ray_bin() -> str:
     beside = Path(sys.executable).parent / "ray"
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
@@ -68,7 +74,7 @@ def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_sto
     # "their" cluster; sharing it sends them to this one.
     temp = tempfile.mkdtemp(prefix="deblur-ray-", dir="/tmp")
     _run([ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
-          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}", *own_ports(),
           f"--object-store-memory={object_store_mb * 1024 * 1024}", *common], env)
     info = {"address": f"127.0.0.1:{port}", "dashboard_url": f"http://127.0.0.1:{dash}", "nodes": 1 + workers,
             "temp_dir": temp}
@@ -78,7 +84,7 @@ def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_sto
         for k in range(workers):
             _run([ray_bin(), "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
                   f'--resources={{"node{k + 2}": 1}}', f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
-                  *common], env)
+                  f"--temp-dir={temp}", *own_ports(), *common], env)
     except Exception:
         stop(state)
         raise

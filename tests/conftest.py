@@ -104,6 +104,18 @@ def mcmaster18() -> list[Path]:
     return sorted(shared("sharp", "mcmaster18").glob("*.tif"))
 
 
+def reencoded(rgb: np.ndarray, fmt: str, quality: int = 95) -> np.ndarray:
+    """An image as a pass-through (an echo server, a job that skips the model) returns it: decoded and
+    encoded again in the same format at the jobs' default quality. The negative control of "the model ran"."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
 @pytest.fixture(scope="session")
 def real_photo(cbsd68) -> np.ndarray:
     from deblur.images import read_image
@@ -202,12 +214,16 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
     import ray
 
     cluster = LocalCluster(tmp_path_factory.mktemp("ray"))
+    # Ray's State API (list_actors, ...) finds its cluster through RAY_ADDRESS or the machine's last-started
+    # record; this cluster keeps its own temp dir, so it is named here, or another cluster would answer.
+    os.environ["RAY_ADDRESS"] = cluster.address
     try:
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         yield cluster
     finally:
         ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
         left = cluster.stop()
     assert not left, f"Ray processes still running after cluster/local.py stop: {left}"
 

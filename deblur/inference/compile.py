@@ -16,8 +16,10 @@ from .. import storage
 from . import COMPILE_FILE, ONNX_FILE
 from .engine import Engine, EngineError
 
-#: max |ONNX Runtime − torch| allowed in fp32, in [-1, 1] units (the job fails above it)
-FP32_TOLERANCE = 1e-4
+#: max |ONNX Runtime − torch| allowed in fp32, in [-1, 1] units (the job fails above it): an eighth of an
+#: 8-bit level (1/127.5). Generators that normalise with each image's statistics (NAFNet's LayerNorms,
+#: DeblurGAN-v2's instance statistics) amplify float rounding to a few 1e-4 between the two runtimes.
+FP32_TOLERANCE = 1e-3
 #: TensorRT in reduced precision vs ONNX Runtime fp32: mean |error| allowed (max is reported, not bounded:
 #: a handful of saturated pixels differ by more in fp16, which no one can see)
 REDUCED_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3, "bf16": 2e-2}
