@@ -27,14 +27,19 @@ def _local_cluster_alive(timeout_s: float = 1.0) -> bool:
         return False
 
 
-def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> str:
-    """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'."""
+def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, log_level: str = "WARNING") -> str:
+    """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'. `log_level` is the root
+    logger's in every task and actor of the job (Ray Train reports and Ray Data plans are INFO)."""
     import ray
 
     if ray.is_initialized():
         return "existing"
-    env = {"env_vars": {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED") if k in os.environ}}
-    quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": env}
+    env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED") if k in os.environ}
+    # Ray Train patches print() in its workers to also log each line, which then reaches the driver twice
+    # (the stdout copy and the log record): without the patch a worker's line arrives once.
+    env = {"env_vars": {**env_vars, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": env,
+             "logging_config": ray.LoggingConfig(log_level=log_level)}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
         return "cluster"

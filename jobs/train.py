@@ -23,6 +23,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    p.add_argument("--verbose", action="store_true", help="Ray's own INFO lines too (Ray Train reports, Ray Data plans)")
     return p.parse_args(argv)
 
 
@@ -105,12 +106,12 @@ def main(argv: list[str] | None) -> int:
     from deblur.ray_env import init_ray
 
     t0 = time.time()
-    how = init_ray()
+    how = init_ray(log_level="INFO" if args.verbose else "WARNING")
     print(f"Ray: {how}; run {cfg.run.name!r} in {cfg.run.storage_path}; {cfg.scaling.num_workers} worker(s), "
           f"{'GPU' if cfg.scaling.use_gpu else 'CPU'}; {cfg.train.epochs} epochs")
     from deblur.train.trainer import fit
 
-    summary = fit(cfg)
+    summary = fit(cfg, "INFO" if args.verbose else "WARNING")
     m = summary["metrics"]
     print(f"\nbest checkpoint: {summary['checkpoint']}")
     print(f"  epoch {m['epoch']}  val PSNR {m['val_psnr']:.2f} dB (input {m['val_psnr_input']:.2f}, gain "

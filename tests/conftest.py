@@ -104,6 +104,11 @@ def mcmaster18() -> list[Path]:
     return sorted(shared("sharp", "mcmaster18").glob("*.tif"))
 
 
+def job_env(cluster) -> dict:
+    """The environment a job subprocess gets to run on `cluster` (its address and the env its nodes have)."""
+    return {**os.environ, **cluster.env_vars, "RAY_ADDRESS": cluster.address}
+
+
 def reencoded(rgb: np.ndarray, fmt: str, quality: int = 95) -> np.ndarray:
     """An image as a pass-through (an echo server, a job that skips the model) returns it: decoded and
     encoded again in the same format at the jobs' default quality. The negative control of "the model ran"."""

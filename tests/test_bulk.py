@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import reencoded
+from conftest import job_env, reencoded
 
 from deblur import storage
 from deblur.bulk import Options, run
@@ -29,10 +29,6 @@ def lai_photos(n: int | None = None) -> list[Path]:
     from conftest import shared
 
     return sorted(shared("realblur", "lai-real").glob("*.jpg"))[:n]
-
-
-def job_env(cluster) -> dict:
-    return {**os.environ, **cluster.env_vars, "RAY_ADDRESS": cluster.address}
 
 
 def check_outputs(inputs: dict[str, bytes], output_files: dict[str, bytes], checkpoint: Path, check_model: int = 3) -> None:

@@ -18,6 +18,8 @@ from deblur.data import layouts, shards
 from deblur.data.synth import synthesize
 from deblur.images import read_image
 
+from conftest import job_env
+
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
@@ -41,7 +43,7 @@ def tiny_overrides(data_uri: str, storage_path: str, name: str, epochs: int = 2,
     sets = {
         "data.uri": data_uri, "data.prepare": "null", "data.crop": 64, "data.batch_size": 2, "data.crops_per_pair": 1,
         "data.shuffle_buffer": 0, "data.val_center_crop": 64,
-        "model.generator_kwargs": "{base_channels: 4}", "model.critic_kwargs": "{base_channels: 4}",
+        "model.generator": "unet_fpn", "model.generator_kwargs": "{base_channels: 4}", "model.critic_kwargs": "{base_channels: 4}",
         "loss.lambda_per": 0, "loss.lambda_l1": 1, "loss.lambda_adv": 0.01, "optim.critic_steps": 1,
         "train.epochs": epochs, "train.steps_per_epoch": 2, "train.log_images": 1,
         "scaling.num_workers": 2, "scaling.cpus_per_worker": 0.5, "scaling.torch_threads": 1,
@@ -112,13 +114,6 @@ def test_multi_node_on_s3(ray_session, tiny_shards, bucket):
     assert json.loads(storage.read_text(f"{bucket}/runs/multinode/best.json"))["checkpoint"] == summary["checkpoint"]
 
 
-def job_env(cluster) -> dict:
-    env = dict(os.environ)
-    env.update(cluster.env_vars)
-    env["RAY_ADDRESS"] = cluster.address
-    return env
-
-
 def test_ray_job_submit_to_the_cluster(ray_cluster, tiny_shards, bucket):
     fs, _ = storage.filesystem(bucket)
     fs.put(tiny_shards, f"{bucket[5:]}/shards", recursive=True)
@@ -130,6 +125,10 @@ def test_ray_job_submit_to_the_cluster(ray_cluster, tiny_shards, bucket):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best checkpoint: s3://" in res.stdout
+    # what a user reads: each epoch's line once (not twice through Ray Train's print patch), no metric dumps
+    for epoch in (1, 2):
+        assert sum(f"epoch {epoch}/2  loss_g" in line for line in res.stdout.splitlines()) == 1, res.stdout[-3000:]
+    assert "TrainingReport(" not in res.stdout
     best = json.loads(storage.read_text(f"{bucket}/runs/submitted/best.json"))
     assert storage.exists(storage.join(best["checkpoint"], "checkpoint.pt"))
     assert ray_cluster.env_vars["RAY_AUTH_TOKEN"] not in res.stdout + res.stderr
@@ -166,7 +165,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, ray_cluster, ti
         (["data.uri=/nonexistent/shards", "data.prepare=null"], "/nonexistent/shards/manifest.json: no manifest"),
         (["train.epoch=3"], "train.epoch: unknown key"),
         (["data.uri=s3://no-such-bucket/x", "data.prepare=null"], "s3://no-such-bucket/x/manifest.json: cannot"),
-        (["model.generator_kwargs={base_channel: 8}"], "model.generator_kwargs: unet_fpn takes no 'base_channel'"),
+        (["model.generator_kwargs={base_channel: 8}"], "model.generator_kwargs: nafnet takes no 'base_channel'"),
         (["model.critic_kwargs={layers: 3}"], "model.critic_kwargs: patchgan takes no 'layers'"),
         (["loss.lambda_per=1.0"], "perceptual loss (VGG19): ImageNet weights not found"),
     ],

@@ -25,7 +25,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, multiple: int, opset:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    example = torch.zeros(1, 3, 2 * multiple, 2 * multiple)
+    # a batch of 2: from a batch of 1 the tracer derives guards (NAFNet's channels-last layer_norm: batch <= 2)
+    # that contradict the dynamic batch range, and the export fails
+    example = torch.zeros(2, 3, 2 * multiple, 2 * multiple)
     batch = torch.export.Dim("batch", min=1, max=1024)
     dims = {2: multiple * torch.export.Dim("h_blocks", min=1, max=max(1, 8192 // multiple)),
             3: multiple * torch.export.Dim("w_blocks", min=1, max=max(1, 8192 // multiple))}

@@ -51,7 +51,9 @@ def check_data(cfg: Config) -> dict[str, Any]:
     return manifest
 
 
-def build_trainer(cfg: Config) -> TorchTrainer:
+def build_trainer(cfg: Config, log_level: str = "WARNING") -> TorchTrainer:
+    """`log_level` is Ray Train's own (checkpoint and report lines, a metrics dict each); the loop's per-epoch
+    lines print whatever it is."""
     check_data(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # per-epoch lines from rank 0 say more than a bar per dataset op
@@ -81,6 +83,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                 num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="val_psnr", checkpoint_score_order="max"
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=log_level),
         ),
         datasets=datasets,
         # a cached split goes whole to every worker, which takes its own share (train/loop.py)
@@ -96,9 +99,9 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def fit(cfg: Config) -> dict[str, Any]:
+def fit(cfg: Config, log_level: str = "WARNING") -> dict[str, Any]:
     """Train (or resume) the run; write and return best.json's content."""
-    result = build_trainer(cfg).fit()
+    result = build_trainer(cfg, log_level).fit()
     if result.error:
         raise result.error
     best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_psnr", -math.inf), default=None)
