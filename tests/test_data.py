@@ -294,8 +294,11 @@ def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
     epochs = [list(ds.iter_batches(batch_size=None)) for _ in range(2)]
     pairs = [(to_uint8(b), to_uint8(s)) for epoch in epochs for batch in epoch for b, s in zip(batch["blur"], batch["sharp"])]
     assert len(pairs) == 2 * 4 * 2 and pairs[0][0].shape == (64, 64, 3)
-    for blurred, sharp in pairs:
-        assert not np.array_equal(blurred, sharp)
+    textured = [np.ptp(sharp) > 8 for _, sharp in pairs]  # a blur of a flat patch (white sky) is the patch
+    assert sum(textured) >= len(pairs) // 2
+    for (blurred, sharp), has_detail in zip(pairs, textured):
+        if has_detail:
+            assert not np.array_equal(blurred, sharp)
         # aligned, and blurred with the scene around the crop: inside, exactly the kernel applied to the crop
         again = synth.apply_kernel(sharp, disk)
         assert np.abs(blurred[6:-6, 6:-6].astype(int) - again[6:-6, 6:-6]).max() <= 1

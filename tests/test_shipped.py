@@ -4,7 +4,6 @@ These tests use the real shipped file (`deblur/models/weights/`), not a stand-in
 user who installs deblur gets. The quality check runs on the sample's held-out test photos (scikit-image's
 coffee and rocket, which no training saw), blurred the way the model card's numbers are measured.
 """
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 from deblur import metrics
 from deblur.data import layouts, shards
 from deblur.evaluation.baselines import unsharp
-from deblur.images import decode_image, read_image
+from deblur.data.synth import apply_kernel, linear_kernel
+from deblur.images import decode_image, encode_png, read_image
 from deblur.models import build_generator, load_generator, shipped
 from deblur.models.checkpoint import generator_checkpoint
 
@@ -94,7 +94,8 @@ def test_the_archive_job_uses_the_default_when_no_model_is_named(ray_cluster, tm
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    shutil.copy(layouts.sample_photo("coffee"), src / "coffee.png")  # scikit-image's coffee.png
+    blurred = apply_kernel(read_image(str(layouts.sample_photo("coffee"))), linear_kernel(15, 30))
+    (src / "coffee.png").write_bytes(encode_png(blurred))  # a blurred photo: the model has work to do
     res = subprocess.run([sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out),
                           "--engine", "torch", "--workers", "1", "--no-progress"],
                          cwd=ROOT, env=job_env(ray_cluster), capture_output=True, text=True, timeout=600)
