@@ -29,7 +29,8 @@ def _local_cluster_alive(timeout_s: float = 1.0) -> bool:
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, log_level: str = "WARNING") -> str:
     """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'. `log_level` is the root
-    logger's in every task and actor of the job (Ray Train reports and Ray Data plans are INFO)."""
+    logger's in every task and actor of the job. (Ray Train's "Reporting training result" INFO lines still
+    come through: they are logged from a worker thread that this setting does not reach.)"""
     import ray
 
     if ray.is_initialized():

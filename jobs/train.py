@@ -23,7 +23,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
-    p.add_argument("--verbose", action="store_true", help="Ray's own INFO lines too (Ray Train reports, Ray Data plans)")
+    p.add_argument("--verbose", action="store_true", help="Ray's own INFO lines too (Ray Data plans, Ray Train checkpoints)")
     return p.parse_args(argv)
 
 
