@@ -71,10 +71,11 @@ class OptimConfig(_Strict):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
-    schedule: Literal["step", "linear", "constant"] = "step"
+    schedule: Literal["step", "linear", "cosine", "constant"] = "step"
     step_epochs: int = Field(50, ge=1, description="step: multiply the rate by `gamma` every this many epochs")
     gamma: float = Field(0.5, gt=0, le=1)
-    decay_start: int = Field(0, ge=0, description="linear: constant until this epoch, then linear to 0")
+    decay_start: int = Field(0, ge=0, description="linear/cosine: constant until this epoch, then down to 0 at the end")
+    warmup_steps: int = Field(0, ge=0, description="rates ramp up linearly over the first this many steps")
     critic_steps: int = Field(1, ge=0, description="critic updates per generator update (0: no GAN)")
     grad_clip: float | None = Field(None, gt=0)
 

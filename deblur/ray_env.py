@@ -27,10 +27,31 @@ def _local_cluster_alive(timeout_s: float = 1.0) -> bool:
         return False
 
 
+LOG_LEVEL_ENV = "DEBLUR_RAY_LOG_LEVEL"
+
+
+def quiet_ray_libraries(level: str | None = None) -> None:
+    """Ray Data's and Ray Train's own INFO lines (each dataset's plan, start and finish; each report's whole
+    metrics dict) at the job's level, in this process. `ray.LoggingConfig` sets the root logger, but Ray Data
+    logs through its own console handler and Ray Train's report lines through a logger named after its file,
+    so neither follows it. Ray Data still writes everything to ray-data.log. Runs in the driver and, as the
+    runtime env's `worker_process_setup_hook`, in every worker; a Ray version without these loggers is left
+    as it is."""
+    level = (level or os.environ.get(LOG_LEVEL_ENV) or "WARNING").upper()
+    try:
+        import ray.data  # noqa: F401  (configures the ray.data logger)
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console; its file handler keeps DEBUG
+            handler.setLevel(level)
+    logging.getLogger(train_context.__file__).setLevel(level)
+
+
 def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, log_level: str = "WARNING") -> str:
     """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'. `log_level` is the root
-    logger's in every task and actor of the job. (Ray Train's "Reporting training result" INFO lines still
-    come through: they are logged from a worker thread that this setting does not reach.)"""
+    logger's in every task and actor of the job, and Ray Data's and Ray Train's own (`quiet_ray_libraries`)."""
     import ray
 
     if ray.is_initialized():
@@ -38,7 +59,9 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, lo
     env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED") if k in os.environ}
     # Ray Train patches print() in its workers to also log each line, which then reaches the driver twice
     # (the stdout copy and the log record): without the patch a worker's line arrives once.
-    env = {"env_vars": {**env_vars, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    env = {"env_vars": {**env_vars, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", LOG_LEVEL_ENV: log_level},
+           "worker_process_setup_hook": "deblur.ray_env.quiet_ray_libraries"}
+    quiet_ray_libraries(log_level)
     quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": env,
              "logging_config": ray.LoggingConfig(log_level=log_level)}
     if os.environ.get("RAY_ADDRESS"):

@@ -1,9 +1,9 @@
 """Shared fixtures. Real parts only: real photos, real Ray, a real S3 endpoint.
 
 Photos: ../shared/data's sets where that folder sits beside the clone (CI has it); a user's fresh clone has
-none, and then the same fixtures are made from the photos scikit-image and matplotlib install with
-themselves (public-domain / CC-licensed pictures; see scikit-image's data/README.txt), cropped and
-saved in the formats the shared sets have: no download, no skipped test.
+none, and then the same fixtures are made from the real photos the repository keeps (tests/data/photos,
+CC0 / public domain, sources in its README), cropped and saved in the sizes and formats the shared sets
+have: no download, no skipped test.
 """
 from __future__ import annotations
 
@@ -27,45 +27,50 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEBLUR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def _embedded_photos() -> list[np.ndarray]:
-    """The dependency-shipped photos as RGB arrays (the sample dataset's own list, held-out ones included)."""
-    from deblur.data.layouts import SAMPLE_SPLITS, sample_photo
+PHOTOS = ROOT / "tests" / "data" / "photos"
+CROPS_PER_PHOTO = 4  # 6 kept photos → 24 stand-ins, as many as any test takes from one set
+
+
+def _kept_photos() -> list[np.ndarray]:
+    """The photos the repository keeps, as RGB arrays."""
     from deblur.images import read_image
 
-    stems = [s for split in ("test", "val", "train") for s in SAMPLE_SPLITS[split]]
-    return [read_image(str(sample_photo(s))) for s in stems]
+    return [read_image(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix in (".png", ".jpg")]
 
 
-def _cover(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Scaled (area) to cover h×w, then the centre h×w: every stand-in photo has the shared set's size."""
+def _cover(img: np.ndarray, h: int, w: int, view: int = 0) -> np.ndarray:
+    """Scaled (area) to cover h×w, zoomed in by a third per `view`, then an h×w window (centre, then the
+    corners): each view of a photo is a different picture of the shared set's size."""
     import cv2
 
-    scale = max(h / img.shape[0], w / img.shape[1])
+    scale = max(h / img.shape[0], w / img.shape[1]) * (1 + view / 3)
     size = (max(w, round(img.shape[1] * scale)), max(h, round(img.shape[0] * scale)))
     img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    i, j = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    fy, fx = [(0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0)][view % 4]
+    i, j = int((img.shape[0] - h) * fy), int((img.shape[1] - w) * fx)
     return np.ascontiguousarray(img[i:i + h, j:j + w])
 
 
 def _made(folder: Path, kind: str) -> list[Path]:
-    """../shared/data's sets rebuilt from the embedded photos: same formats, similar sizes."""
+    """../shared/data's sets rebuilt from the kept photos: same formats and sizes."""
     import cv2
 
     from deblur.data import synth
 
     folder.mkdir(parents=True, exist_ok=True)
-    photos = _embedded_photos()
+    photos = _kept_photos()
     if kind == "mcmaster18":
         photos = photos[::-1]  # other photos first than the cbsd68 stand-in
+    views = [(img, view) for view in range(CROPS_PER_PHOTO) for img in photos]
     paths = []
-    for k, img in enumerate(photos):
+    for k, (img, view) in enumerate(views):
         if kind == "cbsd68":  # 481×321 PNG (BSDS landscape)
-            path, out = folder / f"{k:04d}.png", _cover(img, 321, 481)
+            path, out = folder / f"{k:04d}.png", _cover(img, 321, 481, view)
         elif kind == "mcmaster18":  # 500×500 TIFF
-            path, out = folder / f"{k + 1}.tif", _cover(img, 500, 500)
+            path, out = folder / f"{k + 1}.tif", _cover(img, 500, 500, view)
         else:  # "lai-real": blurred JPEGs of varied sizes (synthetic camera shake; no sharp truth kept)
             kernel = synth.random_kernel(np.random.default_rng(k), "motion", max_len=25)
-            path, out = folder / f"photo_{k:02d}.jpg", synth.apply_kernel(img, kernel)
+            path, out = folder / f"photo_{k:02d}.jpg", synth.apply_kernel(_cover(img, *img.shape[:2], view), kernel)
         params = [cv2.IMWRITE_JPEG_QUALITY, 92] if path.suffix == ".jpg" else []
         cv2.imwrite(str(path), np.ascontiguousarray(out[..., ::-1]), params)
         paths.append(path)

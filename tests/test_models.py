@@ -30,7 +30,7 @@ def test_every_generator_has_a_small_test_instance():
 @pytest.mark.parametrize("shape", [(1, 3, 97, 203), (2, 3, 128, 128), (1, 3, 5, 7)])
 def test_generator_any_size_and_range(name, shape):
     torch.manual_seed(0)
-    g = build_generator(name, **SMALL[name]).eval()
+    g = doing_something(build_generator(name, **SMALL[name]).eval())
     x = torch.rand(shape) * 2 - 1
     with torch.no_grad():
         y = g(x)
@@ -39,17 +39,23 @@ def test_generator_any_size_and_range(name, shape):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", sorted(GENERATORS))
-def test_gradients_reach_every_parameter(name):
-    torch.manual_seed(0)
-    g = build_generator(name, **SMALL[name]).train()
-    for p in g.parameters():  # zero-initialised heads and residual scales would block gradients at step 0
+def doing_something(g: torch.nn.Module) -> torch.nn.Module:
+    """Random weights where a generator starts as the identity (zero-initialised heads and residual scales
+    block gradients at step 0, and an identity passes every check about what the output depends on)."""
+    for p in g.parameters():
         if p.ndim == 4 and not p.abs().sum():
             torch.nn.init.normal_(p, std=0.01)
     for m in g.modules():
         if hasattr(m, "beta") and hasattr(m, "gamma"):
             torch.nn.init.normal_(m.beta, std=0.1)
             torch.nn.init.normal_(m.gamma, std=0.1)
+    return g
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    g = doing_something(build_generator(name, **SMALL[name]).train())
     x = torch.rand(2, 3, 128, 128) * 0.5 - 0.25  # away from the clamp so the residual passes gradients
     g(x).square().mean().backward()
     unused = {f"fpn.features.{i}." for i in (16, 17, 18)}  # in the published layout, never run
@@ -61,9 +67,10 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_an_image_does_not_depend_on_its_batch(name):
     torch.manual_seed(0)
-    g = build_generator(name, **SMALL[name]).eval()
+    g = doing_something(build_generator(name, **SMALL[name]).eval())
     a, b = torch.rand(1, 3, 64, 96) * 2 - 1, torch.rand(1, 3, 64, 96) * 2 - 1
     with torch.no_grad():
+        assert (g(a) - a).abs().mean() > 1e-3  # not the identity
         assert torch.allclose(g(torch.cat([a, b]))[:1], g(a), atol=1e-5)
 
 

@@ -96,7 +96,7 @@ def validate(cfg: Config, g, device: torch.device) -> tuple[dict[str, float], li
     for i, row in enumerate(rows):
         if cfg.data.val_max_images and i >= cfg.data.val_max_images:
             break
-        blur = torch.from_numpy(np.asarray(row["blur"], dtype=np.float32))[None].to(device)
+        blur = torch.from_numpy(np.array(row["blur"], dtype=np.float32))[None].to(device)  # a copy: rows are read-only
         output = model(blur)[0]
         out_u8, blur_u8 = to_uint8(output), to_uint8(row["blur"])
         sharp_u8 = to_uint8(row["sharp"])
@@ -120,29 +120,37 @@ def validate(cfg: Config, g, device: torch.device) -> tuple[dict[str, float], li
 
 
 def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
-    """epoch → an iterator of {"blur", "sharp"} tensor batches for this worker.
+    """(epoch → an iterator of {"blur", "sharp"} tensor batches for this worker, steps per epoch or None).
 
-    Streaming splits come through Ray Data (`get_dataset_shard`, a share of every epoch per worker). A cached
-    split arrives whole and decoded; this worker keeps every world-th pair (DDP ranks train on disjoint
-    pairs) and cuts fresh crops from them each epoch in a background thread (`CropStream`).
+    Streaming splits come through Ray Data (`get_dataset_shard`, an equal share of every epoch per worker;
+    their length is known only when `train.steps_per_epoch` caps it). A cached split arrives whole and
+    decoded; this worker keeps every world-th pair (DDP ranks train on disjoint pairs) and cuts fresh crops
+    from them each epoch in a background thread (`CropStream`), the same number of batches on every rank
+    (the ranks' gradient all-reduces must pair up, so a rank with one pair more stops with the others).
     """
     shard = ray.train.get_dataset_shard("train")
     if not cfg.data.cache:
         return lambda epoch: shard.iter_torch_batches(
             batch_size=cfg.data.batch_size, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
             drop_last=True, device=device,
-        )
+        ), cfg.train.steps_per_epoch
     from ..data.pipeline import CropStream
 
-    rows = [row for k, row in enumerate(shard.iter_rows()) if k % world == rank]
+    rows, total = [], 0
+    for total, row in enumerate(shard.iter_rows(), 1):
+        if (total - 1) % world == rank:
+            rows.append(row)
     stream = CropStream(rows, cfg.data.crop, cfg.data.batch_size, cfg.data.crops_per_pair, cfg.data.blur,
                         seed=None if cfg.train.seed is None else cfg.train.seed * 1000 + rank)
+    steps = total // world * cfg.data.crops_per_pair // cfg.data.batch_size
+    if cfg.train.steps_per_epoch:
+        steps = min(steps, cfg.train.steps_per_epoch)
 
     def batches(epoch: int):
         for batch in stream.epoch(epoch):
             yield {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
 
-    return batches
+    return batches, steps
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -178,7 +186,7 @@ def train_loop(config: dict[str, Any]) -> None:
         from .runlog import RunLog
 
         runlog = RunLog(run_uri)
-    batches_of = _training_batches(cfg, rank, ctx.get_world_size(), device)
+    batches_of, steps_per_epoch = _training_batches(cfg, rank, ctx.get_world_size(), device)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -186,14 +194,16 @@ def train_loop(config: dict[str, Any]) -> None:
         batches = batches_of(epoch)
         shown = t0
         for batch in batches:
+            if steps_per_epoch and n_steps >= steps_per_epoch:
+                break
+            # the rate moves every step where an epoch's length is known (else once per epoch)
+            step.set_progress(epoch + (n_steps / steps_per_epoch if steps_per_epoch else 0.0), global_step)
             out = step(batch["blur"], batch["sharp"])
             for k, v in vars(out).items():
                 sums[k] = sums.get(k, 0.0) + v
             n_steps += 1
             global_step += 1
             n_images += batch["blur"].shape[0]
-            if cfg.train.steps_per_epoch and n_steps >= cfg.train.steps_per_epoch:
-                break
             if rank == 0 and time.perf_counter() - shown > PROGRESS_EVERY_S:  # long epochs show progress
                 shown = time.perf_counter()
                 print(f"epoch {epoch + 1}/{cfg.train.epochs}  step {n_steps}  {(shown - t0) / n_steps:.2f} s/step  "
@@ -213,7 +223,6 @@ def train_loop(config: dict[str, Any]) -> None:
             "nodes": num_nodes,
             "ddp_param_spread": _param_spread([g, d], device),
         }
-        step.end_epoch()
         last = epoch == cfg.train.epochs - 1
         if (epoch + 1) % cfg.train.val_every and not last:
             if runlog:

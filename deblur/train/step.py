@@ -12,6 +12,7 @@ reducer bookkeeping), and the generator loss is λ_adv·adversarial + λ_per·pe
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,16 +79,27 @@ class GANStep:
             if lc.lambda_per > 0
             else None
         )
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self.lr_factor)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self.lr_factor)
 
-    def lr_factor(self, epoch: int) -> float:
+    def lr_factor(self, progress: float, step: int = 0) -> float:
+        """The rates' multiplier `progress` epochs into the run (fractional, so linear and cosine decay move
+        every step where the loop knows an epoch's length) after `step` steps (the warm-up counts steps).
+
+        A pure function of where the run is, not a scheduler's state: a resumed run gets the same rate."""
         o, total = self.cfg.optim, self.cfg.train.epochs
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
         if o.schedule == "step":
-            return o.gamma ** (epoch // o.step_epochs)
-        if o.schedule == "linear" and epoch >= o.decay_start:
-            return max(0.0, 1.0 - (epoch - o.decay_start) / max(1, total - o.decay_start))
-        return 1.0
+            return warm * o.gamma ** (int(progress) // o.step_epochs)
+        if o.schedule in ("linear", "cosine") and progress >= o.decay_start:
+            t = min(1.0, (progress - o.decay_start) / max(1, total - o.decay_start))
+            return warm * (1.0 - t if o.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t)))
+        return warm
+
+    def set_progress(self, progress: float, step: int) -> None:
+        """Set both optimisers' rates for the step about to be taken (see `lr_factor`)."""
+        factor = self.lr_factor(progress, step)
+        for opt, base in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
 
     def _autocast(self):
         if self.dtype is None:
@@ -162,18 +174,12 @@ class GANStep:
             loss_d, gp, float(loss_g.detach()), float(adv.detach()), float(per.detach()), float(l1.detach()), float(fft.detach())
         )
 
-    def end_epoch(self) -> None:
-        self.sched_g.step()
-        self.sched_d.step()
-
     def state_dict(self) -> dict:
         return {
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(),
-            "sched_d": self.sched_d.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -181,5 +187,3 @@ class GANStep:
         self.opt_d.load_state_dict(state["opt_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
