@@ -28,7 +28,7 @@ SHARED_DATA = Path(os.environ.get("DEBLUR_SHARED_DATA", ROOT.parent / "shared" /
 
 
 PHOTOS = ROOT / "tests" / "data" / "photos"
-CROPS_PER_PHOTO = 4  # 6 kept photos → 24 stand-ins, as many as any test takes from one set
+VIEWS = {"cbsd68": 4, "mcmaster18": 4, "lai-real": 7}  # views per kept photo: 24, 24 and 42 stand-ins, as many as tests take
 
 
 def _kept_photos() -> list[np.ndarray]:
@@ -61,7 +61,7 @@ def _made(folder: Path, kind: str) -> list[Path]:
     photos = _kept_photos()
     if kind == "mcmaster18":
         photos = photos[::-1]  # other photos first than the cbsd68 stand-in
-    views = [(img, view) for view in range(CROPS_PER_PHOTO) for img in photos]
+    views = [(img, view) for view in range(VIEWS[kind]) for img in photos]
     paths = []
     for k, (img, view) in enumerate(views):
         if kind == "cbsd68":  # 481×321 PNG (BSDS landscape)
