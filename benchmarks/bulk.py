@@ -2,20 +2,27 @@
   - a bare single-process loop: read → decode → engine → encode → write,
   - the Ray Data job (jobs/deblur_archive.py's `run`), actors holding the same engine,
   - engine-only compute time (what the loop spent inside the engine): pipeline efficiency = that / job wall.
-On ../shared/data/realblur/kohler (800×800 PNG) and lai-real (JPEG, up to 1200×900).
+On ../shared/data/realblur/kohler (800×800 PNG) and lai-real (JPEG, up to 1200×900). Then an archive of
+mostly sharp photos (CBSD68) with some blurred ones (Köhler), deblurred whole and with --only-blurred, and how
+many of the real-blur photos score below that threshold (they would be copied through, not deblurred).
 
   python benchmarks/bulk.py [--model runs/sample] [--limit 40]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import _common
 import torch
+
+sys.path.insert(0, str(_common.ROOT / "jobs"))
+from deblur_archive import SHARP_BELOW  # noqa: E402  (the job's documented default threshold)
 
 
 def model_path(arg: str | None) -> str:
@@ -61,7 +68,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     engine = load_engine(model, args.engine, threads=cores)
     _common.start_ray()
-    rows = []
+    rows, missed = [], {}
     for name in ("kohler", "lai-real"):
         folder = _common.SHARED_DATA / "realblur" / name
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[: args.limit]
@@ -78,9 +85,31 @@ def main() -> None:
         rows.append([name, n, round(n / loop_s, 2), round(n / job_s, 2), round(loop_s / job_s, 2),
                      round(engine_s / job_s, 2), round(engine_s / loop_s, 2)])
         print(rows[-1], flush=True)
+        scores = [json.loads(line)["blur"] for line in Path(summary["blur"]["scores_file"]).read_text().splitlines()]
+        missed[name] = [sum(s < SHARP_BELOW for s in scores), len(scores)]
+    # an archive as people have one: mostly sharp photos, some blurred; with and without --only-blurred
+    sharp = sorted((_common.SHARED_DATA / "sharp" / "cbsd68").glob("*.png"))[: args.limit]
+    blurred = sorted((_common.SHARED_DATA / "realblur" / "kohler").glob("*.png"))[: max(1, args.limit // 4)]
+    mixed = Path(tempfile.mkdtemp(prefix="bulk-mixed-"))
+    for f in sharp + blurred:
+        (mixed / f"{f.parent.name}-{f.name}").write_bytes(f.read_bytes())
+    mixed_rows = []
+    for threshold in (None, SHARP_BELOW):
+        summary = run(str(mixed), tempfile.mkdtemp(), Options(model, args.engine, threads=1, only_blurred=threshold),
+                      workers=cores, cpus_per_worker=1, progress=False)
+        mixed_rows.append([f"mixed: {len(sharp)} sharp + {len(blurred)} Köhler", "all" if threshold is None else f"only blurred ({threshold})",
+                           summary["done"], summary["copied_sharp"], round((summary["done"] + summary["copied_sharp"]) / summary["wall_seconds"], 2)])
+        print(mixed_rows[-1], flush=True)
     _common.report("bulk", ["archive", "images", "bare loop img/s", "Ray Data job img/s", "job vs loop",
                             "job efficiency (engine s / job s)", "loop efficiency"], rows,
-                   {"model": model, "engine": args.engine, "cores": cores})
+                   {"model": model, "engine": args.engine, "cores": cores,
+                    "only_blurred": {"columns": ["archive", "mode", "deblurred", "copied", "img/s"], "rows": mixed_rows},
+                    "real_blur_scored_sharp": {k: {"below_threshold": v[0], "of": v[1], "threshold": SHARP_BELOW}
+                                               for k, v in missed.items()}})
+    for r in mixed_rows:
+        print(" | ".join(map(str, r)))
+    for k, v in missed.items():
+        print(f"{k}: {v[0]} of {v[1]} real-blur photos score below {SHARP_BELOW} (would be copied, not deblurred)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The HTTP endpoint under load, side by side in one run: images/s and p50/p95/p99 latency at 256² and 1280×720
-for 1, 8 and 32 concurrent clients, with batching (max batch 8) and without (max batch 1), next to calling
-the engine directly in-process on the same cores.
+for 1, 8 and 32 concurrent clients, for the app as jobs/serve.py builds it (defaults) and with batching on
+(max batch 8), next to calling the same engine in-process on the same cores (its median time per image).
+"p50 added" is the HTTP path's p50 minus the in-process engine's, the two alternating request by request (the
+machine's speed drifts by more than the difference): what Serve, HTTP and the PNG codecs cost.
 
-  python benchmarks/serve.py [--model runs/sample] [--requests 32]
+  python benchmarks/serve.py [--model default] [--engine auto] [--requests 32]
 """
 from __future__ import annotations
 
@@ -47,52 +49,69 @@ def load(url: str, body: bytes, clients: int, total: int) -> tuple[float, list[f
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model")
-    p.add_argument("--engine", default="onnxruntime")
+    p.add_argument("--model", default="default")
+    p.add_argument("--engine", default="auto")
     p.add_argument("--requests", type=int, default=32)
     args = p.parse_args()
     from ray import serve
 
     from deblur.inference import load_engine
-    from deblur.serve.app import build_app
+    from deblur.serve.app import build_app, start
 
     model = model_path(args.model)
     _common.start_ray()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 600})
-    # both apps fit on the cores (only one is under load at a time); each replica gets as many engine
-    # threads as the in-process engine it is compared with
-    threads = os.cpu_count() or 1
-    base = {"model": model, "engine": args.engine, "max_replicas": 1, "num_cpus": 0.5, "ingress_cpus": 0.05,
-            "batch_wait_timeout_s": 0.02, "threads": threads}
-    serve.run(build_app({**base, "max_batch_size": 8}), name="batched", route_prefix="/batched")
-    serve.run(build_app({**base, "max_batch_size": 1}), name="single", route_prefix="/single")
-    engine = load_engine(model, args.engine, threads=threads)
-    rows = []
-    for w, h in SIZES:
-        body = png((w, h))
+    start("127.0.0.1", port, 600)
+    # the in-process engine as a user's own code would hold it: every core
+    engine = load_engine(model, args.engine, threads=os.cpu_count() or 1)
+    bodies = {size: png(size) for size in SIZES}
+    direct = {}
+    for size, body in bodies.items():
         img = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
         engine.deblur_image(img)
-        t0 = time.perf_counter()
-        for _ in range(4):
+        times = []
+        for _ in range(5 if size[0] * size[1] < 500_000 else 3):
+            t0 = time.perf_counter()
             engine.deblur_image(img)
-        direct = 4 / (time.perf_counter() - t0)
-        rows.append([f"{w}x{h}", 1, "engine in-process", round(direct, 2), "-", "-", "-", 1.0])
-        total = args.requests if w * h < 500_000 else max(8, args.requests // 2)
-        for clients in CLIENTS:
-            for mode in ("single", "batched"):
-                url = f"http://127.0.0.1:{port}/{mode}/v1/deblur"
+            times.append(time.perf_counter() - t0)
+        direct[size] = float(np.median(times))
+    rows = [[f"{w}x{h}", 1, "engine in-process", round(1 / direct[(w, h)], 2), round(direct[(w, h)] * 1000), "-", "-",
+             "-", 1.0] for w, h in SIZES]
+    # the app as jobs/serve.py builds it (replica sized to the node, CPU batching off), then with batching on;
+    # one at a time, as each replica takes every core
+    for label, extra in (("serve, defaults", {}), ("serve, max batch 8", {"max_batch_size": 8, "batch_wait_timeout_s": 0.02})):
+        serve.run(build_app({"model": model, "engine": args.engine, **extra}), name="bench", route_prefix="/bench")
+        url = f"http://127.0.0.1:{port}/bench/v1/deblur"
+        threads = requests.get(f"http://127.0.0.1:{port}/bench/v1/model", timeout=60).json().get("threads")
+        for w, h in SIZES:
+            body = bodies[(w, h)]
+            total = args.requests if w * h < 500_000 else max(8, args.requests // 2)
+            img = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+            for clients in CLIENTS:
                 load(url, body, min(clients, 4), min(clients, 4))  # warm-up
-                rate, lat = load(url, body, clients, max(total, clients))
+                if clients == 1:  # alternating with the in-process engine, so both see the same machine
+                    lat, own = [], []
+                    for _ in range(max(8, total // 2)):
+                        t0 = time.perf_counter()
+                        engine.deblur_image(img)
+                        own.append(time.perf_counter() - t0)
+                        lat += load(url, body, 1, 1)[1]
+                    rate, base = 1 / float(np.mean(lat)), float(np.median(own))
+                else:
+                    rate, lat = load(url, body, clients, max(total, clients))
+                    base = direct[(w, h)]
                 p50, p95, p99 = (round(float(np.percentile(lat, q)) * 1000) for q in (50, 95, 99))
-                rows.append([f"{w}x{h}", clients, f"serve, max batch {1 if mode == 'single' else 8}", round(rate, 2),
-                             p50, p95, p99, round(rate / direct, 2)])
+                added = round(p50 - base * 1000) if clients == 1 else "-"
+                ratio = rate * float(np.mean(own)) if clients == 1 else rate * base
+                rows.append([f"{w}x{h}", clients, f"{label} ({threads} threads)", round(rate, 2), p50, added, p95, p99,
+                             round(ratio, 2)])
                 print(rows[-1], flush=True)
+        serve.delete("bench")
     serve.shutdown()
-    _common.report("serve", ["size", "clients", "path", "img/s", "p50 ms", "p95 ms", "p99 ms", "vs in-process"], rows,
-                   {"model": model, "engine": args.engine})
+    _common.report("serve", ["size", "clients", "path", "img/s", "p50 ms", "p50 added ms (1 client)", "p95 ms", "p99 ms",
+                             "vs in-process"], rows, {"model": model, "engine": args.engine})
 
 
 if __name__ == "__main__":

@@ -206,3 +206,32 @@ def _copy_backbone(lpips_net: torch.nn.Module, features: torch.nn.Module) -> Non
     for slice_ in (m for n, m in lpips_net.named_children() if n.startswith("slice")):
         for idx, layer in slice_.named_children():
             layer.load_state_dict(feats[idx].state_dict())
+
+
+def blur_score(image: np.ndarray, h_size: int = 11) -> float:
+    """How blurred a photo already is, without a reference: 0 sharp … 1 flat. Crété-Roffet et al.'s "blur
+    effect" (2007): blur the image again with an `h_size` box and measure how much of its gradient survives;
+    a sharp photo loses much, a blurred one little. Being a ratio, it depends far less on content than the
+    variance of the Laplacian does, and it is read at full resolution because motion blur is a length in
+    pixels. The same sums as `skimage.measure.blur_effect` (a test holds them equal) in OpenCV float32,
+    4-5x faster, so that scoring a photo costs a small fraction of deblurring it. Measured on the sets in
+    ../shared/data: sharp CBSD68/McMaster18 photos score 0.16-0.46, Köhler's real shake 0.52-0.81, Lai's
+    real blur 0.27-0.72 (median 0.49)."""
+    img = np.asarray(image)
+    if img.ndim == 3:  # luma as skimage's rgb2gray weighs it (ITU-R 709)
+        img = img[..., :3].astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+    img = img.astype(np.float32) / (65535.0 if np.asarray(image).dtype == np.uint16 else 255.0 if np.asarray(image).dtype == np.uint8 else 1.0)
+    if min(img.shape) < 4:
+        return 0.0
+    inner = (slice(2, img.shape[0] - 1), slice(2, img.shape[1] - 1))
+    scores = []
+    for axis in (0, 1):  # the derivative across rows, then across columns; the blurrier direction counts
+        box = (1, h_size) if axis == 0 else (h_size, 1)  # OpenCV sizes are (width, height)
+        blurred = cv2.blur(img, box, borderType=cv2.BORDER_REFLECT)
+        dx, dy = (0, 1) if axis == 0 else (1, 0)
+        sharp_grad = np.maximum(np.abs(cv2.Sobel(img, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT)), 1e-10)
+        blur_grad = np.maximum(np.abs(cv2.Sobel(blurred, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT)), 1e-10)
+        m1 = float(sharp_grad[inner].sum(dtype=np.float64))
+        m2 = float(np.maximum(0.0, sharp_grad - blur_grad)[inner].sum(dtype=np.float64))
+        scores.append(abs(m1 - m2) / m1)
+    return max(scores)

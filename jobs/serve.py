@@ -23,9 +23,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 only behind a proxy you trust)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--max-replicas", type=int, help="default: as many replicas as the cluster's nodes hold")
+    p.add_argument("--num-cpus", type=float, help="CPUs (and engine threads) per replica (default: a whole node's)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model replica")
-    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-batch-size", type=int, help="default: 8 on a GPU, 1 on CPU (one image fills the cores)")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
     p.add_argument("--request-timeout-s", type=float, default=60.0)
     return p.parse_args(argv)
@@ -37,7 +38,7 @@ def main(argv: list[str] | None) -> int:
 
     from deblur.models.checkpoint import resolve_checkpoint
     from deblur.ray_env import init_ray
-    from deblur.serve.app import build_app
+    from deblur.serve.app import build_app, start
 
     from deblur import storage
 
@@ -47,9 +48,9 @@ def main(argv: list[str] | None) -> int:
     if not storage.exists(storage.join(args.model, "compile.json")):
         resolve_checkpoint(args.model)  # and so is a wrong model path
     init_ray()
-    serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s})
+    start(args.host, args.port, args.request_timeout_s)
     app = build_app({"model": args.model, "engine": args.engine, "min_replicas": args.min_replicas,
-                     "max_replicas": args.max_replicas, "num_gpus": args.num_gpus,
+                     "max_replicas": args.max_replicas, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
                      "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000})
     serve.run(app, name="deblur", route_prefix="/")
     print(f"serving {args.model} at http://{args.host}:{args.port}/ (docs at /docs); Ctrl-C stops")

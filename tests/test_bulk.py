@@ -290,3 +290,39 @@ def test_bad_input_is_one_line(case, trained_checkpoint, tmp_path):
                          text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert str(target) in res.stderr.strip().splitlines()[-1]
+
+
+def test_only_blurred_copies_sharp_photos_through(trained_checkpoint, cbsd68, tmp_path, ray_session):
+    """Real photos and the same photos motion-blurred: the blur score tells them apart, the sharp files come
+    back byte for byte, the blurred ones are the model's output, and every score is recorded."""
+    from deblur.images import read_image
+    from deblur.metrics import blur_score
+
+    src = tmp_path / "mixed"
+    src.mkdir()
+    streak = np.zeros((15, 15), np.float32)
+    streak[7] = 1 / 15  # 15 px of horizontal camera shake
+    for k, path in enumerate(cbsd68[:3]):
+        photo = read_image(str(path))[:160, :224]
+        cv2.imwrite(str(src / f"sharp{k}.png"), photo[..., ::-1])
+        cv2.imwrite(str(src / f"shaken{k}.png"), cv2.filter2D(photo, -1, streak)[..., ::-1])
+    scores = {p.name: blur_score(read_image(str(p))) for p in src.iterdir()}
+    sharp, shaken = ([v for k, v in scores.items() if k.startswith(s)] for s in ("sharp", "shaken"))
+    assert max(sharp) < min(shaken), scores
+    threshold = (max(sharp) + min(shaken)) / 2
+    out = tmp_path / "out"
+    summary = run(str(src), str(out), Options(str(trained_checkpoint), "torch", only_blurred=threshold), workers=1,
+                  progress=False)
+    assert (summary["done"], summary["copied_sharp"], summary["failed"]) == (3, 3, 0), summary
+    for k in range(3):
+        assert (out / f"sharp{k}.png").read_bytes() == (src / f"sharp{k}.png").read_bytes()
+        assert (out / f"shaken{k}.png").read_bytes() != (src / f"shaken{k}.png").read_bytes()
+    recorded = {r["path"]: r for r in map(json.loads, (out / "_blur.jsonl").read_text().splitlines())}
+    assert {k: r["status"] for k, r in recorded.items()} == {k: "copied" if k.startswith("sharp") else "done" for k in scores}
+    assert all(abs(recorded[k]["blur"] - v) < 1e-3 for k, v in scores.items())
+    assert summary["blur"]["scored"] == 6 and summary["blur"]["scores_file"].endswith("_blur.jsonl")
+    from deblur.inference import load_engine
+
+    given = read_image(str(src / "shaken0.png"))
+    check_is_model_output(read_image(str(out / "shaken0.png")), given,
+                          load_engine(str(trained_checkpoint), "torch").deblur_image(given), "PNG", "shaken0")

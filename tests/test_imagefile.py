@@ -26,12 +26,9 @@ def test_sixteen_bit_output_keeps_its_colour_profile(real_photo, tmp_path):
     for fmt in ("PNG", "TIFF"):
         path = tmp_path / f"deep.{fmt.lower()}"
         if fmt == "PNG":
-            import cv2
+            from deblur.bulk.imagefile import _png
 
-            ok, buf = cv2.imencode(".png", deep[..., ::-1])
-            from deblur.bulk.imagefile import _with_png_icc
-
-            path.write_bytes(_with_png_icc(buf.tobytes(), SRGB))
+            path.write_bytes(_png(deep[..., ::-1], {"icc_profile": SRGB}, 1))
         else:
             import tifffile
 
@@ -43,3 +40,61 @@ def test_sixteen_bit_output_keeps_its_colour_profile(real_photo, tmp_path):
         assert again.rgb.dtype == np.uint16 and np.array_equal(again.rgb, deep), fmt
         assert again.info.get("icc_profile") == SRGB, fmt  # it used to be dropped for 16-bit files
         assert Image.open(io.BytesIO(data)).info.get("icc_profile") == SRGB, fmt
+
+
+def test_bit_depth_is_read_from_the_header(real_photo, tmp_path):
+    """8-bit files are decoded once (by Pillow); every 16-bit form still reaches OpenCV and stays 16-bit."""
+    import cv2
+    import tifffile
+
+    deep = real_photo[:40, :56].astype(np.uint16) * 257 + 3
+    cases = {
+        "rgb16.png": cv2.imencode(".png", deep[..., ::-1])[1].tobytes(),
+        "gray16.png": cv2.imencode(".png", deep[..., 0])[1].tobytes(),
+        "rgba16.png": cv2.imencode(".png", np.dstack([deep[..., ::-1], deep[..., :1]]))[1].tobytes(),
+    }
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, deep, photometric="rgb")
+    cases["rgb16.tif"] = buf.getvalue()
+    for name, data in cases.items():
+        img = decode(data, name)
+        assert img.rgb.dtype == np.uint16 and img.rgb.shape == (40, 56, 3), name
+        assert img.gray == name.startswith("gray") and (img.alpha is not None) == name.startswith("rgba"), name
+    eight = io.BytesIO()
+    Image.fromarray(real_photo[:40, :56]).save(eight, format="PNG")
+    img = decode(eight.getvalue())
+    assert img.rgb.dtype == np.uint8 and np.array_equal(img.rgb, real_photo[:40, :56])
+
+
+def test_png_compression_reaches_the_encoder_and_never_changes_pixels(real_photo):
+    img = _plain(real_photo)
+    stored, fast, small = (encode(img.rgb, img, "PNG", png_compression=c) for c in (0, 1, 9))
+    assert len(stored) > 1.2 * max(len(fast), len(small))  # level 0 stores; 1 vs 9 depends on the photo
+    for data in (stored, fast, small):
+        assert np.array_equal(decode(data).rgb, real_photo)
+
+
+def _plain(rgb):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return decode(buf.getvalue())
+
+
+def test_png_output_keeps_profile_exif_alpha_and_gray(real_photo):
+    """PNG is written by OpenCV, which knows no metadata: the chunks are added back and Pillow reads them."""
+    exif = Image.Exif()
+    exif[0x010F] = "deblur-test-camera"  # Make
+    src = io.BytesIO()
+    Image.fromarray(real_photo[:48, :64]).save(src, format="JPEG", quality=95, icc_profile=SRGB, exif=exif.tobytes())
+    img = decode(src.getvalue())
+    out = Image.open(io.BytesIO(encode(img.rgb, img, "PNG")))
+    assert out.format == "PNG" and out.info.get("icc_profile") == SRGB
+    assert out.getexif().get(0x010F) == "deblur-test-camera"
+    assert np.array_equal(np.asarray(out), img.rgb)
+    rgba = np.dstack([real_photo[:48, :64], np.arange(64, dtype=np.uint8)[None].repeat(48, 0)])
+    for mode, arr in (("RGBA", rgba), ("L", real_photo[:48, :64, 1]), ("LA", rgba[..., 2:])):
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode).save(buf, format="PNG")
+        img = decode(buf.getvalue())
+        back = Image.open(io.BytesIO(encode(img.rgb, img, "PNG")))
+        assert back.mode == mode and np.array_equal(np.asarray(back), arr), mode

@@ -123,3 +123,21 @@ def test_lpips_loads_backbone_weights_when_given(tmp_path, monkeypatch, photo_pa
     lp = metrics.LPIPS(weights_path=str(path))
     assert lp.pretrained
     assert torch.equal(lp.model.net.slice1[0].weight, ref.features[0].weight)
+
+
+def test_blur_score_is_skimages_blur_effect_and_rises_with_blur(cbsd68):
+    """The same sums as scikit-image's reference implementation, for 8-bit, 16-bit and gray photos."""
+    import cv2
+    from skimage.measure import blur_effect
+
+    from deblur.images import read_image
+    from deblur.metrics import blur_score
+
+    for path in cbsd68[:3]:
+        photo = read_image(str(path))
+        for img, ref in ((photo, blur_effect(photo, channel_axis=-1)),
+                         (photo.astype(np.uint16) * 257, blur_effect(photo.astype(np.uint16) * 257, channel_axis=-1)),
+                         (photo[..., 1], blur_effect(photo[..., 1]))):
+            assert abs(blur_score(img) - ref) < 1e-4, (path.name, img.dtype, img.shape)
+        scores = [blur_score(cv2.GaussianBlur(photo, (0, 0), s) if s else photo) for s in (0, 1, 2, 4)]
+        assert scores == sorted(scores) and scores[-1] - scores[0] > 0.2, scores

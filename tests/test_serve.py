@@ -35,15 +35,14 @@ def _free_port() -> int:
 def endpoint(ray_session, trained_checkpoint, tmp_path_factory):
     from ray import serve
 
-    from deblur.serve.app import build_app
+    from deblur.serve.app import build_app, start
 
     token_file = tmp_path_factory.mktemp("secret") / "token"
     token_file.write_text("s3cret-token-value\n")
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    start("127.0.0.1", port, 120)
     common = {"model": str(trained_checkpoint), "engine": "torch", "max_replicas": 1, "num_cpus": 1,
-              "max_batch_size": 8, "batch_wait_timeout_s": 0.1, "max_bytes": 2_000_000, "max_pixels": 4_000_000,
-              "ingress_cpus": 0.1}
+              "max_batch_size": 8, "batch_wait_timeout_s": 0.1, "max_bytes": 2_000_000, "max_pixels": 4_000_000}
     serve.run(build_app(common), name="open", route_prefix="/open")
     serve.run(build_app({**common, "token_file": str(token_file), "num_cpus": 0.5}), name="auth", route_prefix="/auth")
     base = f"http://127.0.0.1:{port}"
@@ -277,3 +276,18 @@ def test_a_typo_in_the_serve_args_is_refused(typo, message):
         build_app({**config["applications"][0]["args"], **typo})
     assert "\n" not in str(e.value)
     assert AppArgs.parse({}).model in ("default", os.environ.get("DEBLUR_MODEL"))
+
+
+@pytest.mark.parametrize("args, nodes, expected", [
+    ({}, [{"CPU": 2, "GPU": 0}], (2, 1)),  # a laptop: one replica on every core, not 1 of 2 cores
+    ({}, [{"CPU": 2, "GPU": 0}, {"CPU": 8, "GPU": 0}, {"CPU": 8, "GPU": 0}], (8, 2)),
+    ({"num_cpus": 1}, [{"CPU": 2, "GPU": 0}, {"CPU": 1, "GPU": 0}], (1, 3)),
+    ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4)),  # a GPU's share of its node's CPUs
+    ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7)),  # explicit values are kept
+    ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3)),
+])
+def test_replicas_are_sized_to_the_nodes(args, nodes, expected):
+    from deblur.serve.app import AppArgs, sized_to_nodes
+
+    a = sized_to_nodes(AppArgs.parse(args), nodes)
+    assert (a.num_cpus, a.max_replicas) == expected

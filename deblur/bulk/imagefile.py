@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -23,6 +23,10 @@ Image.MAX_IMAGE_PIXELS = None  # the pixel budget below is checked from the head
 FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 IMAGE_SUFFIXES = tuple(f".{k}" for k in FORMATS)
+#: zlib level for PNG outputs. Level 1 writes a 720p photo ~4x faster than Pillow's default 6 (0.1 s vs 0.4 s,
+#: a quarter of the model's time on 2 cores), and on photos the files come out between 6 % smaller and 13 %
+#: larger (zlib's higher levels gain little on camera noise). Pass 9 when bytes matter more than time.
+PNG_COMPRESSION = 1
 
 
 class BadImage(ValueError):
@@ -56,12 +60,23 @@ def _header(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+def _sixteen_bit(img: Image.Image, data: bytes) -> bool:
+    """Whether the file stores 16 bits per sample, read from its header (Pillow reports 16-bit RGB PNGs as
+    8-bit "RGB", so its mode cannot tell): PNG's IHDR bit depth, TIFF's BitsPerSample."""
+    if img.format == "PNG":
+        return len(data) > 24 and data[24] == 16
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258, 8)
+        return max(bits if isinstance(bits, tuple) else (bits,)) == 16
+    return False
+
+
 def decode(data: bytes, name: str = "<bytes>", max_pixels: int = 100_000_000) -> Decoded:
     img = _header(data, name, max_pixels)
     info = {k: img.info[k] for k in ("icc_profile",) if img.info.get(k)}
     fmt = img.format
     try:
-        deep = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if fmt in ("PNG", "TIFF") else None
+        deep = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if _sixteen_bit(img, data) else None
         if deep is not None and deep.dtype == np.uint16:  # 16 bits per channel: OpenCV keeps them
             return _from_cv(deep, fmt, info)
         img = ImageOps.exif_transpose(img)  # upright, and the orientation tag reset to 1
@@ -99,12 +114,26 @@ def _cmyk_to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     return img.convert("RGB")
 
 
-def _with_png_icc(png: bytes, icc: bytes) -> bytes:
-    """Insert an iCCP chunk (PNG spec 11.3.3.3) right after IHDR: OpenCV writes 16-bit PNG but no profile."""
-    body = b"icc\x00\x00" + zlib.compress(icc)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+def _png(arr: np.ndarray, info: dict, level: int) -> bytes:
+    """PNG through OpenCV with zlib's RLE strategy: on photos as small as Pillow's default level 6 and ~7x
+    faster (720p: 55 ms vs 425 ms). OpenCV writes no ICC profile or EXIF, so their chunks (PNG spec 11.3.3.3,
+    eXIf) are inserted right after IHDR. `arr` is OpenCV's layout: gray, BGR or BGRA, 8 or 16 bits."""
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, level, cv2.IMWRITE_PNG_STRATEGY,
+                                         cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise BadImage(f"cannot encode a {arr.dtype} {arr.shape} PNG")
+    chunks = b""
+    if info.get("icc_profile"):
+        chunks += _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(info["icc_profile"]))
+    if info.get("exif"):
+        chunks += _chunk(b"eXIf", info["exif"].removeprefix(b"Exif\x00\x00"))
     end_of_ihdr = 8 + 4 + 4 + 13 + 4
-    return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
+    data = buf.tobytes()
+    return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def _tiff16(arr: np.ndarray, icc: bytes | None) -> bytes:
@@ -133,26 +162,28 @@ def output_format(requested: str, source: str) -> str:
     return FORMATS[requested]
 
 
-def encode(rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95) -> bytes:
+def encode(rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95, png_compression: int = PNG_COMPRESSION) -> bytes:
     """The deblurred colour + the source's gray/alpha/metadata → file bytes in `fmt`."""
-    if rgb.dtype == np.uint16 and fmt in ("PNG", "TIFF"):
-        icc = like.info.get("icc_profile")
-        if fmt == "TIFF":
-            out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else rgb
-            if like.alpha is not None:
-                out = np.dstack([out, like.alpha]) if out.ndim == 3 else np.dstack([out, like.alpha])
-            return _tiff16(out, icc)
-        out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    deep = rgb.dtype == np.uint16
+    if like.alpha is not None and like.alpha.dtype != rgb.dtype:  # Serve feeds 16-bit sources to the model as 8-bit
+        like = replace(like, alpha=like.alpha * 257 if deep else (like.alpha >> 8).astype(np.uint8))
+    if fmt == "TIFF" and deep:
+        out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else rgb
+        if like.alpha is not None:
+            out = np.dstack([out, like.alpha])
+        return _tiff16(out, like.info.get("icc_profile"))
+    if fmt == "PNG" and (deep or not (like.gray and like.alpha is not None)):  # 8-bit gray+alpha stays LA below
+        if like.gray:
+            out = rgb.mean(axis=2).round().astype(np.uint16) if deep else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        else:
+            out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if like.alpha is not None:
             out = np.dstack([out, like.alpha]) if out.ndim == 3 else np.dstack([out, out, out, like.alpha])
-        ok, buf = cv2.imencode(".png", out)
-        if not ok:
-            raise BadImage(f"cannot encode 16-bit {fmt}")
-        return _with_png_icc(buf.tobytes(), icc) if icc else buf.tobytes()
+        return _png(out, like.info, png_compression)
     if rgb.dtype == np.uint16:  # a 16-bit source asked for as JPEG/WebP: 8 bits is all they hold
         rgb = (rgb.astype(np.uint32) * 255 + 32767) // 65535
         rgb = rgb.astype(np.uint8)
-    alpha = like.alpha if like.alpha is None or like.alpha.dtype == np.uint8 else (like.alpha >> 8).astype(np.uint8)
+    alpha = like.alpha
     if like.gray:
         img = Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")))
         mode = "LA"
@@ -165,6 +196,8 @@ def encode(rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95) -> bytes
     options: dict = {k: v for k, v in like.info.items() if fmt != "BMP"}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
+    if fmt == "PNG":
+        options["compress_level"] = png_compression
     buf = io.BytesIO()
     img.save(buf, format=fmt, **options)
     return buf.getvalue()

@@ -1,7 +1,9 @@
 """Deblur an archive with Ray Data: list → (skip what is done) → actors holding the engine read, decode,
 deblur, encode and write each image → the driver only tallies small result rows.
 
-Resumable by construction: every output is written whole (temporary name + rename locally, one PUT on
+Every decoded image gets a blur score (`deblur.metrics.blur_score`, in `_blur.jsonl` and the summary);
+with `only_blurred` set, images scoring below it are copied through instead of deblurred (most photos in a
+real archive are sharp). Resumable by construction: every output is written whole (temporary name + rename locally, one PUT on
 S3), so an output that exists is complete and a re-run skips it. A file that fails is recorded in
 `_errors.jsonl` with its reason and the run goes on.
 """
@@ -16,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from .. import storage
-from .imagefile import EXTENSIONS, FORMATS, BadImage, decode, encode, output_format
+from ..metrics import blur_score
+from .imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, encode, output_format
 from .sources import list_inputs, read_input
 
-ERRORS, SUMMARY = "_errors.jsonl", "_summary.json"
+ERRORS, SUMMARY, BLUR = "_errors.jsonl", "_summary.json", "_blur.jsonl"
 
 
 @dataclass
@@ -30,6 +33,9 @@ class Options:
     quality: int = 95
     max_pixels: int = 100_000_000
     threads: int | None = None
+    #: deblur only images whose `blur_score` reaches this; sharper ones are copied through (None: deblur all)
+    only_blurred: float | None = None
+    png_compression: int = PNG_COMPRESSION
 
 
 def output_rel(rel: str, fmt: str) -> str:
@@ -76,20 +82,27 @@ class Deblurrer:
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         rel = str(item["rel"])
-        result = {"rel": rel, "status": "done", "reason": "", "bytes_in": 0, "bytes_out": 0, "seconds": 0.0}
+        result = {"rel": rel, "status": "done", "reason": "", "bytes_in": 0, "bytes_out": 0, "seconds": 0.0, "blur": -1.0}
         t0 = time.perf_counter()
         try:
             data = read_input(item)
             result["bytes_in"] = len(data)
             img = decode(data, rel, self.options.max_pixels)
+            fmt = output_format(self.options.format, img.format)
+            result["blur"] = score = blur_score(img.rgb)
+            if self.options.only_blurred is not None and score < self.options.only_blurred:
+                # sharp enough already: the file as it came, or its pixels re-encoded when the format changes
+                payload = data if fmt == img.format else encode(img.rgb, img, fmt, self.options.quality, self.options.png_compression)
+                storage.write_bytes(storage.join(self.output, item["out"]), payload)
+                result.update(status="copied", bytes_out=len(payload), seconds=time.perf_counter() - t0)
+                return result
             if img.rgb.dtype == np.uint16:
                 x = img.rgb.transpose(2, 0, 1)[None].astype(np.float32) / 32767.5 - 1.0
                 y = self.engine.run(x)[0].transpose(1, 2, 0)
                 out = np.clip(np.rint((y + 1.0) * 32767.5), 0, 65535).astype(np.uint16)
             else:
                 out = self.engine.deblur_image(img.rgb)
-            fmt = output_format(self.options.format, img.format)
-            payload = encode(out, img, fmt, self.options.quality)
+            payload = encode(out, img, fmt, self.options.quality, self.options.png_compression)
             storage.write_bytes(storage.join(self.output, item["out"]), payload)
             result["bytes_out"] = len(payload)
         except BadImage as e:
@@ -128,7 +141,8 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
     errors: list[dict[str, str]] = rejected + collisions
     listed = len(items) + len(errors)
     todo, skipped = pending(items, output)
-    counts = {"done": 0, "failed": len(errors)}
+    counts = {"done": 0, "copied": 0, "failed": len(errors)}
+    scores: list[dict[str, Any]] = []
     bytes_in = bytes_out = 0
     compute_s = 0.0
     if todo:
@@ -145,23 +159,31 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
                 compute_s += float(row["seconds"])
                 if row["status"] == "failed":
                     errors.append({"path": row["rel"], "reason": row["reason"]})
+                if row["blur"] >= 0:
+                    scores.append({"path": row["rel"], "blur": round(float(row["blur"]), 4), "status": row["status"]})
                 bar.update(1)
-    _append_errors(output, errors)
+    _append_lines(output, ERRORS, errors)
+    _append_lines(output, BLUR, scores)
     wall = time.time() - t0
+    blur = [s["blur"] for s in scores]
     summary = {
         "input": input_uri, "output": output, "model": options.model, "images": listed, "done": counts["done"],
-        "skipped": skipped, "failed": counts["failed"], "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "skipped": skipped, "failed": counts["failed"], "copied_sharp": counts["copied"], "bytes_in": bytes_in, "bytes_out": bytes_out,
         "wall_seconds": round(wall, 2), "images_per_second": round(counts["done"] / wall, 3) if wall else 0.0,
         "worker_seconds": round(compute_s, 2), "errors_file": storage.join(output, ERRORS) if errors else None,
+        "blur": {"only_blurred": options.only_blurred, "scored": len(blur),
+                 "quantiles": dict(zip(("p10", "p50", "p90"), np.percentile(blur, [10, 50, 90]).round(4).tolist())) if blur else {},
+                 "scores_file": storage.join(output, BLUR) if blur else None},
     }
     storage.write_text(storage.join(output, SUMMARY), json.dumps(summary, indent=2))
     return summary
 
 
-def _append_errors(output: str, errors: list[dict[str, str]]) -> None:
-    """Errors of this run, appended to those of earlier runs (a failed file is retried by the next run)."""
-    if not errors:
+def _append_lines(output: str, name: str, rows: list[dict[str, Any]]) -> None:
+    """This run's rows appended to an earlier run's file (errors: a failed file is retried by the next run;
+    blur scores: a resumed run scores only what it processed)."""
+    if not rows:
         return
-    uri = storage.join(output, ERRORS)
+    uri = storage.join(output, name)
     old = storage.read_text(uri) if storage.exists(uri) else ""
-    storage.write_text(uri, old + "".join(json.dumps(e) + "\n" for e in errors))
+    storage.write_text(uri, old + "".join(json.dumps(r) + "\n" for r in rows))

@@ -34,7 +34,7 @@ class TorchEngine(Engine):
         self.model = torch.compile(model, dynamic=True) if compile else model
         self.info = EngineInfo(
             "torch", str(self.device), precision, int(getattr(model, "multiple", 1)), source, model_hash,
-            {"compiled": bool(compile)},
+            {"compiled": bool(compile), "threads": torch.get_num_threads() if self.device.type == "cpu" else None},
         )
 
     @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""The online endpoint: a FastAPI ingress in front of a batched model deployment holding an `Engine`.
+"""The online endpoint: one Serve deployment, a FastAPI ingress holding a batched `Engine`.
 
   serve run deblur.serve.app:app                   # local; model from $DEBLUR_MODEL (default: the shipped model)
   serve deploy cluster/serve.yaml                  # a cluster; the same builder with arguments
@@ -6,8 +6,8 @@
 
 `POST /v1/deblur` takes the image as the raw body (Content-Type image/*) or as multipart field `file`
 and returns the deblurred image (same size; format from `?format=` or the input's). Requests are
-checked (size, type, pixel budget from the header, auth) before any decoding; the model deployment
-batches concurrent requests with `@serve.batch`, grouping images of equal size into one engine call.
+checked (size, type, pixel budget from the header, auth) before any decoding; the replica batches
+concurrent requests with `@serve.batch`, grouping images of equal size into one engine call.
 """
 
 import asyncio
@@ -32,43 +32,41 @@ PAGE = Path(__file__).with_name("page.html")
 api = FastAPI(title="deblur", description="DeblurGAN image deblurring", version="1")
 
 
-@serve.deployment(max_ongoing_requests=32)
-class Deblurrer:
-    """Holds the engine; `@serve.batch` gathers concurrent requests into one call."""
+def _error(e: RequestError) -> JSONResponse:
+    return JSONResponse({"error": e.error, "detail": e.detail}, status_code=e.status)
 
-    def __init__(self, model: str, engine: str = "auto", max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
-                 threads: int | None = None):
+
+@serve.deployment(max_ongoing_requests=32)
+@serve.ingress(api)
+class DeblurEndpoint:
+    """One deployment: the HTTP ingress and the engine in the same replica. Requests are checked (auth, size,
+    type, the pixel budget from the header) before any pixel is decoded; decoding and encoding run in threads
+    beside the engine; `@serve.batch` gathers concurrent requests into one engine call. One replica is one
+    actor hop from Serve's proxy (a separate ingress deployment added a second hop and a second process
+    competing for the cores); replicas scale on ongoing requests like any Serve deployment."""
+
+    def __init__(self, model: str, engine: str = "auto", max_batch_size: int = 1, batch_wait_timeout_s: float = 0.05,
+                 threads: int | None = None, max_bytes: int | None = None, max_pixels: int | None = None,
+                 token_file: str | None = None):
         from ..inference import load_engine
 
+        self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
         self.engine = load_engine(model, engine, threads=threads)
         self.model = model
         self.batch_sizes: Counter = Counter()
-        self.deblur.set_max_batch_size(max_batch_size)
-        self.deblur.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def deblur(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    async def _batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
         return await asyncio.get_running_loop().run_in_executor(None, self.engine.deblur_images, images)
 
     def info(self) -> dict[str, Any]:
         i = self.engine.info
         return {"model": self.model, "engine": i.backend, "device": i.device, "precision": i.precision,
-                "checkpoint_hash": i.model_hash, "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
-
-
-def _error(e: RequestError) -> JSONResponse:
-    return JSONResponse({"error": e.error, "detail": e.detail}, status_code=e.status)
-
-
-@serve.deployment(max_ongoing_requests=64)
-@serve.ingress(api)
-class Ingress:
-    def __init__(self, deblurrer, max_bytes: int | None = None, max_pixels: int | None = None,
-                 token_file: str | None = None):
-        self.deblurrer = deblurrer
-        self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
-        self.model_id: str | None = None
+                "checkpoint_hash": i.model_hash, "threads": i.extra.get("threads"),
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
     async def _body(self, request: Request) -> bytes:
         self.limits.check_length(request.headers.get("content-length"))
@@ -115,27 +113,21 @@ class Ingress:
         except RequestError as e:
             return _error(e)
         rgb = img.rgb if img.rgb.dtype == np.uint8 else (img.rgb >> 8).astype(np.uint8)
-        t0 = time.perf_counter()
-        out = await self.deblurrer.deblur.remote(rgb)
-        ms = (time.perf_counter() - t0) * 1000
         fmt = output_format(format or "same", img.format if img.format in MEDIA_TYPES else "PNG")
-        if self.model_id is None:
-            self.model_id = (await self.deblurrer.info.remote())["checkpoint_hash"]
+        t0 = time.perf_counter()
+        out = await self._batched(rgb)
+        ms = (time.perf_counter() - t0) * 1000
         payload = await asyncio.to_thread(encode, out, img, fmt, quality)
         return Response(payload, media_type=MEDIA_TYPES[fmt],
-                        headers={"X-Model-Id": self.model_id, "X-Inference-Ms": f"{ms:.1f}"})
+                        headers={"X-Model-Id": self.engine.info.model_hash, "X-Inference-Ms": f"{ms:.1f}"})
 
     @api.get("/healthz", summary="Ready when the model is loaded")
     async def healthz(self) -> JSONResponse:
-        try:
-            info = await asyncio.wait_for(self.deblurrer.info.remote(), timeout=5)
-        except Exception as e:  # replica starting or gone
-            return JSONResponse({"status": "unavailable", "detail": type(e).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "model": info["checkpoint_hash"]})
+        return JSONResponse({"status": "ok", "model": self.engine.info.model_hash})  # a replica answers once loaded
 
     @api.get("/v1/model", summary="What is serving (the model's storage URI only to authorised callers)")
-    async def model(self, request: Request) -> dict[str, Any]:
-        info = await self.deblurrer.info.remote()
+    async def model_info(self, request: Request) -> dict[str, Any]:
+        info = self.info()
         if not self.limits.authorised(request.headers.get("authorization")):
             info = {k: v for k, v in info.items() if k != "model"}  # a URI may name buckets and paths
         return info
@@ -153,23 +145,22 @@ class AppArgs(BaseModel):
 
     model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))
     engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
-    num_cpus: float = Field(1.0, gt=0)
+    num_cpus: float | None = Field(None, gt=0, description="per replica; None: a whole node's (see sized_to_nodes)")
     num_gpus: float = Field(0.0, ge=0)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, description="engine threads; None: the replica's num_cpus")
     min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
+    max_replicas: int | None = Field(None, ge=1, description="None: as many as the cluster's nodes hold")
     target_ongoing_requests: float = Field(8.0, gt=0)
     max_ongoing_requests: int = Field(32, ge=1)
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int | None = Field(None, ge=1, description="None: 8 on a GPU, 1 on CPU (see build_app)")
     batch_wait_timeout_s: float = Field(0.05, ge=0)
     max_bytes: int | None = Field(None, ge=1)
     max_pixels: int | None = Field(None, ge=1)
     token_file: str | None = None
-    ingress_cpus: float = Field(0.25, gt=0)
 
     @model_validator(mode="after")
     def _replicas(self) -> "AppArgs":
-        if self.min_replicas > self.max_replicas:
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self
 
@@ -187,16 +178,57 @@ class AppArgs(BaseModel):
             raise ValueError(f"deblur Serve app: {where}: {msg}") from None
 
 
+#: Serve's proxy reaches replicas over gRPC instead of Ray actor calls (Ray's performance guide, "interdeployment
+#: gRPC transport"): measured here, a request's round trip without the model fell from ~12 ms to ~7 ms. The
+#: proxy reads it from its environment, so it travels in the controller's runtime env (proxies inherit it);
+#: on a cluster the container images set it too (infra/docker).
+SERVE_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+
+
+def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 60.0) -> None:
+    """`serve.start` with the HTTP options and the proxy transport above; a running Serve is joined as it is."""
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
+                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+
+
+def node_resources() -> list[dict[str, float]]:
+    """CPUs and GPUs of each live node of the Ray cluster the app is built in (`serve deploy` builds it there),
+    else of this machine (`serve run` builds it before starting Ray)."""
+    import ray
+
+    if ray.is_initialized():
+        return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+                for n in ray.nodes() if n["Alive"]]
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": 0.0}]
+
+
+def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
+    """`num_cpus` and `max_replicas` where they were left unset. A replica takes a whole node's CPUs (a GPU
+    replica its share of them), so its engine runs on every core the way the in-process engine does: Ray sets
+    OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads. A 1-CPU replica on a
+    2-core machine served at half the engine's speed. `max_replicas` is then how many such replicas the nodes
+    hold; set both explicitly for a cluster that autoscales nodes (cluster/serve.yaml does)."""
+    if a.num_gpus:
+        nodes = [n for n in nodes if n["GPU"] >= a.num_gpus]
+    cpus = a.num_cpus or max(1, int(max((n["CPU"] * (a.num_gpus / n["GPU"] if a.num_gpus else 1) for n in nodes), default=1)))
+    fits = sum(min(n["CPU"] // cpus, n["GPU"] // a.num_gpus if a.num_gpus else float("inf")) for n in nodes)
+    replicas = a.max_replicas or max(1, a.min_replicas, int(fits))
+    return a.model_copy(update={"num_cpus": cpus, "max_replicas": replicas})
+
+
 def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
-    """Application builder (`serve run`/`serve deploy` pass `args`): model, engine, batching, autoscaling."""
-    a = AppArgs.parse(args)
-    deblurrer = Deblurrer.options(
+    """Application builder (`serve run`/`serve deploy` pass `args`): model, engine, batching, autoscaling.
+
+    Batching defaults to 8 on a GPU and to 1 (off) on CPU: there one image already keeps every core busy, so
+    waiting `batch_wait_timeout_s` for company only adds latency (benchmarks/serve.py measures both)."""
+    a = sized_to_nodes(AppArgs.parse(args), node_resources())
+    batch = a.max_batch_size or (8 if a.num_gpus else 1)
+    return DeblurEndpoint.options(
         ray_actor_options={"num_cpus": a.num_cpus, "num_gpus": a.num_gpus},
         autoscaling_config={"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
                             "target_ongoing_requests": a.target_ongoing_requests},
         max_ongoing_requests=a.max_ongoing_requests,
-    ).bind(a.model, a.engine, a.max_batch_size, a.batch_wait_timeout_s, a.threads)
-    return Ingress.options(ray_actor_options={"num_cpus": a.ingress_cpus}).bind(deblurrer, a.max_bytes, a.max_pixels, a.token_file)
+    ).bind(a.model, a.engine, batch, a.batch_wait_timeout_s, a.threads, a.max_bytes, a.max_pixels, a.token_file)
 
 
 app = build_app(AppArgs())
