@@ -110,8 +110,9 @@ def main() -> None:
     rows.append(["Ray Train worker, in-memory batch", round(in_train, 2), round(in_train / plain, 2)])
     print(rows[-1], flush=True)
 
-    pairs = layouts.sample(variants=4, val_variants=1, synth={"kind": "motion", "max_len": 30, "seed": 0})
-    shards.prepare(pairs, "s3://bench/shards", shards.layout_info("sample", None), progress=False)
+    options = cfg.data.prepare.options  # the sample job's own data, as make train packs it
+    pairs = layouts.discover("sample", None, **options)
+    shards.prepare(pairs, "s3://bench/shards", shards.layout_info("sample", None, **options), progress=False)
     steps_per_epoch = args.steps
     for cache in (False, True):
         name = "cached" if cache else "stream"

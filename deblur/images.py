@@ -1,6 +1,8 @@
 """Image decode/encode and the one normalisation used everywhere (training, evaluation, export, serving).
 
 Images travel as uint8 RGB arrays H×W×3 in numpy, and as float32 C×H×W tensors in [-1, 1] in torch.
+Training batches stay uint8 (C×H×W) until they reach the device the model runs on (`to_model_range`): a
+quarter of float32's bytes through Ray's object store and over PCIe.
 """
 from __future__ import annotations
 
@@ -64,6 +66,19 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 RGB H×W×3 → float32 3×H×W in [-1, 1] (x / 127.5 − 1, as the article normalises)."""
     check_uint8_rgb(img)
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+
+
+def to_chw_uint8(img: np.ndarray) -> np.ndarray:
+    """uint8 RGB H×W×3 → uint8 3×H×W: a training crop as the stream carries it."""
+    check_uint8_rgb(img)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (N×)3×H×W → float32 in [-1, 1] on x's device: `to_tensor`'s normalisation for whole batches."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 batch, got {x.dtype}")
+    return x.float().div_(127.5).sub_(1.0)
 
 
 def to_numpy_chw(img: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from deblur import storage
 from deblur.data import layouts, shards
 from deblur.data.synth import synthesize
-from deblur.images import decode_image, read_image, to_uint8
+from deblur.images import decode_image, read_image
 
 
 def write_png(path: Path, img: np.ndarray) -> None:
@@ -278,6 +278,10 @@ def test_sample_dataset_is_embedded_and_split(tmp_path, monkeypatch):
     assert shards.encode_pair(by_split["test"][0])["blur"] == held_out["blur"]  # seeded: the same every time
 
 
+def hwc(chw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(chw, -3, -1))
+
+
 def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
     from deblur.data import synth
     from deblur.data.pipeline import train_dataset
@@ -292,7 +296,7 @@ def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
     disk = synth.normalise_kernel(synth.defocus_kernel(3))
     ds = train_dataset(out, crop=64, batch_size=4, crops_per_pair=2, blur=recipe)  # streamed: Ray Data cuts the crops
     epochs = [list(ds.iter_batches(batch_size=None)) for _ in range(2)]
-    pairs = [(to_uint8(b), to_uint8(s)) for epoch in epochs for batch in epoch for b, s in zip(batch["blur"], batch["sharp"])]
+    pairs = [(hwc(b), hwc(s)) for epoch in epochs for batch in epoch for b, s in zip(batch["blur"], batch["sharp"])]
     assert len(pairs) == 2 * 4 * 2 and pairs[0][0].shape == (64, 64, 3)
     textured = [np.ptp(sharp) > 8 for _, sharp in pairs]  # a blur of a flat patch (white sky) is the patch
     assert sum(textured) >= len(pairs) // 2
@@ -329,9 +333,8 @@ def test_training_stream_keeps_crops_aligned(ray_session, inverted_shards):
     n = 0
     for _ in range(2):  # two epochs: different random windows, always aligned
         for batch in ds.iter_batches(batch_size=4, batch_format="numpy"):
-            assert batch["blur"].shape[1:] == (3, 64, 64) and batch["blur"].dtype == np.float32
-            assert np.array_equal(to_uint8(batch["blur"]), 255 - to_uint8(batch["sharp"]))
-            assert batch["sharp"].min() >= -1 and batch["sharp"].max() <= 1
+            assert batch["blur"].shape[1:] == (3, 64, 64) and batch["blur"].dtype == np.uint8  # scaled on the device
+            assert np.array_equal(batch["blur"], 255 - batch["sharp"])
             n += len(batch["blur"])
     assert n == 14
 
@@ -350,13 +353,13 @@ def test_cached_training_stream_decodes_once_and_crops_anew_each_epoch(ray_sessi
     for epoch in range(2):
         crops = []
         for batch in stream.epoch(epoch):
-            assert batch["blur"].shape == (4, 3, 64, 64) and batch["blur"].dtype == np.float32
-            assert np.array_equal(to_uint8(batch["blur"]), 255 - to_uint8(batch["sharp"]))  # still aligned
-            crops += [c.tobytes() for c in to_uint8(batch["sharp"])]
+            assert batch["blur"].shape == (4, 3, 64, 64) and batch["blur"].dtype == np.uint8
+            assert np.array_equal(batch["blur"], 255 - batch["sharp"])  # still aligned
+            crops += [c.tobytes() for c in batch["sharp"]]
         epochs.append(crops)
     assert len(epochs[0]) == len(epochs[1]) == 12  # 7 pairs × 2 crops, whole batches of 4
     assert set(epochs[0]) != set(epochs[1])  # random windows are cut after the cache, not cached
-    again = [c.tobytes() for batch in stream.epoch(0) for c in to_uint8(batch["sharp"])]
+    again = [c.tobytes() for batch in stream.epoch(0) for c in batch["sharp"]]
     assert again == epochs[0]  # seeded: an epoch is the same epoch after a resume
 
 
@@ -367,7 +370,7 @@ def test_training_stream_from_s3(ray_session, inverted_shards, bucket):
 
     batches = list(train_dataset(f"{bucket}/inv", crop=32).iter_batches(batch_size=7, batch_format="numpy"))
     assert sum(len(b["blur"]) for b in batches) == 7
-    assert all(np.array_equal(to_uint8(b["blur"]), 255 - to_uint8(b["sharp"])) for b in batches)
+    assert all(np.array_equal(b["blur"], 255 - b["sharp"]) for b in batches)
 
 
 def test_eval_stream_full_images_with_keys(ray_session, inverted_shards):
@@ -400,3 +403,16 @@ def test_crop_stream_surfaces_errors_and_stops_cleanly(real_photo):
         list(broken.epoch(0))
     with pytest.raises(ValueError, match="no training pairs"):
         CropStream([], crop=48, batch_size=1)
+
+
+def test_uint8_batches_scale_on_the_device_exactly_as_images_do(real_photo):
+    """The stream carries uint8; the trainer's scaling of a batch is `to_tensor`'s of each image."""
+    import torch
+
+    from deblur.images import to_chw_uint8, to_model_range, to_tensor
+
+    crops = [real_photo[:32, :48], 255 - real_photo[:32, :48]]
+    batch = to_model_range(torch.from_numpy(np.stack([to_chw_uint8(c) for c in crops])))
+    assert batch.dtype == torch.float32 and torch.equal(batch, torch.stack([to_tensor(c) for c in crops]))
+    with pytest.raises(ValueError, match="uint8"):
+        to_model_range(batch)

@@ -17,7 +17,7 @@ import ray
 from ray.data.datasource import FileShuffleConfig
 
 from .. import storage
-from ..images import decode_image, to_numpy_chw
+from ..images import decode_image, to_chw_uint8, to_numpy_chw
 from . import synth
 from .shards import split_uris
 
@@ -91,8 +91,9 @@ def augment_batch(
     batch: dict[str, np.ndarray], crop: int, flips: bool = True, seed: int | None = None, crops_per_pair: int = 1,
     blur: synth.BlurRecipe | None = None,
 ) -> dict[str, np.ndarray]:
-    """map_batches function: pairs (PNG bytes, or arrays already decoded) → aligned crops, float32
-    3×crop×crop in [-1, 1]. Sharp-only rows get a fresh blur from `blur` (default recipe if None) per crop.
+    """map_batches function: pairs (PNG bytes, or arrays already decoded) → aligned crops, uint8 3×crop×crop
+    (the trainer scales them to [-1, 1] on its device: `images.to_model_range`). Sharp-only rows get a
+    fresh blur from `blur` (default recipe if None) per crop.
 
     `crops_per_pair` > 1 cuts several independent windows from each decoded pair: decoding two
     full-size PNGs costs far more than cropping, so on CPU-bound machines this multiplies samples per
@@ -107,8 +108,8 @@ def augment_batch(
         b_img, s_img = _image(b, f"{key}/blur"), _image(s, f"{key}/sharp")
         for _ in range(crops_per_pair):
             b_crop, s_crop = training_pair(b_img, s_img, crop, rng, flips, recipe)
-            blurs.append(to_numpy_chw(b_crop))
-            sharps.append(to_numpy_chw(s_crop))
+            blurs.append(to_chw_uint8(b_crop))
+            sharps.append(to_chw_uint8(s_crop))
     return {"blur": np.stack(blurs), "sharp": np.stack(sharps)}
 
 
@@ -130,7 +131,7 @@ def train_dataset(
     cache: bool = False,
     blur: synth.BlurRecipe | None = None,
 ) -> ray.data.Dataset:
-    """Training stream: decode, aligned random crop (blurred now for sharp-only rows), flips/rot90, normalise.
+    """Training stream: decode, aligned random crop (blurred now for sharp-only rows), flips/rot90; uint8.
 
     Shards come in a new random order each epoch; consumers add a local shuffle buffer
     (`iter_torch_batches(local_shuffle_buffer_size=...)`) to mix pairs across shards.
@@ -179,7 +180,7 @@ class CropStream:
         return len(self.rows) * self.crops_per_pair // self.batch_size
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        """float32 batches {"blur", "sharp"}: N×3×crop×crop in [-1, 1]; the last partial batch is dropped."""
+        """uint8 batches {"blur", "sharp"}: N×3×crop×crop; the last partial batch is dropped."""
         import queue
         import threading
 
@@ -194,8 +195,8 @@ class CropStream:
                 for start in range(0, self.batches_per_epoch() * self.batch_size, self.batch_size):
                     pairs = [training_pair(self.rows[k]["blur"], self.rows[k]["sharp"], self.crop, rng, self.flips, self.blur)
                              for k in order[start : start + self.batch_size]]
-                    batch = {"blur": np.stack([to_numpy_chw(b) for b, _ in pairs]),
-                             "sharp": np.stack([to_numpy_chw(s) for _, s in pairs])}
+                    batch = {"blur": np.stack([to_chw_uint8(b) for b, _ in pairs]),
+                             "sharp": np.stack([to_chw_uint8(s) for _, s in pairs])}
                     while not stop.is_set():
                         try:
                             out.put(batch, timeout=0.5)

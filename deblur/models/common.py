@@ -1,4 +1,5 @@
-"""Shape helpers shared by every generator and by inference: pad to a multiple, crop back."""
+"""Shape helpers shared by every generator and by inference (pad to a multiple, crop back), and the CUDA
+settings training and inference share."""
 from __future__ import annotations
 
 import torch
@@ -38,3 +39,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
+
+
+def tune_cuda(fixed_shapes: bool) -> None:
+    """The CUDA settings that pay on the GPUs this runs on (no-ops without CUDA): TF32 for fp32 matmuls and
+    convolutions (Ampere and later; 10-bit mantissas are far below what an 8-bit image resolves), and cuDNN's
+    autotuner when every batch has the same shape (training crops). Off for varied shapes (Serve, bulk),
+    where it would re-tune for every new image size."""
+    if not torch.cuda.is_available():
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = fixed_shapes

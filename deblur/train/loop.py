@@ -21,9 +21,10 @@ import torch.distributed as dist
 
 from .. import metrics
 from ..config import Config
-from ..images import to_uint8
+from ..images import to_model_range, to_uint8
 from ..models import build_critic, build_generator, generator_checkpoint
 from ..models.checkpoint import CHECKPOINT_FILE
+from ..models.common import tune_cuda
 from .step import GANStep, unwrap
 
 PROGRESS_EVERY_S = 120.0
@@ -119,6 +120,11 @@ def validate(cfg: Config, g, device: torch.device) -> tuple[dict[str, float], li
     return result, images
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host → device; through pinned memory on a GPU, so the copy runs asynchronously."""
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+
+
 def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
     """(epoch → an iterator of {"blur", "sharp"} tensor batches for this worker, steps per epoch or None).
 
@@ -130,10 +136,13 @@ def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
     """
     shard = ray.train.get_dataset_shard("train")
     if not cfg.data.cache:
-        return lambda epoch: shard.iter_torch_batches(
-            batch_size=cfg.data.batch_size, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            drop_last=True, device=device,
-        ), cfg.train.steps_per_epoch
+        def streamed(epoch: int):
+            for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, drop_last=True, device=device,
+                                                  local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                                                  pin_memory=device.type == "cuda"):
+                yield {k: to_model_range(v) for k, v in batch.items()}
+
+        return streamed, cfg.train.steps_per_epoch
     from ..data.pipeline import CropStream
 
     rows, total = [], 0
@@ -147,8 +156,8 @@ def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
         steps = min(steps, cfg.train.steps_per_epoch)
 
     def batches(epoch: int):
-        for batch in stream.epoch(epoch):
-            yield {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+        for batch in stream.epoch(epoch):  # uint8 crosses to the device, then becomes [-1, 1] there
+            yield {k: to_model_range(_to_device(torch.from_numpy(v), device)) for k, v in batch.items()}
 
     return batches, steps
 
@@ -160,6 +169,7 @@ def train_loop(config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
+    tune_cuda(fixed_shapes=True)  # every training batch is batch_size crops of the same size
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config.get("threads", 1))))
 
