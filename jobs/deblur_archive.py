@@ -30,10 +30,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     p.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
-                   help="zlib level of PNG outputs (default 1: fast; 9: smallest)")
+                   help="zlib level of PNG outputs (default 1: zlib's RLE strategy, fastest and on photos about as "
+                        "small as level 6; 2-9: the standard strategy at that level)")
     p.add_argument("--only-blurred", type=float, nargs="?", const=SHARP_BELOW, metavar="THRESHOLD",
                    help=f"deblur only images whose blur score (0 sharp .. 1 flat) reaches THRESHOLD (default "
-                        f"{SHARP_BELOW}) and copy the sharper ones through untouched; every score goes to _blur.jsonl")
+                        f"{SHARP_BELOW}) and copy the sharper ones through as they are (re-encoded only when --format "
+                        f"changes it); every score goes to _blur.jsonl")
     p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)

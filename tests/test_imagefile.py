@@ -43,7 +43,7 @@ def test_sixteen_bit_output_keeps_its_colour_profile(real_photo, tmp_path):
 
 
 def test_bit_depth_is_read_from_the_header(real_photo, tmp_path):
-    """8-bit files are decoded once (by Pillow); every 16-bit form still reaches OpenCV and stays 16-bit."""
+    """The bit depth comes from the header: every 16-bit form reaches OpenCV and stays 16-bit, 8-bit stays 8-bit."""
     import cv2
     import tifffile
 
@@ -70,6 +70,7 @@ def test_png_compression_reaches_the_encoder_and_never_changes_pixels(real_photo
     img = _plain(real_photo)
     stored, fast, small = (encode(img.rgb, img, "PNG", png_compression=c) for c in (0, 1, 9))
     assert len(stored) > 1.2 * max(len(fast), len(small))  # level 0 stores; 1 vs 9 depends on the photo
+    assert fast != small  # 1 is zlib's RLE strategy, 9 the standard one at level 9: both reach the encoder
     for data in (stored, fast, small):
         assert np.array_equal(decode(data).rgb, real_photo)
 
@@ -98,3 +99,22 @@ def test_png_output_keeps_profile_exif_alpha_and_gray(real_photo):
         img = decode(buf.getvalue())
         back = Image.open(io.BytesIO(encode(img.rgb, img, "PNG")))
         assert back.mode == mode and np.array_equal(np.asarray(back), arr), mode
+
+
+def test_sixteen_bit_colour_with_alpha_in_every_output_format(real_photo):
+    """16-bit colour + 16-bit alpha (RGBA PNG) and 16-bit colour + 8-bit alpha both encode to every format."""
+    import cv2
+
+    deep = real_photo[:40, :56].astype(np.uint16) * 257
+    alpha16 = np.tile(np.arange(56, dtype=np.uint16) * 1000, (40, 1))
+    img = decode(cv2.imencode(".png", np.dstack([deep[..., ::-1], alpha16]))[1].tobytes())
+    assert img.rgb.dtype == np.uint16 and img.alpha.dtype == np.uint16
+    for fmt in ("PNG", "TIFF", "WEBP", "JPEG"):
+        out = decode(encode(img.rgb, img, fmt))
+        assert out.rgb.shape == (40, 56, 3), fmt
+        assert (out.alpha is not None) == (fmt != "JPEG"), fmt
+    from dataclasses import replace
+
+    mixed = replace(img, alpha=(alpha16 >> 8).astype(np.uint8))  # 8-bit alpha beside 16-bit colour
+    back = decode(encode(img.rgb, mixed, "PNG"))
+    assert back.rgb.dtype == np.uint16 and back.alpha.dtype == np.uint16 and np.array_equal(back.alpha >> 8, mixed.alpha)

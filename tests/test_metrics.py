@@ -141,3 +141,5 @@ def test_blur_score_is_skimages_blur_effect_and_rises_with_blur(cbsd68):
             assert abs(blur_score(img) - ref) < 1e-4, (path.name, img.dtype, img.shape)
         scores = [blur_score(cv2.GaussianBlur(photo, (0, 0), s) if s else photo) for s in (0, 1, 2, 4)]
         assert scores == sorted(scores) and scores[-1] - scores[0] > 0.2, scores
+    big = cv2.resize(photo, (2400, 2200))  # over SCORE_WINDOW: scored on its centred full-resolution window
+    assert blur_score(big) == blur_score(big[76:76 + 2048, 176:176 + 2048])

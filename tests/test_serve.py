@@ -285,6 +285,7 @@ def test_a_typo_in_the_serve_args_is_refused(typo, message):
     ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4)),  # a GPU's share of its node's CPUs
     ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7)),  # explicit values are kept
     ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3)),
+    ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}], (4, 1)),  # GPUs unknown (no Ray yet): a node holds one replica
 ])
 def test_replicas_are_sized_to_the_nodes(args, nodes, expected):
     from deblur.serve.app import AppArgs, sized_to_nodes

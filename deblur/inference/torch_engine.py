@@ -34,8 +34,9 @@ class TorchEngine(Engine):
             tune_cuda(fixed_shapes=False)
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=True) if compile else model
+        reported = "tf32" if self.device.type == "cuda" and precision == "fp32" else precision  # tune_cuda allows TF32
         self.info = EngineInfo(
-            "torch", str(self.device), precision, int(getattr(model, "multiple", 1)), source, model_hash,
+            "torch", str(self.device), reported, int(getattr(model, "multiple", 1)), source, model_hash,
             {"compiled": bool(compile), "threads": torch.get_num_threads() if self.device.type == "cpu" else None},
         )
 
@@ -44,6 +45,8 @@ class TorchEngine(Engine):
         x = torch.from_numpy(batch)
         if self.device.type == "cuda":  # pinned, so the copy is asynchronous; NHWC for the tensor cores
             x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             y = self.model(x)
         return y.float().cpu().numpy()

@@ -199,7 +199,8 @@ def node_resources() -> list[dict[str, float]]:
     if ray.is_initialized():
         return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
                 for n in ray.nodes() if n["Alive"]]
-    return [{"CPU": float(os.cpu_count() or 1), "GPU": 0.0}]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return [{"CPU": float(cpus), "GPU": 0.0}]  # GPUs unknown here: see sized_to_nodes
 
 
 def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
@@ -207,11 +208,14 @@ def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
     replica its share of them), so its engine runs on every core the way the in-process engine does: Ray sets
     OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads. A 1-CPU replica on a
     2-core machine served at half the engine's speed. `max_replicas` is then how many such replicas the nodes
-    hold; set both explicitly for a cluster that autoscales nodes (cluster/serve.yaml does)."""
-    if a.num_gpus:
+    hold. Nodes whose GPUs are unknown (no Ray running yet) count as holding one GPU replica each. Set both
+    explicitly for a cluster that autoscales nodes, and for `serve run --address` to a remote cluster, which
+    builds the app on the laptop before it connects (cluster/serve.yaml sets them)."""
+    if a.num_gpus and any(n["GPU"] >= a.num_gpus for n in nodes):
         nodes = [n for n in nodes if n["GPU"] >= a.num_gpus]
-    cpus = a.num_cpus or max(1, int(max((n["CPU"] * (a.num_gpus / n["GPU"] if a.num_gpus else 1) for n in nodes), default=1)))
-    fits = sum(min(n["CPU"] // cpus, n["GPU"] // a.num_gpus if a.num_gpus else float("inf")) for n in nodes)
+    per_gpu = bool(a.num_gpus) and all(n["GPU"] for n in nodes)
+    cpus = a.num_cpus or max(1, int(max((n["CPU"] * (a.num_gpus / n["GPU"] if per_gpu else 1) for n in nodes), default=1)))
+    fits = sum(min(n["CPU"] // cpus, n["GPU"] // a.num_gpus if per_gpu else float("inf")) for n in nodes)
     replicas = a.max_replicas or max(1, a.min_replicas, int(fits))
     return a.model_copy(update={"num_cpus": cpus, "max_replicas": replicas})
 

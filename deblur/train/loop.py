@@ -169,7 +169,8 @@ def train_loop(config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
-    tune_cuda(fixed_shapes=True)  # every training batch is batch_size crops of the same size
+    # training batches all have one shape; validation's sizes repeat every epoch, so each is tuned once
+    tune_cuda(fixed_shapes=True)
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config.get("threads", 1))))
 
