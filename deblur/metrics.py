@@ -223,13 +223,14 @@ def blur_score(image: np.ndarray, h_size: int = 11) -> float:
     ../shared/data: sharp CBSD68/McMaster18 photos score 0.16-0.46, Köhler's real shake 0.52-0.81, Lai's
     real blur 0.27-0.72 (median 0.49)."""
     img = np.asarray(image)
+    scale = {np.dtype(np.uint16): 65535.0, np.dtype(np.uint8): 255.0}.get(img.dtype, 1.0)
     h, w = img.shape[:2]
     if max(h, w) > SCORE_WINDOW:  # a centred full-resolution window: bounded memory, the same pixel scale
         i, j = max(0, (h - SCORE_WINDOW) // 2), max(0, (w - SCORE_WINDOW) // 2)
         img = img[i : i + SCORE_WINDOW, j : j + SCORE_WINDOW]
     if img.ndim == 3:  # luma as skimage's rgb2gray weighs it (ITU-R 709)
         img = img[..., :3].astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
-    img = img.astype(np.float32) / (65535.0 if np.asarray(image).dtype == np.uint16 else 255.0 if np.asarray(image).dtype == np.uint8 else 1.0)
+    img = img.astype(np.float32) / scale
     if min(img.shape) < 4:
         return 0.0
     inner = (slice(2, img.shape[0] - 1), slice(2, img.shape[1] - 1))

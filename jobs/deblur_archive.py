@@ -19,6 +19,7 @@ SHARP_BELOW = 0.35
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    from deblur.bulk.imagefile import PNG_COMPRESSION
     from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
-    p.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
+    p.add_argument("--png-compression", type=int, default=PNG_COMPRESSION, choices=range(10), metavar="0-9",
                    help="zlib level of PNG outputs (default 1: zlib's RLE strategy, fastest and on photos about as "
                         "small as level 6; 2-9: the standard strategy at that level)")
     p.add_argument("--only-blurred", type=float, nargs="?", const=SHARP_BELOW, metavar="THRESHOLD",

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models.common import tune_cuda
+from ..models.common import to_device, tune_cuda
 from .engine import Engine, EngineInfo, cpu_threads
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,11 +42,9 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch)
-        if self.device.type == "cuda":  # pinned, so the copy is asynchronous; NHWC for the tensor cores
-            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        else:
-            x = x.to(self.device)
+        x = to_device(torch.from_numpy(batch), self.device)
+        if self.device.type == "cuda":  # NHWC for the tensor cores
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             y = self.model(x)
         return y.float().cpu().numpy()

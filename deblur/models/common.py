@@ -51,3 +51,8 @@ def tune_cuda(fixed_shapes: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = fixed_shapes
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host → device; on a GPU through pinned memory, so the copy runs asynchronously."""
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)

@@ -24,7 +24,7 @@ from ..config import Config
 from ..images import to_model_range, to_uint8
 from ..models import build_critic, build_generator, generator_checkpoint
 from ..models.checkpoint import CHECKPOINT_FILE
-from ..models.common import tune_cuda
+from ..models.common import to_device, tune_cuda
 from .step import GANStep, unwrap
 
 PROGRESS_EVERY_S = 120.0
@@ -120,11 +120,6 @@ def validate(cfg: Config, g, device: torch.device) -> tuple[dict[str, float], li
     return result, images
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host → device; through pinned memory on a GPU, so the copy runs asynchronously."""
-    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
-
-
 def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
     """(epoch → an iterator of {"blur", "sharp"} tensor batches for this worker, steps per epoch or None).
 
@@ -157,7 +152,7 @@ def _training_batches(cfg: Config, rank: int, world: int, device: torch.device):
 
     def batches(epoch: int):
         for batch in stream.epoch(epoch):  # uint8 crosses to the device, then becomes [-1, 1] there
-            yield {k: to_model_range(_to_device(torch.from_numpy(v), device)) for k, v in batch.items()}
+            yield {k: to_model_range(to_device(torch.from_numpy(v), device)) for k, v in batch.items()}
 
     return batches, steps
 
