@@ -1,5 +1,6 @@
 """Deblur an archive with Ray Data: list → (skip what is done) → actors holding the engine read, decode,
-deblur, encode and write each image → the driver only tallies small result rows.
+deblur, encode and write each image → the driver only tallies small result rows. Videos in the archive go
+through `deblur.video` (segments in parallel, then joined) with the same resume, error list and summary.
 
 Every decoded image gets a blur score (`deblur.metrics.blur_score`, in `_blur.jsonl` and the summary);
 with `only_blurred` set, images scoring below it are copied through instead of deblurred (most photos in a
@@ -12,12 +13,12 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .. import storage
+from .. import storage, video
 from ..metrics import blur_score
 from .imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, encode, output_format
 from .sources import list_inputs, read_input
@@ -36,10 +37,14 @@ class Options:
     #: deblur only images whose `blur_score` reaches this; sharper ones are copied through (None: deblur all)
     only_blurred: float | None = None
     png_compression: int = PNG_COMPRESSION
+    video: video.VideoOptions = field(default_factory=video.VideoOptions)
 
 
-def output_rel(rel: str, fmt: str) -> str:
-    """The output's relative path: the input's, with the extension changed only when the format is."""
+def output_rel(rel: str, fmt: str, video_codec: str = "h264") -> str:
+    """The output's relative path: the input's, with the extension changed only when the format is (videos:
+    the codec's container, `clip.mov` → `clip.mp4`)."""
+    if video.is_video(rel):
+        return video.video_rel(rel, video_codec)
     if fmt == "same":
         return rel
     stem, ext = posixpath.splitext(rel)
@@ -47,7 +52,7 @@ def output_rel(rel: str, fmt: str) -> str:
     return rel if FORMATS.get(ext.lower().lstrip(".")) == target else stem + EXTENSIONS[target]
 
 
-def plan_outputs(items: list[dict[str, Any]], fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def plan_outputs(items: list[dict[str, Any]], fmt: str, video_codec: str = "h264") -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Give every input its output name ("out"); (items, rejected).
 
     Changing the format can map two inputs to one name (`a.jpg` and `a.png` both → `a.png`): those that
@@ -56,7 +61,7 @@ def plan_outputs(items: list[dict[str, Any]], fmt: str) -> tuple[list[dict[str, 
     """
     by_out: dict[str, list[dict[str, Any]]] = {}
     for it in items:
-        by_out.setdefault(output_rel(it["rel"], fmt), []).append(it)
+        by_out.setdefault(output_rel(it["rel"], fmt, video_codec), []).append(it)
     for out, group in by_out.items():
         for it in group:
             it["out"] = out if len(group) == 1 or it["rel"] == out else it["rel"] + posixpath.splitext(out)[1]
@@ -134,13 +139,17 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
     from tqdm import tqdm
 
     t0 = time.time()
-    output_format(options.format, "PNG")  # a bad --format fails here, not per file
+    output_format(options.format, "PNG")  # a bad --format or video option fails here, not per file
+    options.video.check()
     storage.remove_partial_writes(output)  # left by a worker killed mid-write; the file itself is redone
     items, rejected = list_inputs(input_uri)
-    items, collisions = plan_outputs(items, options.format)
+    items, collisions = plan_outputs(items, options.format, options.video.codec)
     errors: list[dict[str, str]] = rejected + collisions
     listed = len(items) + len(errors)
     todo, skipped = pending(items, output)
+    videos = [it for it in todo if video.is_video(it["rel"])]
+    listed_videos = sum(video.is_video(it["rel"]) for it in items)
+    todo = [it for it in todo if not video.is_video(it["rel"])]
     counts = {"done": 0, "copied": 0, "failed": len(errors)}
     scores: list[dict[str, Any]] = []
     bytes_in = bytes_out = 0
@@ -162,18 +171,25 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
                 if row["blur"] >= 0:
                     scores.append({"path": row["rel"], "blur": round(float(row["blur"]), 4), "status": row["status"]})
                 bar.update(1)
+    clips = video.run(videos, output, options.model, options.engine, options.video, workers, gpus_per_worker,
+                      cpus_per_worker, options.threads, progress)
+    errors += clips["errors"]
+    counts["failed"] += clips["failed"]
     _append_lines(output, ERRORS, errors)
     _append_lines(output, BLUR, scores)
     wall = time.time() - t0
     blur = [s["blur"] for s in scores]
     summary = {
-        "input": input_uri, "output": output, "model": options.model, "images": listed, "done": counts["done"],
-        "skipped": skipped, "failed": counts["failed"], "copied_sharp": counts["copied"], "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "input": input_uri, "output": output, "model": options.model, "images": listed - listed_videos, "done": counts["done"],
+        "skipped": skipped - (listed_videos - len(videos)), "failed": counts["failed"], "copied_sharp": counts["copied"], "bytes_in": bytes_in, "bytes_out": bytes_out,
         "wall_seconds": round(wall, 2), "images_per_second": round(counts["done"] / wall, 3) if wall else 0.0,
         "worker_seconds": round(compute_s, 2), "errors_file": storage.join(output, ERRORS) if errors else None,
         "blur": {"only_blurred": options.only_blurred, "scored": len(blur),
                  "quantiles": dict(zip(("p10", "p50", "p90"), np.percentile(blur, [10, 50, 90]).round(4).tolist())) if blur else {},
                  "scores_file": storage.join(output, BLUR) if blur else None},
+        "videos": {"listed": listed_videos, "skipped": listed_videos - len(videos)}
+        | {k: clips[k] for k in ("done", "failed", "frames", "segments", "seconds")}
+        | {"temporal": options.video.temporal, "codec": options.video.codec},
     }
     storage.write_text(storage.join(output, SUMMARY), json.dumps(summary, indent=2))
     return summary

@@ -1,4 +1,4 @@
-"""What to deblur: the images under a folder, an s3:// prefix, or inside an uncompressed .tar archive.
+"""What to deblur: the images and videos under a folder, an s3:// prefix, or inside an uncompressed .tar archive.
 
 Each input is a small dict {"rel": relative path, "uri": where to read it, "offset"/"size" for tar
 members}; workers read the bytes themselves (ranged reads for tar members, local or on S3), so the
@@ -15,7 +15,10 @@ import tarfile
 from typing import Any
 
 from .. import storage
+from ..video.media import VIDEO_SUFFIXES
 from .imagefile import IMAGE_SUFFIXES
+
+SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
 
 def _is_tar(uri: str) -> bool:
@@ -50,7 +53,7 @@ def safe_relative(name: str) -> str:
 
 
 def list_inputs(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(images to deblur, rejected entries as {"path", "reason"}) under a folder, prefix or .tar."""
+    """(images and videos to deblur, rejected entries as {"path", "reason"}) under a folder, prefix or .tar."""
     uri = str(uri).rstrip("/")
     check_input(uri)
     if _is_tar(uri):
@@ -59,7 +62,7 @@ def list_inputs(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     items, rejected = [], []
     for found in sorted(fs.find(path)):
         name = found[len(path):].lstrip("/")  # the key as stored: relpath() would resolve a `..` in it
-        if not name.lower().endswith(IMAGE_SUFFIXES) or posixpath.basename(name).startswith("."):
+        if not name.lower().endswith(SUFFIXES) or posixpath.basename(name).startswith("."):
             continue
         try:
             rel = safe_relative(name)
@@ -75,7 +78,7 @@ def _tar_members(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     items, rejected = [], []
     with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:  # headers only: seeks past data
         for m in tar:
-            if m.isdir() or not m.name.lower().endswith(IMAGE_SUFFIXES):
+            if m.isdir() or not m.name.lower().endswith(SUFFIXES):
                 continue
             try:
                 if not m.isfile():
