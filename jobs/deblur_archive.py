@@ -110,13 +110,17 @@ def main(argv: list[str] | None) -> int:
     s = run(args.input, args.output, options, workers, args.gpus_per_worker, args.cpus_per_worker,
             progress=not args.no_progress)
     copied = f", {s['copied_sharp']} sharp ones copied" if args.only_blurred is not None else ""
-    print(f"{s['done']} done{copied}, {s['skipped']} skipped, {s['failed']} failed of {s['images']} images; "
-          f"{s['bytes_in'] / 1e6:.1f} MB in, {s['bytes_out'] / 1e6:.1f} MB out; {s['wall_seconds']:.1f} s, "
-          f"{s['images_per_second']:.2f} images/s" + (f"; failures listed in {s['errors_file']}" if s["failed"] else ""))
     v = s["videos"]
+    image_failures = s["failed"] - v["failed"]
+    if s["images"] or not v["listed"]:
+        print(f"{s['done']} done{copied}, {s['skipped']} skipped, {image_failures} failed of {s['images']} images; "
+              f"{s['bytes_in'] / 1e6:.1f} MB in, {s['bytes_out'] / 1e6:.1f} MB out; {s['wall_seconds']:.1f} s, "
+              f"{s['images_per_second']:.2f} images/s")
     if v["listed"]:
-        print(f"videos: {v['done']} done, {v['skipped']} skipped, {v['failed']} failed of {v['listed']}; "
-              f"{v['frames']} frames in {v['segments']} segments")
+        print(f"{v['done']} done, {v['skipped']} skipped, {v['failed']} failed of {v['listed']} videos; "
+              f"{v['frames']} frames in {v['segments']} segments; {s['wall_seconds']:.1f} s")
+    if s["failed"]:
+        print(f"failures listed in {s['errors_file']}")
     return 1 if s["failed"] else 0
 
 

@@ -8,6 +8,9 @@ the source's frame rate, size, rotation and audio kept) on a single file.
 from __future__ import annotations
 
 import argparse
+import glob
+import os
+import posixpath
 
 import _common
 from deblur_archive import add_video_arguments, default_workers, video_options
@@ -45,12 +48,17 @@ def main(argv: list[str] | None) -> int:
 
     from deblur import storage
     from deblur.ray_env import init_ray
-    from deblur.video import deblur_file
+    from deblur.video import deblur_file, drop_leftovers
 
     storage.set_s3_endpoint(args.s3_endpoint)
     if not storage.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
+    folder, name = posixpath.split(args.output)
+    if not storage.is_remote(args.output):  # what a run killed mid-write leaves: never under the final name
+        for partial in glob.glob(glob.escape(args.output) + ".tmp-*"):
+            os.remove(partial)
     if storage.exists(args.output):
+        drop_leftovers(folder or ".", {name})  # segments of a run killed after its join
         print(f"{args.output} exists already: nothing to do (delete it to deblur again)")
         return 0
     init_ray()

@@ -188,6 +188,29 @@ def test_every_codec_joins_segments_encoded_differently(codec, audio, clip, tmp_
         assert abs(float(last) - SECONDS) < 0.2, last
 
 
+@pytest.mark.parametrize("codec, audio", [("h264", "aac"), ("vp9", "opus")])
+def test_audio_that_cannot_be_copied_is_reencoded_in_step(codec, audio, shaky, tmp_path):
+    """44.1 kHz AAC in Matroska (as cameras and screen recorders write it): re-encoded for MP4 and resampled
+    to 48 kHz Opus for WebM, and still as long as the video."""
+    src = tmp_path / "cam.mkv"
+    write_video(str(src), shaky[0][:60], FPS, audio_seconds=5.0, audio_rate=44100)
+    item = {"uri": str(src), "rel": src.name}
+    info = media.probe(item)
+    seg = tmp_path / f"seg.{media.CODECS[codec][1]}"
+    writer = media.SegmentWriter(str(seg), info, codec, preset="ultrafast")
+    for p, rgb, _ in media.frames(item, info, None, None, 0):
+        writer.write(p, rgb)
+    writer.close()
+    out = tmp_path / f"out.{media.CODECS[codec][1]}"
+    media.join([str(seg)], item, info, str(out), codec)
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        assert a.codec_context.name == audio and a.codec_context.sample_rate == (48000 if codec == "vp9" else 44100)
+        last = max((p.pts + p.duration) * p.time_base for p in c.demux(a) if p.pts is not None)
+        assert abs(float(last) - 5.0) < 0.1, last
+    assert len(decoded(out)) == 60
+
+
 def check_output(out: Path, src: Path, frames_expected: int) -> None:
     """The output keeps the source's frame count, timing, size, rotation and audio, as browsers play it."""
     with av.open(str(out)) as c, av.open(str(src)) as s:
@@ -214,6 +237,8 @@ def awkward_folder(folder: Path, shaky, clip: Path) -> dict[str, str]:
     index_first(folder.parent / "whole.mp4", folder.parent / "indexed.mp4")  # readable, then cut: frames missing
     whole = (folder.parent / "indexed.mp4").read_bytes()
     (folder / "fast.mp4").write_bytes(whole[: int(len(whole) * 0.6)])
+    gap = [int(1000 * t) for t in list(np.arange(24) / FPS) + list(9 + np.arange(36) / FPS)]  # 2 s, 7 s of nothing, 3 s
+    write_video(str(folder / "gap.mkv"), shaky[0][:60], FPS, pts=gap, time_base="1/1000")
     (folder / "noise.webm").write_bytes(np.random.default_rng(0).bytes(4000))
     (folder / "empty.avi").write_bytes(b"")
     with av.open(str(folder / "voice.mp4"), "w") as c:  # audio only
@@ -223,7 +248,7 @@ def awkward_folder(folder: Path, shaky, clip: Path) -> dict[str, str]:
         c.mux(a.encode(f))
         c.mux(a.encode(None))
     cv2.imwrite(str(folder / "photo.png"), shaky[0][0][..., ::-1])
-    return {"shaky.mp4": "done", "odd.mkv": "done", "ten.mov": "done", "cut.mp4": "not a readable video",
+    return {"shaky.mp4": "done", "odd.mkv": "done", "ten.mov": "done", "gap.mkv": "done", "cut.mp4": "not a readable video",
             "fast.mp4": "truncated", "noise.webm": "not a readable video", "empty.avi": "not a readable video",
             "voice.mp4": "no video stream"}
 
@@ -234,7 +259,7 @@ def test_archive_job_with_videos(trained_checkpoint, shaky, clip, tmp_path, ray_
     options = Options(str(trained_checkpoint), "torch", video=VideoOptions(segment_seconds=4.0))
     summary = run(str(src), str(out), options, workers=2, progress=False)
     v = summary["videos"]
-    assert (v["listed"], v["done"], v["failed"], v["segments"] >= 4) == (8, 3, 5, True), v
+    assert (v["listed"], v["done"], v["failed"], v["segments"] >= 7) == (9, 4, 5, True), v
     assert summary["done"] == summary["images"] == 1
     errors = {e["path"]: e["reason"] for e in map(json.loads, (out / "_errors.jsonl").read_text().splitlines())}
     for name, what in expect.items():
@@ -254,7 +279,8 @@ def test_archive_job_with_videos(trained_checkpoint, shaky, clip, tmp_path, ray_
     leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part") or "_segments" in str(p)]
     assert not leftovers, leftovers
     again = run(str(src), str(out), options, workers=2, progress=False)
-    assert again["videos"]["skipped"] == 3 and again["videos"]["done"] == 0 and again["videos"]["failed"] == 5
+    assert again["videos"]["skipped"] == 4 and again["videos"]["done"] == 0 and again["videos"]["failed"] == 5
+    assert len(all_pts(out / "gap.mp4")) == 60  # its empty middle segment wrote nothing and lost nothing
 
 
 def test_segment_seams_are_invisible(trained_checkpoint, clip, tmp_path, ray_session):
@@ -359,14 +385,14 @@ def test_memory_does_not_grow_with_the_length(tmp_path):
 def test_an_interrupted_video_reuses_its_finished_segments(trained_checkpoint, clip, tmp_path, ray_session):
     """A run killed after its first segment: the next run uses that segment as it is (here a planted one, its
     frames inverted, so its use shows in the output) and deblurs only the rest."""
-    from deblur.video.job import _info_from, _segment_uri, plan
+    from deblur.video.job import _info_from, plan
 
     out = tmp_path / "out"
     options = VideoOptions(segment_seconds=4.0)
     item = {"rel": "shaky.mp4", "uri": str(clip), "offset": -1, "size": -1, "out": "shaky.mp4"}
-    rows = plan(item, options, workers=2)
+    rows = plan(item, options, 2, str(trained_checkpoint), str(out))
     assert len(rows) == 2
-    planted = Path(_segment_uri(str(out), "shaky.mp4", 0))
+    planted = Path(rows[0]["segment"])
     planted.parent.mkdir(parents=True)
     info = _info_from(rows[0])
     writer = media.SegmentWriter(str(planted), info, crf=10)
@@ -377,4 +403,7 @@ def test_an_interrupted_video_reuses_its_finished_segments(trained_checkpoint, c
     got, given = decoded(out / "shaky.mp4"), decoded(clip)
     assert psnr(got[0], 255 - given[0]) > 30 and psnr(got[-1], given[-1]) > 25  # the planted part, then the model's
     assert len(got) == FPS * SECONDS and len(kept) < len(got)
-    assert not planted.exists()  # removed once joined
+    assert not planted.exists() and not (out / "_segments").exists()  # removed once joined
+    # other settings (here another crf) never reuse a segment made with these: the key in its name differs
+    other = plan(item, VideoOptions(segment_seconds=4.0, crf=30), 2, str(trained_checkpoint), str(out))
+    assert other[0]["segment"] != rows[0]["segment"] and Path(other[0]["segment"]).name == planted.name

@@ -171,8 +171,14 @@ def run(input_uri: str, output: str, options: Options, workers: int = 1, gpus_pe
                 if row["blur"] >= 0:
                     scores.append({"path": row["rel"], "blur": round(float(row["blur"]), 4), "status": row["status"]})
                 bar.update(1)
-    clips = video.run(videos, output, options.model, options.engine, options.video, workers, gpus_per_worker,
-                      cpus_per_worker, options.threads, progress)
+    video.drop_leftovers(output, {it["out"] for it in items if video.is_video(it["rel"])} - {v["out"] for v in videos})
+    try:
+        clips = video.run(videos, output, options.model, options.engine, options.video, workers, gpus_per_worker,
+                          cpus_per_worker, options.threads, progress)
+    except Exception as e:  # the images' results and errors are still written below
+        clips = {"done": 0, "failed": len(videos), "frames": 0, "segments": 0, "seconds": 0.0,
+                 "errors": [{"path": v["rel"], "reason": f"{v['rel']}: the video stage failed ({type(e).__name__}: {str(e)[:200]})"}
+                            for v in videos]}
     errors += clips["errors"]
     counts["failed"] += clips["failed"]
     _append_lines(output, ERRORS, errors)

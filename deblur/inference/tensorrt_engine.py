@@ -25,7 +25,7 @@ def tensorrt_status() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "TensorRT is not installed (pip install 'deblur[tensorrt]' from NVIDIA's index)"
+        return "TensorRT is not installed (pip install 'deblurgan-ray[tensorrt]' with NVIDIA's index)"
     import torch
 
     if not torch.cuda.is_available():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import posixpath
 
-from .job import VideoOptions, is_video, run, video_rel
+from .job import VideoOptions, drop_leftovers, is_video, run, video_rel
 from .media import CODECS, VIDEO_SUFFIXES, BadVideo
 
-__all__ = ["CODECS", "VIDEO_SUFFIXES", "BadVideo", "VideoOptions", "deblur_file", "is_video", "run", "video_rel"]
+__all__ = ["CODECS", "VIDEO_SUFFIXES", "BadVideo", "VideoOptions", "deblur_file", "drop_leftovers", "is_video", "run", "video_rel"]
 
 
 def deblur_file(source: str, dest: str, model: str = "default", engine: str = "auto", options: VideoOptions | None = None,

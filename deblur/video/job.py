@@ -5,11 +5,14 @@ source's audio into the output.
 Segments are time ranges of presentation timestamps (see `media`), so they partition a video exactly. Each
 starts `warmup` frames early to settle the temporal state; those frames are deblurred and dropped. Every
 segment and every output is written whole (temporary name + rename, or one upload on S3), so a re-run skips
-finished videos and finished segments alike; a video that fails is reported with its reason and the run
-goes on. Memory is a few frames per actor and a few packets per join, whatever the length.
+finished videos and reuses finished segments. A segment's name holds its pts range and a key of everything
+that shaped it (the source's geometry and length, model, codec, quality, temporal mode, warm-up), so a re-run
+with other settings or another split never reuses a segment that does not fit. A video that fails is
+reported with its reason and the run goes on. Memory is a few frames per actor and a few packets per join.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -22,12 +25,15 @@ from fractions import Fraction
 from typing import Any
 
 from .. import storage
-from .media import CODECS, VIDEO_SUFFIXES, BadVideo, SegmentWriter, VideoInfo, frames, join, probe, boundaries
+from .media import CODECS, PRESETS, VIDEO_SUFFIXES, BadVideo, SegmentWriter, VideoInfo, boundaries, frames, join, open_source, probe, video_stream
 
 SEGMENTS = "_segments"
 #: a video is split into at most this long segments, and into one per worker when shorter, but never below
 #: MIN_SEGMENT_SECONDS (the warm-up would then cost more than the parallelism gains)
 SEGMENT_SECONDS, MIN_SEGMENT_SECONDS = 10.0, 4.0
+#: a video whose frames end this much before the end its container states is reported as truncated
+#: (a second, or 5 % of a long video: trimmed files legitimately end a few frames early)
+TRUNCATED_SECONDS, TRUNCATED_SHARE = 1.0, 0.05
 
 
 @dataclass
@@ -35,15 +41,20 @@ class VideoOptions:
     temporal: bool = True  # stabilise with optical flow (False: each frame deblurred on its own)
     codec: str = "h264"
     crf: int = 18  # constant-quality factor of the encoder (lower: better and larger)
-    preset: str = "medium"
+    preset: str = "medium"  # x264/x265 speed preset (VP9 uses its own speed setting)
     segment_seconds: float = SEGMENT_SECONDS
-    warmup: int = 8  # frames decoded before each segment for the temporal state, then dropped
+    #: frames decoded before each segment for the temporal state, then dropped: the stabiliser's memory
+    #: fades as alpha^n (0.8^12 ≈ 7 % after 12 frames, less where its weights are below alpha)
+    warmup: int = 12
 
     def check(self) -> "VideoOptions":
         if self.codec not in CODECS:
             raise ValueError(f"video codec must be one of {sorted(CODECS)}, got {self.codec!r}")
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"video crf must be within 0..51, got {self.crf}")
+        top = 63 if self.codec == "vp9" else 51
+        if not 0 <= self.crf <= top:
+            raise ValueError(f"video crf must be within 0..{top} for {self.codec}, got {self.crf}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"video preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.segment_seconds < MIN_SEGMENT_SECONDS:
             raise ValueError(f"segments must be at least {MIN_SEGMENT_SECONDS} s, got {self.segment_seconds}")
         if self.warmup < 0:
@@ -60,10 +71,6 @@ def video_rel(rel: str, codec: str) -> str:
     return posixpath.splitext(rel)[0] + "." + CODECS[codec][1]
 
 
-def _segment_uri(output: str, out: str, k: int) -> str:
-    return storage.join(output, SEGMENTS, out, f"{k:05d}.{posixpath.splitext(out)[1].lstrip('.')}")
-
-
 def _info_from(row: dict[str, Any]) -> VideoInfo:
     d = json.loads(row["info"])
     return VideoInfo(**{**d, "rate": Fraction(d["rate"]), "time_base": Fraction(d["time_base"])})
@@ -73,86 +80,118 @@ def _info_json(info: VideoInfo) -> str:
     return json.dumps({**asdict(info), "rate": str(info.rate), "time_base": str(info.time_base)})
 
 
-def plan(item: dict[str, Any], options: VideoOptions, workers: int) -> list[dict[str, Any]]:
-    """One row per segment of a video (or one failed row saying why it cannot be read)."""
+def segments_folder(output: str, out: str) -> str:
+    return storage.join(output, SEGMENTS, out)
+
+
+def _segment_uri(output: str, item: dict[str, Any], info: VideoInfo, options: VideoOptions, model: str,
+                 start: int | None, end: int | None) -> str:
+    shaped_by = json.dumps([item["uri"], item["offset"], item["size"], _info_json(info), model, asdict(options) | {"segment_seconds": 0}])
+    key = hashlib.sha256(shaped_by.encode()).hexdigest()[:12]
+    ext = CODECS[options.codec][1]
+    return storage.join(segments_folder(output, item["out"]), key, f"{'start' if start is None else start}-{'end' if end is None else end}.{ext}")
+
+
+def plan(item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str) -> list[dict[str, Any]]:
+    """One row per segment of a video (or one row with the reason it cannot be read)."""
     base = {"rel": item["rel"], "uri": item["uri"], "offset": item["offset"], "size": item["size"], "out": item["out"]}
     try:
         info = probe(item)
     except BadVideo as e:
-        return [{**base, "k": 0, "n": 1, "start": None, "end": None, "info": "", "error": str(e)}]
+        return [{**base, "error": str(e)}]
+    except Exception as e:  # storage or library failures: reported for this video, the others go on
+        return [{**base, "error": f"{item['rel']}: {_reason(e)}"}]
     length = max(MIN_SEGMENT_SECONDS, min(options.segment_seconds, info.seconds / max(1, workers)))
     starts = boundaries(info, length)
-    ends = starts[1:] + [None]  # None: from the video's start, to its end
-    return [{**base, "k": k, "n": len(starts), "start": s if k else None, "end": e, "info": _info_json(info), "error": ""}
-            for k, (s, e) in enumerate(zip(starts, ends))]
+    bounds = list(zip([None] + starts[1:], starts[1:] + [None]))  # None: from the video's start, to its end
+    return [{**base, "error": "", "k": k, "n": len(bounds), "start": -1 if s is None else s, "end": -1 if e is None else e,
+             "open_start": s is None, "open_end": e is None, "info": _info_json(info),
+             "segment": _segment_uri(output, item, info, options, model, s, e)} for k, (s, e) in enumerate(bounds)]
 
 
-def _pts(value: Any) -> int | None:
-    """A segment bound from a dataset row: None (open), or an int that a pandas block may have made a float."""
-    return None if value is None or value != value else int(value)
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 class SegmentDeblurrer:
     """One per actor: the engine (and a stabiliser) loaded once, then segments one after another."""
 
-    def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions, output: str):
+    def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions):
         from ..inference import load_engine
         from .temporal import Stabiliser
 
-        self.options, self.output = options, output
+        self.options = options
         self.engine = load_engine(model, engine, threads=threads)
         self.stabiliser = Stabiliser() if options.temporal else None
         self.threads = threads or 0
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        result = {"rel": row["rel"], "out": row["out"], "k": row["k"], "n": row["n"], "status": "done", "reason": "",
-                  "frames": 0, "seconds": 0.0, "segment": _segment_uri(self.output, row["out"], row["k"]), "info": row["info"]}
+        result = {"rel": row["rel"], "k": row["k"], "n": row["n"], "status": "done", "reason": "", "frames": 0,
+                  "last": -1.0, "seconds": 0.0, "segment": row["segment"], "info": row["info"], "out": row["out"]}
         t0 = time.perf_counter()
         try:
-            if storage.exists(result["segment"]):  # finished by an earlier, interrupted run
-                return {**result, "status": "reused", "frames": _frames_in(result["segment"])}
-            result["frames"] = self._segment(row, result["segment"])
+            reused = _finished(row["segment"], _info_from(row).rate)
+            if reused is not None:  # written whole by an earlier, interrupted run
+                result.update(status="reused", frames=reused[0], last=reused[1])
+            else:
+                result["frames"], result["last"] = self._segment(row)
         except BadVideo as e:
             result.update(status="failed", reason=str(e))
         except Exception as e:  # a model, codec or storage failure on one video must not stop the run
-            result.update(status="failed", reason=f"{row['rel']}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+            result.update(status="failed", reason=f"{row['rel']}: {_reason(e)}")
         result["seconds"] = time.perf_counter() - t0
         return result
 
-    def _segment(self, row: dict[str, Any], dest: str) -> int:
+    def _segment(self, row: dict[str, Any]) -> tuple[int, float]:
+        """Deblur one segment into its file; (frames written, end time of the last in seconds). A segment
+        with no frames (a gap in a variable-rate video) writes no file."""
         info = _info_from(row)
-        start, end = _pts(row["start"]), _pts(row["end"])
+        start = None if row["open_start"] else int(row["start"])
+        end = None if row["open_end"] else int(row["end"])
         if self.stabiliser is not None:
             self.stabiliser.reset()
+        warmup = self.options.warmup if self.stabiliser is not None else 0
+        count, last, writer = 0, -1.0, None
         with tempfile.TemporaryDirectory(prefix="deblur-segment-") as tmp:
-            local = os.path.join(tmp, posixpath.basename(dest))
-            writer = SegmentWriter(local, info, self.options.codec, self.options.crf, self.options.preset, self.threads)
-            count = 0
+            local = os.path.join(tmp, posixpath.basename(row["segment"]))
             try:
-                for pts, rgb, warming in frames(row, info, start, end, self.options.warmup if self.stabiliser else 0):
+                for pts, rgb, warming in frames(row, info, start, end, warmup, self.threads):
                     out = self.engine.deblur_image(rgb)
                     if self.stabiliser is not None:
                         out = self.stabiliser(out)
-                    if not warming:
-                        writer.write(pts, out)
-                        count += 1
+                    if warming:
+                        continue
+                    if writer is None:
+                        writer = SegmentWriter(local, info, self.options.codec, self.options.crf, self.options.preset, self.threads)
+                    writer.write(pts, out)
+                    count, last = count + 1, float(pts * info.time_base + 1 / info.rate)
             finally:
-                writer.close()
-            if count == 0:
-                raise BadVideo(f"{row['rel']}: segment {row['k']} has no frames")
-            _put(local, dest)
-        return count
+                if writer is not None:
+                    writer.close()
+            if writer is not None:
+                _put(local, row["segment"])
+        return count, last
 
 
-def _frames_in(uri: str) -> int:
-    from .media import open_source
-
-    with open_source({"uri": uri, "offset": -1}) as c:
-        return int(c.streams.video[0].frames)
+def _finished(uri: str, rate: Fraction) -> tuple[int, float] | None:
+    """(frames, end of the last in seconds) of a segment an earlier run wrote (its packets keep the source's
+    times), or None when there is none; one that cannot be read (a machine lost mid-rename) is deleted."""
+    if not storage.exists(uri):
+        return None
+    try:
+        with open_source({"uri": uri}) as c:
+            stamps = [p.pts * p.time_base for p in c.demux(video_stream(c)) if p.pts is not None]
+        if not stamps:
+            raise BadVideo(f"{uri}: empty")
+        return len(stamps), float(max(stamps) + 1 / rate)
+    except Exception:
+        fs, path = storage.filesystem(uri)
+        fs.rm(path)
+        return None
 
 
 def _put(local: str, uri: str) -> None:
-    """A finished local file to its place in storage, appearing only whole."""
+    """A finished local file to its place in storage, appearing only whole (and durable before it appears)."""
     fs, path = storage.filesystem(uri)
     if storage.is_remote(uri):
         fs.put_file(local, path)
@@ -160,53 +199,64 @@ def _put(local: str, uri: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # the name storage.remove_partial_writes clears after a kill
     shutil.move(local, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def join_video(rows: list[dict[str, Any]], source: dict[str, Any], output: str, codec: str) -> dict[str, Any]:
-    """The segments of one video (all done) into its output, then the segments deleted."""
-    rows = sorted(rows, key=lambda r: r["k"])
-    info = _info_from(rows[0])
-    dest = storage.join(output, rows[0]["out"])
-    segments = [r["segment"] for r in rows]
-    decoded = sum(int(r["frames"]) for r in rows)
-    if info.frames and decoded < info.frames:  # a file cut short: no output that looks complete
-        _drop_segments(output, rows[0]["out"])  # and nothing to resume: a re-run would decode the same
-        return {"rel": rows[0]["rel"], "status": "failed",
-                "reason": f"{rows[0]['rel']}: truncated or damaged: {decoded} of its {info.frames} frames decode"}
+    """The segments of one video (all finished) into its output, then its segments deleted; never raises."""
+    rel = rows[0]["rel"]
     try:
+        rows = sorted(rows, key=lambda r: r["k"])
+        info = _info_from(rows[0])
+        written = [r for r in rows if r["frames"] > 0]
+        stated = float((info.start + info.duration) * info.time_base)  # where the container says it ends
+        last = max((float(r["last"]) for r in written), default=0.0)
+        if not written:
+            problem = "no frame decodes"
+        elif info.duration and last < stated - max(TRUNCATED_SECONDS, TRUNCATED_SHARE * info.seconds):
+            problem = f"truncated or damaged: its frames end at {last:.2f} s of the {stated:.2f} s it states"
+        else:
+            problem = ""
+        if problem:  # nothing that looks complete, and nothing to resume: a re-run would decode the same
+            drop_segments(output, rows[0]["out"])
+            return {"rel": rel, "status": "failed", "reason": f"{rel}: {problem}"}
+        dest = storage.join(output, rows[0]["out"])
         with tempfile.TemporaryDirectory(prefix="deblur-join-") as tmp:
-            if storage.is_remote(output):  # FFmpeg's muxer wants seekable local files: fetch, join, upload
-                local = [os.path.join(tmp, posixpath.basename(uri)) for uri in segments]
-                for uri, path in zip(segments, local):
-                    fs, key = storage.filesystem(uri)
-                    fs.get_file(key, path)
-                target = os.path.join(tmp, "out" + posixpath.splitext(dest)[1])
-                join(local, source, info, target, codec)
+            target = os.path.join(tmp, posixpath.basename(dest)) if storage.is_remote(dest) else storage.filesystem(dest)[1]
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            join([r["segment"] for r in written], source, info, target, codec)
+            if storage.is_remote(dest):  # the MP4 index goes to the front after writing: a local file, then one upload
                 _put(target, dest)
-            else:
-                target = storage.filesystem(dest)[1]
-                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-                join([storage.filesystem(uri)[1] for uri in segments], source, info, target, codec)
-        _drop_segments(output, rows[0]["out"])
-        return {"rel": rows[0]["rel"], "status": "done", "reason": ""}
+        drop_segments(output, rows[0]["out"])
+        return {"rel": rel, "status": "done", "reason": ""}
     except Exception as e:
-        return {"rel": rows[0]["rel"], "status": "failed", "reason": f"{rows[0]['rel']}: joining failed ({type(e).__name__}: {str(e)[:200]})"}
+        return {"rel": rel, "status": "failed", "reason": f"{rel}: joining failed ({_reason(e)})"}
 
 
-def _drop_segments(output: str, out: str) -> None:
-    """Delete a video's segments, and the segments folder once no video has any left in it."""
-    fs, folder = storage.filesystem(storage.join(output, SEGMENTS, out))
+def drop_segments(output: str, out: str) -> None:
+    """Delete one video's segments (only its own folder: other videos' joins may be writing beside it)."""
+    fs, folder = storage.filesystem(segments_folder(output, out))
     if fs.exists(folder):
         fs.rm(folder, recursive=True)
-    if storage.is_remote(output):  # S3 has no folders to remove
+
+
+def drop_leftovers(output: str, finished: set[str]) -> None:
+    """Segments of videos whose output exists (a run killed between its join and the clean-up), and the
+    segments folder itself once empty (local outputs; S3 has no folders)."""
+    fs, top = storage.filesystem(storage.join(output, SEGMENTS))
+    if not fs.exists(top):
         return
-    top = storage.filesystem(storage.join(output, SEGMENTS))[1]
-    for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            pass  # still holds another video's segments (or another join is removing it)
+    owners = {posixpath.dirname(posixpath.dirname(posixpath.relpath(p, top))) for p in fs.find(top)}
+    for out in owners & finished:
+        drop_segments(output, out)
+    if not storage.is_remote(output):
+        for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # holds a failed video's segments, kept for the next run
 
 
 def run(videos: list[dict[str, Any]], output: str, model: str, engine: str, options: VideoOptions, workers: int = 1,
@@ -220,43 +270,56 @@ def run(videos: list[dict[str, Any]], output: str, model: str, engine: str, opti
     report = {"videos": len(videos), "done": 0, "failed": 0, "frames": 0, "segments": 0, "seconds": 0.0, "errors": []}
     if not videos:
         return report
-    joiner = ray.remote(num_cpus=0)(join_video)
     # probing is small parallel work; its rows come back so that every segment becomes its own block (a
     # fused flat_map would hand all of a video's segments to one actor)
     planned = ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000))).flat_map(
-        plan, fn_args=(options, workers)).take_all()
+        plan, fn_args=(options, workers, model, output)).take_all()
     failed: dict[str, str] = {r["rel"]: r["error"] for r in planned if r["error"]}
     segments = [r for r in planned if not r["error"]]
     report["segments"] = len(segments)
-    finished: dict[str, list[dict[str, Any]]] = {}
-    joins = []
+    sources = {v["rel"]: v for v in videos}
+    joiner = ray.remote(num_cpus=0)(join_video)
+    # joins read and write whole videos: a few at a time, so a node's disk and network are not all theirs
+    pending_joins: dict[Any, str] = {}
+    max_joins = max(2, workers)
+
+    def settle(limit: int) -> None:
+        """Collect finished joins until at most `limit` are running."""
+        while len(pending_joins) > limit:
+            ready, _ = ray.wait(list(pending_joins), num_returns=1)
+            rel = pending_joins.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except Exception as e:  # the join's worker died (out of memory, a lost node)
+                result = {"rel": rel, "status": "failed", "reason": f"{rel}: joining failed ({_reason(e)})"}
+            if result["status"] == "failed":
+                failed[rel] = result["reason"]
+            else:
+                report["done"] += 1
+
+    finished: dict[str, dict[int, dict[str, Any]]] = {}
     if segments:
         ds = ray.data.from_items(segments, override_num_blocks=min(len(segments), 10_000)).map(
-            SegmentDeblurrer, fn_constructor_args=(model, engine, threads, options, output),
+            SegmentDeblurrer, fn_constructor_args=(model, engine, threads, options),
             # one segment at a time per actor: a queued segment waits for a free actor, not behind a busy one
             compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(segments))), max_tasks_in_flight_per_actor=1),
             num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker)
-        results = ds.iter_rows()
-    else:
-        results = iter(())
-    sources = {v["rel"]: v for v in videos}
-    with tqdm(total=len(segments), desc="video segments", unit="seg", disable=not progress) as bar:
-        for row in results:
-            bar.update(1)
-            rel = row["rel"]
-            report["frames"] += int(row["frames"])
-            report["seconds"] += float(row["seconds"])
-            if row["status"] == "failed":
-                failed.setdefault(rel, row["reason"])
-                continue
-            finished.setdefault(rel, []).append(row)
-            if len(finished[rel]) == row["n"] and rel not in failed:
-                joins.append(joiner.remote(finished.pop(rel), sources[rel], output, options.codec))
-    for result in ray.get(joins):
-        if result["status"] == "failed":
-            failed[result["rel"]] = result["reason"]
-        else:
-            report["done"] += 1
+        with tqdm(total=len(segments), desc="video segments", unit="seg", disable=not progress) as bar:
+            for row in ds.iter_rows():
+                bar.update(1)
+                rel = row["rel"]
+                report["frames"] += int(row["frames"])
+                report["seconds"] += float(row["seconds"])
+                if row["status"] == "failed":
+                    failed.setdefault(rel, row["reason"])
+                    continue
+                parts = finished.setdefault(rel, {})
+                parts[int(row["k"])] = row
+                if set(parts) == set(range(int(row["n"]))) and rel not in failed:
+                    settle(max_joins - 1)
+                    pending_joins[joiner.remote(list(finished.pop(rel).values()), sources[rel], output, options.codec)] = rel
+    settle(0)
+    drop_leftovers(output, set())  # the segments folder, once empty
     report["failed"] = len(failed)
     report["errors"] = [{"path": rel, "reason": reason} for rel, reason in sorted(failed.items())]
     report["seconds"] = round(report["seconds"], 2)

@@ -31,6 +31,12 @@ AUDIO_COPY = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}, "web
 AUDIO_ENCODER = {"mp4": "aac", "webm": "libopus"}
 #: frames decoded on top of the warm-up, in case the keyframe seek lands a little late
 SEEK_SLACK = 2
+#: S3 reads in blocks this large (s3fs reads ahead 50 MiB per seek by default; a video is read by many seeks)
+S3_BLOCK = 4 << 20
+#: the encoder presets x264 and x265 know
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+#: sample rates libopus encodes (WebM's audio); other sources are resampled to 48 kHz
+OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
 
 
 class BadVideo(ValueError):
@@ -100,12 +106,25 @@ def open_source(item: dict[str, Any]):
         if not storage.is_remote(uri) and item.get("offset", -1) < 0:
             return av.open(storage.filesystem(uri)[1], "r")
         fs, path = storage.filesystem(uri)
-        f = fs.open(path, "rb")
+        f = fs.open(path, "rb", **({"block_size": S3_BLOCK} if storage.is_remote(uri) else {}))
         if item.get("offset", -1) >= 0:
             f = io.BufferedReader(_Window(f, item["offset"], item["size"]), 1 << 20)
         return av.open(f, "r")
     except (av.FFmpegError, OSError) as e:
         raise BadVideo(f"{name}: not a readable video ({_why(e)})") from None
+
+
+def video_stream(c):
+    """The first real video stream (cover art is a one-picture 'video' stream: not one); None if there is none."""
+    for vs in c.streams.video:
+        if not vs.disposition & av.stream.Disposition.attached_pic:
+            return vs
+    return None
+
+
+def audio_stream(c):
+    """The first audio stream this FFmpeg can decode, or None."""
+    return next((a for a in c.streams.audio if a.codec_context is not None), None)
 
 
 def _why(e: Exception) -> str:
@@ -118,9 +137,9 @@ def probe(item: dict[str, Any]) -> VideoInfo:
     """The source's geometry and timing; decodes its first frame, so a file that cannot give one fails here."""
     name = item.get("rel", item["uri"])
     with open_source(item) as c:
-        if not c.streams.video:
+        vs = video_stream(c)
+        if vs is None:
             raise BadVideo(f"{name}: no video stream")
-        vs = c.streams.video[0]
         try:
             first = next(c.decode(vs), None)
         except av.FFmpegError as e:
@@ -138,12 +157,15 @@ def probe(item: dict[str, Any]) -> VideoInfo:
         else:
             duration = 0
         cc = vs.codec_context
-        audio = c.streams.audio[0].codec_context.name if c.streams.audio else ""
+        a = audio_stream(c)
+        audio = a.codec_context.name if a is not None else ""
         return VideoInfo(
             width=first.width, height=first.height, rate=Fraction(rate), time_base=Fraction(tb), start=int(first.pts),
             duration=duration, frames=int(vs.frames or 0), rotation=int(round(first.rotation or 0)) % 360,
             pix_fmt=cc.pix_fmt or first.format.name,
-            colour={k: int(getattr(first, k)) for k in ("colorspace", "color_range", "color_primaries", "color_trc")},
+            # RGB sources (matrix 0) come out YUV: their matrix is the encoder's default, not "RGB"
+            colour={k: int(getattr(first, k)) for k in ("colorspace", "color_range", "color_primaries", "color_trc")
+                    if k != "colorspace" or int(first.colorspace) != 0},
             audio=audio,
         )
 
@@ -158,9 +180,11 @@ def boundaries(info: VideoInfo, segment_seconds: float) -> list[int]:
     return [info.start + int(info.duration * k / n) for k in range(n)]
 
 
-def frames(item: dict[str, Any], info: VideoInfo, start: int | None, end: int | None, warmup: int) -> Iterator[tuple[int, np.ndarray, bool]]:
+def frames(item: dict[str, Any], info: VideoInfo, start: int | None, end: int | None, warmup: int,
+           threads: int = 0) -> Iterator[tuple[int, np.ndarray, bool]]:
     """(pts, RGB uint8 frame, is_warmup) for the frames with start <= pts < end, preceded by up to `warmup`
     earlier frames (for the temporal state; the caller drops them). None means the video's own start or end.
+`threads` caps the decoder's threads (0: FFmpeg's choice), so one actor per core does not run cores² threads.
 
     Seeks to the keyframe before the warm-up; if the seek lands past the start (some containers index
     coarsely), decodes from the beginning instead, so no frame of the range is ever lost.
@@ -168,8 +192,9 @@ def frames(item: dict[str, Any], info: VideoInfo, start: int | None, end: int | 
     name = item.get("rel", item["uri"])
     for seek in (start is not None and start > info.start, False):
         with open_source(item) as c:
-            vs = c.streams.video[0]
+            vs = video_stream(c)
             vs.thread_type = "AUTO"
+            vs.codec_context.thread_count = threads
             if seek:
                 back = int((warmup + SEEK_SLACK) / info.rate / info.time_base)
                 c.seek(max(info.start, start - back), stream=vs, backward=True)
@@ -184,23 +209,21 @@ def frames(item: dict[str, Any], info: VideoInfo, start: int | None, end: int | 
                         before = True
                         ring.append(frame)
                         continue
+                    if seek and not before:
+                        break  # landed past the start: frames would be lost, decode from the beginning
                     if end is not None and pts >= end:
-                        break
+                        return  # the range is done (or empty: a gap in a variable-rate video)
                     if not started:
-                        if seek and not before:
-                            break  # landed past the start: frames would be lost, decode from the beginning
                         started = True
                         for w in ring:
                             yield int(w.pts), w.to_ndarray(format="rgb24"), True
                         ring.clear()
                     yield int(pts), frame.to_ndarray(format="rgb24"), False
                 else:
-                    return
+                    if not (seek and not before):
+                        return  # the video's end (a seek that found nothing decodes from the beginning)
             except av.FFmpegError as e:
                 raise BadVideo(f"{name}: decoding failed ({_why(e)})") from None
-            if started:
-                return
-    raise BadVideo(f"{name}: no frames between pts {start} and {end}")  # pragma: no cover - the second pass decodes all
 
 
 class SegmentWriter:
@@ -218,11 +241,13 @@ class SegmentWriter:
         s.codec_context.time_base = info.time_base
         for k, v in info.colour.items():
             setattr(s.codec_context, k, v)
+        if encoder == "libx265" and fmt == "mp4":
+            s.codec_tag = "hvc1"  # what Apple's players require of HEVC in MP4 (FFmpeg's default is hev1)
         # parameter sets in every keyframe, not only in the container's header: the join takes the header
         # from the first segment, and a segment whose encoder chose other parameters must still decode
         per_codec = {"libx264": {"preset": preset, "x264-params": "repeat-headers=1"},
                      "libx265": {"preset": preset, "x265-params": "repeat-headers=1:log-level=error"},
-                     "libvpx-vp9": {"b:v": "0", "row-mt": "1"}}
+                     "libvpx-vp9": {"b:v": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"}}
         s.options = {"crf": str(crf), **per_codec[encoder]}
         s.thread_count = threads
 
@@ -247,15 +272,16 @@ def _packets(container, stream) -> Iterator[Any]:
 
 
 def join(segments: list[str], source: dict[str, Any], info: VideoInfo, dest: str, codec: str = "h264") -> None:
-    """The segments' video (copied, not re-encoded) and the source's audio into `dest` (a local path),
+    """The segments' video (copied, not re-encoded; local paths or s3:// URIs) and the source's audio into `dest`
+    (a local path: the MP4 index is moved to the front after writing),
     written under a temporary name and renamed, so `dest` appears only complete. Packets are interleaved by
     time as they are read: memory stays a few packets whatever the length."""
     _, fmt, _ = CODECS[codec]
     tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with av.open(tmp, "w", format=fmt, options={"movflags": "+faststart"} if fmt == "mp4" else {}) as out:
-            with av.open(segments[0]) as first:
-                ov = out.add_stream_from_template(first.streams.video[0])
+            with open_source({"uri": segments[0]}) as first:
+                ov = out.add_stream_from_template(video_stream(first))
             if info.rotation:
                 ov.set_display_rotation(info.rotation)
             src = open_source(source) if info.audio else None
@@ -277,39 +303,35 @@ def _video(segments: list[str], ov) -> Iterator[tuple[float, Any]]:
     """Every segment's packets in order, re-stamped onto the output stream; dts kept strictly rising across
     a seam (each segment's encoder starts its own decode-order offset)."""
     last = None
-    for path in segments:
-        with av.open(path) as c:
-            vs = c.streams.video[0]
-            for p in _packets(c, vs):
+    for uri in segments:
+        with open_source({"uri": uri}) as c:
+            for p in _packets(c, video_stream(c)):
                 if last is not None and p.dts * p.time_base <= last:
-                    p.dts = int(last / p.time_base) + 1
-                    p.pts = max(p.pts, p.dts)
+                    p.dts = int(last / p.time_base) + 1  # never past its pts: a seam's offset is a frame or two
                 last = p.dts * p.time_base
                 p.stream = ov
                 yield float(last), p
 
 
 def _audio(src, out, fmt: str) -> Iterator[tuple[float, Any]]:
-    """The source's first audio stream, added to `out` now: copied when the container takes its codec,
-    re-encoded otherwise (the encoder buffers and re-times the samples)."""
-    a = src.streams.audio[0]
-    if a.codec_context.name in AUDIO_COPY[fmt]:
+    """The source's first audio stream, added to `out` now: copied when the container takes its codec as this
+    source stores it (MP4 from MP4/MOV, WebM from Matroska/WebM; AAC in AVI or TS is framed for streaming and
+    would not mux), re-encoded otherwise (the encoder re-times and resamples)."""
+    a = audio_stream(src)
+    family = {"mp4": "mp4", "webm": "matroska"}[fmt]
+    if a.codec_context.name in AUDIO_COPY[fmt] and family in src.format.name:
         oa = out.add_stream_from_template(a)
         return _restamped(_packets(src, a), oa)
-    oa = out.add_stream(AUDIO_ENCODER[fmt], rate=a.codec_context.sample_rate or 48000, layout=a.codec_context.layout)
+    rate = a.codec_context.sample_rate or 48000
+    if fmt == "webm" and rate not in OPUS_RATES:
+        rate = 48000
+    oa = out.add_stream(AUDIO_ENCODER[fmt], rate=rate, layout=a.codec_context.layout)
     return _restamped(_encoded(src, a, oa), oa)
 
 
 def _encoded(src, a, oa) -> Iterator[Any]:
-    """Decoded audio re-timed on the encoder's sample clock (1/rate), from where the source's audio starts."""
-    rate = oa.codec_context.sample_rate
-    clock = None
     for frame in src.decode(a):
-        if clock is None:
-            clock = round(frame.pts * frame.time_base * rate) if frame.pts is not None else 0
-        frame.pts, frame.time_base = clock, Fraction(1, rate)
-        clock += frame.samples * rate // (frame.sample_rate or rate)
-        yield from oa.encode(frame)
+        yield from oa.encode(frame)  # PyAV resamples and re-times each frame onto the encoder's clock
     yield from oa.encode(None)
 
 

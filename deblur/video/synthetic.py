@@ -84,7 +84,7 @@ def render_clip(photo: np.ndarray, path: CameraPath, frame_hw: tuple[int, int], 
 
 def write_video(path: str, frames, fps: float = 24.0, codec: str = "libx264", pix_fmt: str = "yuv420p",
                 crf: int = 12, audio_seconds: float = 0.0, pts: list[int] | None = None, time_base=None,
-                rotation: int = 0) -> None:
+                rotation: int = 0, audio_rate: int = 48000) -> None:
     """Frames (uint8 RGB, an array or any iterable: long clips need not fit in memory) to a video file, for
     test clips: any codec and pixel format FFmpeg has, an optional 440 Hz tone as the audio track, explicit
     pts for variable frame rates, a display rotation."""
@@ -104,7 +104,7 @@ def write_video(path: str, frames, fps: float = 24.0, codec: str = "libx264", pi
             vs.options = {"crf": str(crf), "preset": "fast"}
         if rotation:
             vs.set_display_rotation(rotation)
-        a = c.add_stream("aac", rate=48000, layout="mono") if audio_seconds else None
+        a = c.add_stream("aac", rate=audio_rate, layout="mono") if audio_seconds else None
         for i, rgb in enumerate(itertools.chain([first], frames)):
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
             if pts is not None:
@@ -112,9 +112,9 @@ def write_video(path: str, frames, fps: float = 24.0, codec: str = "libx264", pi
             c.mux(vs.encode(f))
         c.mux(vs.encode(None))
         if a is not None:
-            for k in range(0, int(48000 * audio_seconds), 1024):
-                t = np.arange(k, k + 1024) / 48000
+            for k in range(0, int(audio_rate * audio_seconds), 1024):
+                t = np.arange(k, k + 1024) / audio_rate
                 af = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp", layout="mono")
-                af.sample_rate = 48000
+                af.sample_rate = audio_rate
                 c.mux(a.encode(af))
             c.mux(a.encode(None))

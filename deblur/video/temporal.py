@@ -14,6 +14,8 @@ warping one onto the other along the *sharp* video's flow.
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -43,8 +45,12 @@ class Flow:
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(w / size[0])
 
 
+@functools.lru_cache(maxsize=4)
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    """Pixel coordinates of an h×w frame (cached: every frame of a video needs the same three times)."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
 
 
 def warp(img: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
