@@ -63,10 +63,6 @@ class VideoInfo:
     def seconds(self) -> float:
         return float(self.duration * self.time_base)
 
-    def as_row(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "fps": round(float(self.rate), 3), "seconds": round(self.seconds, 3),
-                "rotation": self.rotation, "pix_fmt": self.pix_fmt, "audio": self.audio}
-
 
 class _Window(io.RawIOBase):
     """Bytes [offset, offset + size) of a seekable file as a file of their own (a member of a .tar)."""
