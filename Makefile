@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench shipped-model image-gpu image-cpu clean
+.PHONY: install train test test-fast format bench shipped-model image-gpu image-cpu clean
 
 install: $(STAMP)
 
@@ -20,7 +20,13 @@ train: $(STAMP)
 	$(PY) jobs/train.py $(ARGS)
 
 test: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

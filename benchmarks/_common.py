@@ -1,4 +1,5 @@
 """Shared by the benchmarks: where results go, how tables print, a loopback S3 endpoint, test images."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,11 @@ def start_s3() -> tuple[object, str]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(
-        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
     )
     return server, endpoint
 
@@ -69,6 +73,12 @@ def start_ray(num_cpus: int | None = None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="ERROR", log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,6 +1,6 @@
 """Bulk deblurring throughput, side by side in one run on the same images and cores:
   - a bare single-process loop: read → decode → engine → encode → write,
-  - the Ray Data job (jobs/deblur_archive.py's `run`), actors holding the same engine,
+  - the Ray Data job (jobs/bulk.py's `run`), actors holding the same engine,
   - engine-only compute time (what the loop spent inside the engine): pipeline efficiency = that / job wall.
 On ../shared/data/realblur/kohler (800×800 PNG) and lai-real (JPEG, up to 1200×900). Then an archive of
 mostly sharp photos (CBSD68) with some blurred ones (Köhler), deblurred whole and with --only-blurred, and how
@@ -8,21 +8,21 @@ many of the real-blur photos score below that threshold (they would be copied th
 
   python benchmarks/bulk.py [--model runs/sample] [--limit 40]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _common
 import torch
 
-sys.path.insert(0, str(_common.ROOT / "jobs"))
-from deblur_archive import SHARP_BELOW  # noqa: E402  (the job's documented default threshold)
+from deblur.bulk import SHARP_BELOW
+
+import _common
 
 
 def model_path(arg: str | None) -> str:
@@ -42,7 +42,7 @@ def model_path(arg: str | None) -> str:
 
 
 def bare_loop(files: list[Path], out: Path, engine) -> tuple[float, float]:
-    from deblur.bulk.imagefile import decode, encode
+    from deblur.imagefile import decode, encode
 
     engine_s, t0 = 0.0, time.perf_counter()
     for f in files:
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=60, help="images per archive")
     args = p.parse_args()
 
-    from deblur.bulk import Options, run
+    from deblur.bulk import Options, deblur_archive
     from deblur.inference import load_engine
 
     model = model_path(args.model)
@@ -78,12 +78,23 @@ def main() -> None:
         loop_s, engine_s = bare_loop(files, Path(tempfile.mkdtemp()), engine)
         # the same cores for the job: one single-threaded actor per core, so one actor's decode/encode
         # overlaps another's inference (the loop leaves cores idle while it decodes and encodes)
-        options = Options(model, args.engine, threads=1)
-        summary = run(str(src), tempfile.mkdtemp(), options, workers=cores, cpus_per_worker=1, progress=False)
+        options = Options(model=model, engine=args.engine, threads=1)
+        summary = deblur_archive(
+            str(src), tempfile.mkdtemp(), options, workers=cores, cpus_per_worker=1, progress=False
+        )
         job_s = summary["wall_seconds"]
         n = len(files)
-        rows.append([name, n, round(n / loop_s, 2), round(n / job_s, 2), round(loop_s / job_s, 2),
-                     round(engine_s / job_s, 2), round(engine_s / loop_s, 2)])
+        rows.append(
+            [
+                name,
+                n,
+                round(n / loop_s, 2),
+                round(n / job_s, 2),
+                round(loop_s / job_s, 2),
+                round(engine_s / job_s, 2),
+                round(engine_s / loop_s, 2),
+            ]
+        )
         print(rows[-1], flush=True)
         scores = [json.loads(line)["blur"] for line in Path(summary["blur"]["scores_file"]).read_text().splitlines()]
         missed[name] = [sum(s < SHARP_BELOW for s in scores), len(scores)]
@@ -95,17 +106,46 @@ def main() -> None:
         (mixed / f"{f.parent.name}-{f.name}").write_bytes(f.read_bytes())
     mixed_rows = []
     for threshold in (None, SHARP_BELOW):
-        summary = run(str(mixed), tempfile.mkdtemp(), Options(model, args.engine, threads=1, only_blurred=threshold),
-                      workers=cores, cpus_per_worker=1, progress=False)
-        mixed_rows.append([f"mixed: {len(sharp)} sharp + {len(blurred)} Köhler", "all" if threshold is None else f"only blurred ({threshold})",
-                           summary["done"], summary["copied_sharp"], round((summary["done"] + summary["copied_sharp"]) / summary["wall_seconds"], 2)])
+        summary = deblur_archive(
+            str(mixed),
+            tempfile.mkdtemp(),
+            Options(model=model, engine=args.engine, threads=1, only_blurred=threshold),
+            workers=cores,
+            cpus_per_worker=1,
+            progress=False,
+        )
+        mixed_rows.append(
+            [
+                f"mixed: {len(sharp)} sharp + {len(blurred)} Köhler",
+                "all" if threshold is None else f"only blurred ({threshold})",
+                summary["done"],
+                summary["copied_sharp"],
+                round((summary["done"] + summary["copied_sharp"]) / summary["wall_seconds"], 2),
+            ]
+        )
         print(mixed_rows[-1], flush=True)
-    _common.report("bulk", ["archive", "images", "bare loop img/s", "Ray Data job img/s", "job vs loop",
-                            "job efficiency (engine s / job s)", "loop efficiency"], rows,
-                   {"model": model, "engine": args.engine, "cores": cores,
-                    "only_blurred": {"columns": ["archive", "mode", "deblurred", "copied", "img/s"], "rows": mixed_rows},
-                    "real_blur_scored_sharp": {k: {"below_threshold": v[0], "of": v[1], "threshold": SHARP_BELOW}
-                                               for k, v in missed.items()}})
+    _common.report(
+        "bulk",
+        [
+            "archive",
+            "images",
+            "bare loop img/s",
+            "Ray Data job img/s",
+            "job vs loop",
+            "job efficiency (engine s / job s)",
+            "loop efficiency",
+        ],
+        rows,
+        {
+            "model": model,
+            "engine": args.engine,
+            "cores": cores,
+            "only_blurred": {"columns": ["archive", "mode", "deblurred", "copied", "img/s"], "rows": mixed_rows},
+            "real_blur_scored_sharp": {
+                k: {"below_threshold": v[0], "of": v[1], "threshold": SHARP_BELOW} for k, v in missed.items()
+            },
+        },
+    )
     for r in mixed_rows:
         print(" | ".join(map(str, r)))
     for k, v in missed.items():

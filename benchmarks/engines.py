@@ -3,8 +3,9 @@ TensorRT fp16) at 256², 1280×720 and 1920×1080, batch 1 and 4, in one run; pl
 megapixel and the achieved GFLOP/s against a large matmul on the same device.
 
   python benchmarks/engines.py                  # unet_fpn base 16 (the sample model)
-  python benchmarks/engines.py --base 64        # the article's width
+  python benchmarks/engines.py --base 64        # unet_fpn's full width
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (sys.path)
 import numpy as np
 import torch
+
+import _common  # noqa: F401  (sys.path)
 
 SIZES = [(256, 256), (720, 1280), (1080, 1920)]
 
@@ -42,11 +44,11 @@ def matmul_gflops(device: str, n: int = 2048) -> float:
 
 def time_engine(engine, batch: np.ndarray, budget_s: float) -> float:
     """Seconds per call: one warm-up, then repeat until the budget (at least twice)."""
-    engine.run(batch)
+    engine.deblur_batch(batch)
     times = []
     while len(times) < 2 or sum(times) < budget_s:
         t0 = time.perf_counter()
-        engine.run(batch)
+        engine.deblur_batch(batch)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -75,7 +77,7 @@ def main() -> None:
     engines = {"torch eager fp32": TorchEngine(model, device=device)}
     try:
         compiled = TorchEngine(model, device=device, compile=True)
-        compiled.run(np.zeros((1, 3, 256, 256), np.float32))
+        compiled.deblur_batch(np.zeros((1, 3, 256, 256), np.float32))
         engines["torch compile fp32"] = compiled
     except Exception as e:  # inductor needs a C++ compiler on CPU; report instead of failing the run
         print(f"torch.compile unavailable: {str(e).splitlines()[0][:120]}")
@@ -102,8 +104,18 @@ def main() -> None:
                 baseline.setdefault(key, ms)
                 pixels = -(-h // multiple) * multiple * -(-w // multiple) * multiple / 1e6  # what really runs
                 achieved = per_mp * pixels * n / s
-                rows.append([f"{w}x{h}", n, name, round(ms, 1), round(1000 / ms, 2), round(baseline[key] / ms, 2),
-                             round(achieved, 1), round(achieved / peak, 3)])
+                rows.append(
+                    [
+                        f"{w}x{h}",
+                        n,
+                        name,
+                        round(ms, 1),
+                        round(1000 / ms, 2),
+                        round(baseline[key] / ms, 2),
+                        round(achieved, 1),
+                        round(achieved / peak, 3),
+                    ]
+                )
                 print(rows[-1], flush=True)
     _common.report(
         f"engines-base{args.base}",

@@ -14,6 +14,7 @@ writing each output PNG, the report with its grids) runs as `jobs/evaluate.py` r
 With --root, the real test split is read; without it, a GoPro-shaped folder is made from bundled photos
 (--distinct different pairs, hard-linked under GoPro's names up to --pairs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common
 import numpy as np
+
+import _common
 
 SCENES = 11
 
@@ -35,10 +37,9 @@ SCENES = 11
 def make_gopro(root: Path, pairs: int, distinct: int) -> None:
     """test/<scene>/{blur,sharp}/NNNNNN.png like GOPRO_Large, 1280×720, blurred with the data plane's linear kernels."""
     from skimage import data as skdata
-    from skimage.transform import resize
 
     from deblur.data import synth
-    from deblur.images import encode_png
+    from deblur.images import cover, encode_png
 
     photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket(), skdata.immunohistochemistry()]
     rng = np.random.default_rng(0)
@@ -49,10 +50,7 @@ def make_gopro(root: Path, pairs: int, distinct: int) -> None:
             (scene / sub).mkdir(parents=True, exist_ok=True)
         blur_path, sharp_path = scene / "blur" / f"{i // SCENES:06d}.png", scene / "sharp" / f"{i // SCENES:06d}.png"
         if i < distinct:
-            photo = photos[i % len(photos)]
-            big = resize(photo, (900, 1600), order=3, anti_aliasing=False)
-            y, x = rng.integers(0, 900 - 720), rng.integers(0, 1600 - 1280)
-            sharp = (np.clip(big[y:y + 720, x:x + 1280], 0, 1) * 255).round().astype(np.uint8)
+            sharp = cover(photos[i % len(photos)], 720, 1280, view=i // len(photos))
             kernel = synth.normalise_kernel(synth.linear_kernel(float(rng.uniform(9, 21)), float(rng.uniform(0, 180))))
             sharp_path.write_bytes(encode_png(sharp))
             blur_path.write_bytes(encode_png(synth.apply_kernel(sharp, kernel)))
@@ -76,10 +74,19 @@ def child(root: str, out: str, limit: int) -> None:
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    result = evaluate("identity", out, dataset="gopro", root=root, limit=limit, lpips=False, progress=False,
-                      engine_factory=Identity)
-    print(json.dumps({"images": result["header"]["images"], "seconds": time.perf_counter() - t0,
-                      "rss_before_mb": before / 1024, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    result = evaluate(
+        "identity", out, dataset="gopro", root=root, limit=limit, lpips=False, progress=False, engine_factory=Identity
+    )
+    print(
+        json.dumps(
+            {
+                "images": result["header"]["images"],
+                "seconds": time.perf_counter() - t0,
+                "rss_before_mb": before / 1024,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -98,25 +105,52 @@ def main() -> None:
         if not args.root:
             t0 = time.perf_counter()
             make_gopro(Path(root), args.pairs, args.distinct)
-            print(f"made {args.pairs} GoPro-shaped pairs ({args.distinct} distinct) in {time.perf_counter() - t0:.0f} s")
+            print(
+                f"made {args.pairs} GoPro-shaped pairs ({args.distinct} distinct) in {time.perf_counter() - t0:.0f} s"
+            )
         test = [pr for pr in layouts.gopro(root) if pr.split == "test"]
         row_mb = sum(os.path.getsize(pr.blur) + os.path.getsize(pr.sharp) for pr in test) / 2**20
         rows = []
         for n in (len(test) // 10, len(test)):
             out = str(Path(tmp) / f"report-{n}")
-            run = subprocess.run([sys.executable, __file__, "--child", root, out, str(n)], capture_output=True, text=True)
+            run = subprocess.run(
+                [sys.executable, __file__, "--child", root, out, str(n)], capture_output=True, text=True
+            )
             if run.returncode:
                 sys.exit(f"evaluation of {n} pairs failed:\n{run.stderr[-3000:]}")
             r = json.loads(run.stdout.strip().splitlines()[-1])
             print(f"{n} pairs: peak {r['peak_rss_mb']:.0f} MB in {r['seconds']:.0f} s", flush=True)
-            rows.append([r["images"], round(r["peak_rss_mb"]), round(r["peak_rss_mb"] - r["rss_before_mb"]),
-                         round(row_mb * n / len(test)), round(r["seconds"]), round(r["images"] / r["seconds"], 2)])
+            rows.append(
+                [
+                    r["images"],
+                    round(r["peak_rss_mb"]),
+                    round(r["peak_rss_mb"] - r["rss_before_mb"]),
+                    round(row_mb * n / len(test)),
+                    round(r["seconds"]),
+                    round(r["images"] / r["seconds"], 2),
+                ]
+            )
         rows[-1].append(round(rows[-1][1] / rows[0][1], 2))
         rows[0].append(1.0)
-    _common.report("eval_memory", ["pairs", "driver peak RSS MB", "growth during run MB", "PNG bytes of all rows MB",
-                                   "seconds", "pairs/s", "peak vs a tenth"], rows,
-                   {"size": "1280x720", "engine": "identity", "lpips": False,
-                    "data": args.root or f"GoPro-shaped, {args.distinct} distinct pairs hard-linked to {args.pairs}"})
+    _common.report(
+        "eval_memory",
+        [
+            "pairs",
+            "driver peak RSS MB",
+            "growth during run MB",
+            "PNG bytes of all rows MB",
+            "seconds",
+            "pairs/s",
+            "peak vs a tenth",
+        ],
+        rows,
+        {
+            "size": "1280x720",
+            "engine": "identity",
+            "lpips": False,
+            "data": args.root or f"GoPro-shaped, {args.distinct} distinct pairs hard-linked to {args.pairs}",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Python loop decoding the same PNGs with the same crop/normalise code, all in one
 
   python benchmarks/ingest.py [--photos 68] [--epochs 3] [--crop 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,10 @@ import io
 import tempfile
 import time
 
-import _common  # noqa: F401  (sets sys.path)
 import numpy as np
 import pyarrow.parquet as pq
+
+import _common  # noqa: F401  (sets sys.path)
 
 
 def plain_loop(uri: str, crop: int, epochs: int) -> tuple[int, float]:
@@ -61,7 +63,9 @@ def main() -> None:
     _common.start_ray()
     with tempfile.TemporaryDirectory() as tmp:
         src = _common.SHARED_DATA / "sharp" / "cbsd68"
-        pairs = [p for p in layouts.synthetic(str(src), val_fraction=0.0, variants=args.variants, synth={"max_len": 30})][: args.photos * args.variants]
+        pairs = [
+            p for p in layouts.synthetic(str(src), val_fraction=0.0, variants=args.variants, synth={"max_len": 30})
+        ][: args.photos * args.variants]
         local = f"{tmp}/shards"
         shards.prepare(pairs, local, {}, shard_mb=args.shard_mb, progress=False)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
@@ -80,8 +84,12 @@ def main() -> None:
     base = results["plain loop (1 process)"]
     base_rate = base[0] / base[1]
     rows = [[name, n, round(t, 2), round(n / t, 1), round(n / t / base_rate, 2)] for name, (n, t) in results.items()]
-    _common.report("ingest", ["path", "pairs", "seconds", "pairs/s", "vs plain loop"], rows,
-                   {"crop": args.crop, "epochs": args.epochs, "photos": len(pairs)})
+    _common.report(
+        "ingest",
+        ["path", "pairs", "seconds", "pairs/s", "vs plain loop"],
+        rows,
+        {"crop": args.crop, "epochs": args.epochs, "photos": len(pairs)},
+    )
 
 
 if __name__ == "__main__":

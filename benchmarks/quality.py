@@ -10,12 +10,14 @@ present, McMaster18 and CBSD68. Each photo gets --variants kernels (seeded: ever
 
   python benchmarks/quality.py [--model default] [--model runs/sample] [--variants 2]
 """
+
 from __future__ import annotations
 
 import argparse
 
-import _common
 import numpy as np
+
+import _common
 
 UNSHARP_GRID = [(s, a) for s in (0.5, 1.0, 2.0, 3.0) for a in (0.3, 0.6, 1.0, 1.5)]
 
@@ -24,7 +26,7 @@ def eval_pairs(variants: int) -> dict[str, list[dict]]:
     """Encoded rows (key, blur, sharp, kernel) per set, made by the data plane's own code."""
     from deblur.data import layouts, shards
 
-    sets = {"sample test (coffee, rocket)": [p for p in layouts.sample(dead_leaves=0, eval_variants=4) if p.split == "test"]}
+    sets = {"sample test (coffee, rocket)": layouts.sample_test_pairs()}
     for name, folder in (("McMaster18", "mcmaster18"), ("CBSD68", "cbsd68")):
         root = _common.SHARED_DATA / "sharp" / folder
         if root.is_dir():
@@ -53,8 +55,11 @@ def main() -> None:
         for row in pairs:
             blur, sharp = decode_image(row["blur"]), decode_image(row["sharp"])
             kernel = np.asarray(row["kernel"], np.float32)
-            outputs = {"blurred input": blur, "unsharp mask (σ 2, 0.6; reports)": unsharp(blur),
-                       "Wiener, true kernel (non-blind)": wiener_deconvolve(blur, kernel)}
+            outputs = {
+                "blurred input": blur,
+                "unsharp mask (σ 2, 0.6; reports)": unsharp(blur),
+                "Wiener, true kernel (non-blind)": wiener_deconvolve(blur, kernel),
+            }
             outputs |= {f"model {m}": e.deblur_image(blur) for m, e in engines.items()}
             for method, img in outputs.items():
                 psnr.setdefault(method, []).append(metrics.psnr(img, sharp))
@@ -63,12 +68,24 @@ def main() -> None:
         best = int(np.argmax(grid))
         base = float(np.mean(psnr["blurred input"]))
         table = {m: (float(np.mean(psnr[m])), float(np.mean(ssim[m]))) for m in psnr}
-        table[f"unsharp mask, best of grid (σ {UNSHARP_GRID[best][0]}, {UNSHARP_GRID[best][1]})"] = (grid[best] / len(pairs), None)
+        table[f"unsharp mask, best of grid (σ {UNSHARP_GRID[best][0]}, {UNSHARP_GRID[best][1]})"] = (
+            grid[best] / len(pairs),
+            None,
+        )
         for method, (ps, ss) in table.items():
-            rows.append([set_name, len(pairs), method, round(ps, 2), None if ss is None else round(ss, 4), round(ps - base, 2)])
-        details[set_name] = {"pairs": len(pairs), "per_image_psnr": {m: [round(v, 3) for v in vs] for m, vs in psnr.items()}}
-    _common.report("quality", ["set", "pairs", "method", "PSNR dB", "SSIM (gopro)", "gain dB"], rows,
-                   {"blur": "linear motion 9-21 px, random angle, no noise", "models": models, "details": details})
+            rows.append(
+                [set_name, len(pairs), method, round(ps, 2), None if ss is None else round(ss, 4), round(ps - base, 2)]
+            )
+        details[set_name] = {
+            "pairs": len(pairs),
+            "per_image_psnr": {m: [round(v, 3) for v in vs] for m, vs in psnr.items()},
+        }
+    _common.report(
+        "quality",
+        ["set", "pairs", "method", "PSNR dB", "SSIM (gopro)", "gain dB"],
+        rows,
+        {"blur": "linear motion 9-21 px, random angle, no noise", "models": models, "details": details},
+    )
 
 
 if __name__ == "__main__":

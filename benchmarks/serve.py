@@ -6,6 +6,7 @@ machine's speed drifts by more than the difference): what Serve, HTTP and the PN
 
   python benchmarks/serve.py [--model default] [--engine auto] [--requests 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,12 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import _common
 import numpy as np
 import requests
+from bulk import model_path
 from PIL import Image
 
-from bulk import model_path
+import _common
 
 SIZES = [(256, 256), (1280, 720)]
 CLIENTS = [1, 8, 32]
@@ -77,11 +78,26 @@ def main() -> None:
             engine.deblur_image(img)
             times.append(time.perf_counter() - t0)
         direct[size] = float(np.median(times))
-    rows = [[f"{w}x{h}", 1, "engine in-process", round(1 / direct[(w, h)], 2), round(direct[(w, h)] * 1000), "-", "-",
-             "-", 1.0] for w, h in SIZES]
+    rows = [
+        [
+            f"{w}x{h}",
+            1,
+            "engine in-process",
+            round(1 / direct[(w, h)], 2),
+            round(direct[(w, h)] * 1000),
+            "-",
+            "-",
+            "-",
+            1.0,
+        ]
+        for w, h in SIZES
+    ]
     # the app as jobs/serve.py builds it (replica sized to the node, CPU batching off), then with batching on;
     # one at a time, as each replica takes every core
-    for label, extra in (("serve, defaults", {}), ("serve, max batch 8", {"max_batch_size": 8, "batch_wait_timeout_s": 0.02})):
+    for label, extra in (
+        ("serve, defaults", {}),
+        ("serve, max batch 8", {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}),
+    ):
         serve.run(build_app({"model": model, "engine": args.engine, **extra}), name="bench", route_prefix="/bench")
         url = f"http://127.0.0.1:{port}/bench/v1/deblur"
         threads = requests.get(f"http://127.0.0.1:{port}/bench/v1/model", timeout=60).json().get("threads")
@@ -105,13 +121,28 @@ def main() -> None:
                 p50, p95, p99 = (round(float(np.percentile(lat, q)) * 1000) for q in (50, 95, 99))
                 added = round(p50 - base * 1000) if clients == 1 else "-"
                 ratio = rate * float(np.mean(own)) if clients == 1 else rate * base
-                rows.append([f"{w}x{h}", clients, f"{label} ({threads} threads)", round(rate, 2), p50, added, p95, p99,
-                             round(ratio, 2)])
+                rows.append(
+                    [
+                        f"{w}x{h}",
+                        clients,
+                        f"{label} ({threads} threads)",
+                        round(rate, 2),
+                        p50,
+                        added,
+                        p95,
+                        p99,
+                        round(ratio, 2),
+                    ]
+                )
                 print(rows[-1], flush=True)
         serve.delete("bench")
     serve.shutdown()
-    _common.report("serve", ["size", "clients", "path", "img/s", "p50 ms", "p50 added ms (1 client)", "p95 ms", "p99 ms",
-                             "vs in-process"], rows, {"model": model, "engine": args.engine})
+    _common.report(
+        "serve",
+        ["size", "clients", "path", "img/s", "p50 ms", "p50 added ms (1 client)", "p95 ms", "p99 ms", "vs in-process"],
+        rows,
+        {"model": model, "engine": args.engine},
+    )
 
 
 if __name__ == "__main__":

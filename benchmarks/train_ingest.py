@@ -8,6 +8,7 @@ the sample itself trains with content losses only).
 
   python benchmarks/train_ingest.py [--steps 60]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,26 +16,29 @@ import json
 import tempfile
 import time
 
-import _common
 import numpy as np
 import torch
+
+import _common
 
 GAN = ["loss.lambda_adv=0.001"]  # measure generator + critic steps, as DeblurGAN trains
 
 
 def make_batch(cfg, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    import skimage.data
+
     from deblur.data.pipeline import augment_pair
     from deblur.data.synth import synthesize
-    from deblur.images import to_numpy_chw
-
-    import skimage.data
+    from deblur.images import to_model_input
 
     rng = np.random.default_rng(seed)
     sharp = skimage.data.astronaut()
     blur = synthesize(sharp, seed, max_len=30).blurred
     crops = [augment_pair(blur, sharp, cfg.data.crop, rng) for _ in range(cfg.data.batch_size)]
-    return (torch.from_numpy(np.stack([to_numpy_chw(b) for b, _ in crops])),
-            torch.from_numpy(np.stack([to_numpy_chw(s) for _, s in crops])))
+    return (
+        torch.from_numpy(np.stack([to_model_input(b) for b, _ in crops])),
+        torch.from_numpy(np.stack([to_model_input(s) for _, s in crops])),
+    )
 
 
 def steps_in_memory(cfg_dict: dict, steps: int, under_train: bool) -> float:
@@ -101,7 +105,8 @@ def main() -> None:
     storage_dir = tempfile.mkdtemp(prefix="bench-train-")
     rate_file = f"{storage_dir}/in-memory-rate.txt"
     trainer = TorchTrainer(
-        _train_worker, train_loop_config={"cfg": cfg_dict, "steps": args.steps, "out": rate_file},
+        _train_worker,
+        train_loop_config={"cfg": cfg_dict, "steps": args.steps, "out": rate_file},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(storage_path=storage_dir, name="in-memory"),
     )
@@ -116,9 +121,20 @@ def main() -> None:
     steps_per_epoch = args.steps
     for cache in (False, True):
         name = "cached" if cache else "stream"
-        job = load_config("jobs/configs/sample.yaml", GAN + [
-            "data.uri=s3://bench/shards", "data.prepare=null", f"data.cache={str(cache).lower()}", "train.epochs=2",
-            f"train.steps_per_epoch={steps_per_epoch}", "train.log_images=0", f"run.storage_path={storage_dir}", f"run.name={name}"])
+        job = load_config(
+            "jobs/configs/sample.yaml",
+            GAN
+            + [
+                "data.uri=s3://bench/shards",
+                "data.prepare=null",
+                f"data.cache={str(cache).lower()}",
+                "train.epochs=2",
+                f"train.steps_per_epoch={steps_per_epoch}",
+                "train.log_images=0",
+                f"run.storage_path={storage_dir}",
+                f"run.name={name}",
+            ],
+        )
         fit(job)
         epochs = [json.loads(line) for line in storage.read_text(f"{storage_dir}/{name}/metrics.jsonl").splitlines()]
         streamed = epochs[-1]["images_per_s"] / cfg.data.batch_size  # the second epoch: the stream is warm
@@ -126,9 +142,18 @@ def main() -> None:
         rows.append([label, round(streamed, 2), round(streamed / plain, 2)])
         print(rows[-1], flush=True)
     server.stop()
-    _common.report("train_ingest", ["setup", "G+D steps/s", "vs plain"], rows,
-                   {"batch_size": cfg.data.batch_size, "crop": cfg.data.crop, "crops_per_pair": cfg.data.crops_per_pair,
-                    "torch_threads": cfg.scaling.torch_threads, "steps": args.steps})
+    _common.report(
+        "train_ingest",
+        ["setup", "G+D steps/s", "vs plain"],
+        rows,
+        {
+            "batch_size": cfg.data.batch_size,
+            "crop": cfg.data.crop,
+            "crops_per_pair": cfg.data.crops_per_pair,
+            "torch_threads": cfg.scaling.torch_threads,
+            "steps": args.steps,
+        },
+    )
 
 
 if __name__ == "__main__":

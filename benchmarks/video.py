@@ -15,6 +15,7 @@ Target: the job ≥ 1.0× the bare loop on this machine's cores.
 
   python benchmarks/video.py [--model default] [--clips 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common
 import numpy as np
+
+import _common
 
 FPS, QUALITY_SECONDS, QUALITY_HW = 24, 3.0, (192, 320)
 SPEED_SECONDS, SPEED_HW = 8.0, (352, 640)
@@ -73,16 +75,33 @@ def quality(model: str, n: int, tmp: Path) -> tuple[list[list], dict]:
                 "ssim": float(np.mean([ssim(a, b) for a, b in zip(frames, sharp)])),
                 "temporal_error": temporal_error(frames, sharp),
             }
-            rows.append([name, label, round(result[label]["psnr"], 2), round(result[label]["ssim"], 4),
-                         round(result[label]["temporal_error"], 3)])
+            rows.append(
+                [
+                    name,
+                    label,
+                    round(result[label]["psnr"], 2),
+                    round(result[label]["ssim"], 4),
+                    round(result[label]["temporal_error"], 3),
+                ]
+            )
         per, stab = result["per-frame"], result["flow-stabilised"]
         result["temporal_error_cut"] = 1 - stab["temporal_error"] / per["temporal_error"]
         result["psnr_change_db"] = stab["psnr"] - per["psnr"]
-        rows.append([name, "stabilised vs per-frame", f"{result['psnr_change_db']:+.2f} dB", "",
-                     f"{-result['temporal_error_cut']:+.1%}"])
+        rows.append(
+            [
+                name,
+                "stabilised vs per-frame",
+                f"{result['psnr_change_db']:+.2f} dB",
+                "",
+                f"{-result['temporal_error_cut']:+.1%}",
+            ]
+        )
         per_clip[name] = result
-        print(f"{name}: temporal error {per['temporal_error']:.2f} → {stab['temporal_error']:.2f} "
-              f"({result['temporal_error_cut']:.1%} lower), PSNR {per['psnr']:.2f} → {stab['psnr']:.2f} dB", flush=True)
+        print(
+            f"{name}: temporal error {per['temporal_error']:.2f} → {stab['temporal_error']:.2f} "
+            f"({result['temporal_error_cut']:.1%} lower), PSNR {per['psnr']:.2f} → {stab['psnr']:.2f} dB",
+            flush=True,
+        )
     return rows, per_clip
 
 
@@ -123,13 +142,29 @@ def speed(model: str, tmp: Path) -> tuple[list[list], dict]:
     for mode, temporal in (("per-frame", False), ("flow-stabilised", True)):
         bare = bare_loop(src, str(tmp / f"bare-{mode}.mp4"), engine, temporal)
         t0 = time.perf_counter()
-        r = deblur_file(src, str(tmp / f"job-{mode}.mp4"), model, options=VideoOptions(temporal=temporal), workers=cores,
-                        threads=1, progress=False)
+        r = deblur_file(
+            src,
+            str(tmp / f"job-{mode}.mp4"),
+            model,
+            options=VideoOptions(temporal=temporal),
+            workers=cores,
+            threads=1,
+            progress=False,
+        )
         job = time.perf_counter() - t0
         assert r["done"] == 1 and r["frames"] == frames, r
         out[mode] = {"bare_fps": frames / bare, "job_fps": frames / job, "ratio": bare / job, "segments": r["segments"]}
-        rows.append([mode, f"{SPEED_HW[1]}×{SPEED_HW[0]}", frames, round(frames / bare, 2), round(frames / job, 2),
-                     round(bare / job, 2), r["segments"]])
+        rows.append(
+            [
+                mode,
+                f"{SPEED_HW[1]}×{SPEED_HW[0]}",
+                frames,
+                round(frames / bare, 2),
+                round(frames / job, 2),
+                round(bare / job, 2),
+                r["segments"],
+            ]
+        )
         print(f"speed {mode}: bare {frames / bare:.2f} fps, job {frames / job:.2f} fps ({bare / job:.2f}×)", flush=True)
     out["photo"] = name
     return rows, out
@@ -145,12 +180,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         q_rows, q = quality(args.model, args.clips, Path(tmp))
         s_rows, s = ([], {}) if args.skip_speed else speed(args.model, Path(tmp))
-    _common.report("video_quality", ["clip", "frames", "PSNR dB", "SSIM", "temporal error"], q_rows,
-                   {"clips": q, "fps": FPS, "seconds": QUALITY_SECONDS, "size": QUALITY_HW, "model": args.model})
+    _common.report(
+        "video_quality",
+        ["clip", "frames", "PSNR dB", "SSIM", "temporal error"],
+        q_rows,
+        {"clips": q, "fps": FPS, "seconds": QUALITY_SECONDS, "size": QUALITY_HW, "model": args.model},
+    )
     if s_rows:
         print()
-        _common.report("video_speed", ["mode", "size", "frames", "bare loop fps", "Ray job fps", "job / bare", "segments"],
-                       s_rows, {"speed": s, "cores": os.cpu_count(), "model": args.model})
+        _common.report(
+            "video_speed",
+            ["mode", "size", "frames", "bare loop fps", "Ray job fps", "job / bare", "segments"],
+            s_rows,
+            {"speed": s, "cores": os.cpu_count(), "model": args.model},
+        )
 
 
 if __name__ == "__main__":

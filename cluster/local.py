@@ -9,6 +9,7 @@ The same thing the tests use. Every process binds 127.0.0.1; the dashboard (and 
 auth is on: the token comes from $RAY_AUTH_TOKEN, else one is made and kept in `<state dir>/token`
 (mode 600) and never printed. Worker k gets a custom resource `node{k+2}`, so work can be pinned.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,9 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
 
 
-def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_store_mb: int = 600,
-          state: Path = STATE) -> dict:
+def start(
+    workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_store_mb: int = 600, state: Path = STATE
+) -> dict:
     """Start the head and `workers` raylets; returns {address, dashboard_url, nodes} (also saved in state)."""
     env = auth_env(state)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would refuse the second raylet on one machine
@@ -73,18 +75,47 @@ def start(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_sto
     # /tmp/ray/ray_current_cluster, through which Ray processes of another cluster on this machine find
     # "their" cluster; sharing it sends them to this one.
     temp = tempfile.mkdtemp(prefix="deblur-ray-", dir="/tmp")
-    _run([ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
-          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}", *own_ports(),
-          f"--object-store-memory={object_store_mb * 1024 * 1024}", *common], env)
-    info = {"address": f"127.0.0.1:{port}", "dashboard_url": f"http://127.0.0.1:{dash}", "nodes": 1 + workers,
-            "temp_dir": temp}
+    _run(
+        [
+            ray_bin(),
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--num-cpus={head_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp}",
+            *own_ports(),
+            f"--object-store-memory={object_store_mb * 1024 * 1024}",
+            *common,
+        ],
+        env,
+    )
+    info = {
+        "address": f"127.0.0.1:{port}",
+        "dashboard_url": f"http://127.0.0.1:{dash}",
+        "nodes": 1 + workers,
+        "temp_dir": temp,
+    }
     state.mkdir(parents=True, exist_ok=True)
     (state / "cluster.json").write_text(json.dumps(info))  # from here on, `stop` can find what was started
     try:
         for k in range(workers):
-            _run([ray_bin(), "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
-                  f'--resources={{"node{k + 2}": 1}}', f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
-                  f"--temp-dir={temp}", *own_ports(), *common], env)
+            _run(
+                [
+                    ray_bin(),
+                    "start",
+                    f"--address=127.0.0.1:{port}",
+                    f"--num-cpus={worker_cpus}",
+                    f'--resources={{"node{k + 2}": 1}}',
+                    f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
+                    f"--temp-dir={temp}",
+                    *own_ports(),
+                    *common,
+                ],
+                env,
+            )
     except Exception:
         stop(state)
         raise
@@ -178,7 +209,11 @@ def main() -> int:
         info = start(args.workers, args.head_cpus, args.worker_cpus)
         print(f"started {info['nodes']} nodes on loopback")
         print(f"export RAY_ADDRESS={info['dashboard_url']}   # for ray job submit")
-        print(f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {STATE / 'token'})" if not os.environ.get("RAY_AUTH_TOKEN") else "")
+        print(
+            f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {STATE / 'token'})"
+            if not os.environ.get("RAY_AUTH_TOKEN")
+            else ""
+        )
         print(f"python scripts connect with ray.init(address='{info['address']}')")
     elif args.cmd == "stop":
         left = stop()

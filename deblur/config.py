@@ -3,26 +3,22 @@
 Unknown keys and bad values are errors (`ConfigError`, one line naming the key), because a typo in a
 200-epoch GPU run should cost a second, not a day.
 """
+
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from .data.synth import BlurRecipe
+from .models import CRITICS, GENERATORS
+from .options import ConfigError, Strict
 
 
-class ConfigError(ValueError):
-    pass
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class PrepareSpec(_Strict):
+class PrepareSpec(Strict):
     """How to build the shards when `data.uri` holds none yet (the embedded default uses this)."""
 
     dataset: Literal["gopro", "realblur", "paired", "synthetic", "sample"] = "sample"
@@ -30,7 +26,7 @@ class PrepareSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     uri: str = "runs/data/sample"
     prepare: PrepareSpec | None = None
     train_split: str = "train"
@@ -46,14 +42,14 @@ class DataConfig(_Strict):
     blur: BlurRecipe = Field(default_factory=BlurRecipe, description="blur drawn per crop for sharp-only rows")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     generator: str = "unet_fpn"
     generator_kwargs: dict[str, Any] = Field(default_factory=dict)
     critic: str = "patchgan"
     critic_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class LossConfig(_Strict):
+class LossConfig(Strict):
     adversarial: Literal["wgan-gp", "lsgan", "vanilla"] = "wgan-gp"
     gp_weight: float = Field(10.0, ge=0)
     lambda_adv: float = Field(1e-3, ge=0)
@@ -67,7 +63,7 @@ class LossConfig(_Strict):
     allow_random_vgg: bool = Field(False, description="offline smoke runs only: random VGG features")
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
@@ -80,7 +76,7 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(200, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (None: the whole split)")
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -89,7 +85,7 @@ class TrainConfig(_Strict):
     val_every: int = Field(1, ge=1, description="validate and checkpoint every this many epochs (and at the end)")
 
 
-class ScalingSpec(_Strict):
+class ScalingSpec(Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0, description="leave CPUs for Ray Data on small machines")
@@ -97,14 +93,14 @@ class ScalingSpec(_Strict):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per CPU worker (None: ≈ its CPUs)")
 
 
-class RunSpec(_Strict):
+class RunSpec(Strict):
     storage_path: str = "runs"
     name: str = "sample"
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=-1)
 
 
-class Config(_Strict):
+class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -117,19 +113,19 @@ class Config(_Strict):
     def _models_exist(self) -> "Config":
         """Names and constructor arguments are checked here, so a typo fails before Ray starts, not inside
         every worker (and every retry) after start-up."""
-        import inspect
-
-        from .models import CRITICS, GENERATORS
-
-        for what, table, name, kwargs in (("generator", GENERATORS, self.model.generator, self.model.generator_kwargs),
-                                          ("critic", CRITICS, self.model.critic, self.model.critic_kwargs)):
+        for what, table, name, kwargs in (
+            ("generator", GENERATORS, self.model.generator, self.model.generator_kwargs),
+            ("critic", CRITICS, self.model.critic, self.model.critic_kwargs),
+        ):
             if name not in table:
                 raise ValueError(f"model.{what}: unknown {name!r}; choose one of {sorted(table)}")
             params = inspect.signature(table[name]).parameters
             unknown = sorted(set(kwargs) - set(params))
             if unknown:
-                raise ValueError(f"model.{what}_kwargs: {name} takes no {', '.join(map(repr, unknown))} "
-                                 f"(its arguments: {', '.join(params)})")
+                raise ValueError(
+                    f"model.{what}_kwargs: {name} takes no {', '.join(map(repr, unknown))} "
+                    f"(its arguments: {', '.join(params)})"
+                )
         return self
 
 
@@ -154,16 +150,6 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), raw
 
 
-def _format(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (typo?)"
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{where}: {msg}{more}"
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     tree: dict[str, Any] = {}
     if path is not None:
@@ -178,7 +164,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{p}: expected a mapping at the top level")
     for item in overrides:
         _set_dotted(tree, *parse_override(item))
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(f"{path or 'config'}: {_format(e)}") from None
+    return Config.parse(tree, str(path or "config"))

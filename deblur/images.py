@@ -4,6 +4,7 @@ Images travel as uint8 RGB arrays H×W×3 in numpy, and as float32 C×H×W tenso
 Training batches stay uint8 (C×H×W) until they reach the device the model runs on (`to_model_range`): a
 quarter of float32's bytes through Ray's object store and over PCIe.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -11,6 +12,9 @@ import numpy as np
 import torch
 
 from . import storage
+
+#: the image files every stage reads (datasets, archives, report pictures, Serve uploads)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 class ImageError(ValueError):
@@ -62,10 +66,39 @@ def check_uint8_rgb(img: np.ndarray, name: str = "image") -> None:
         raise ValueError(f"{name}: expected dtype uint8, got {img.dtype}")
 
 
+#: what each integer depth's full scale maps to: x / half − 1 puts 0 at −1 and the maximum at +1
+_HALF_SCALE = {np.dtype(np.uint8): 127.5, np.dtype(np.uint16): 32767.5}
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 or uint16 RGB, H×W×3 or N×H×W×3 → float32 (N×)3×H×W in [-1, 1] (x / 127.5 − 1 for 8 bits,
+    the tanh range the generators end in; x / 32767.5 − 1 for 16-bit files, so they keep their depth through the model)."""
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or images.shape[-1] != 3 or 0 in images.shape:
+        raise ValueError(f"expected non-empty H×W×3 or N×H×W×3 RGB, got shape {images.shape}")
+    half = _HALF_SCALE.get(images.dtype)
+    if half is None:
+        raise ValueError(f"expected uint8 or uint16 pixels, got {images.dtype}")
+    chw = np.moveaxis(images, -1, -3).astype(np.float32, order="C")
+    chw /= np.float32(half)
+    chw -= np.float32(1.0)
+    return chw
+
+
+def to_image(x: torch.Tensor | np.ndarray, dtype: type = np.uint8) -> np.ndarray:
+    """float [-1, 1] (N×)3×H×W → (N×)H×W×3 uint8 (or uint16), rounded to nearest: `to_model_input` undone."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    if x.ndim not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"expected 3×H×W or N×3×H×W in [-1, 1], got shape {x.shape}")
+    half = _HALF_SCALE[np.dtype(dtype)]
+    y = np.clip(np.rint((x + 1.0) * half), 0, 2 * half).astype(dtype)
+    return np.moveaxis(y, -3, -1)
+
+
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 RGB H×W×3 → float32 3×H×W in [-1, 1] (x / 127.5 − 1, as the article normalises)."""
-    check_uint8_rgb(img)
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+    """uint8 RGB H×W×3 (or a batch) → float32 torch tensor in [-1, 1]: `to_model_input` as a tensor."""
+    return torch.from_numpy(to_model_input(img))
 
 
 def to_chw_uint8(img: np.ndarray) -> np.ndarray:
@@ -75,23 +108,31 @@ def to_chw_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N×)3×H×W → float32 in [-1, 1] on x's device: `to_tensor`'s normalisation for whole batches."""
+    """uint8 (N×)3×H×W → float32 in [-1, 1] on x's device: the same normalisation for batches that crossed
+    to the device as uint8 (training)."""
     if x.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 batch, got {x.dtype}")
     return x.float().div_(127.5).sub_(1.0)
 
 
-def to_numpy_chw(img: np.ndarray) -> np.ndarray:
-    """The same normalisation, numpy-side (Ray Data batches, ONNX Runtime inputs)."""
-    check_uint8_rgb(img)
-    return img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+def pad_bottom_right(x: np.ndarray, ph: int, pw: int, channels_last: bool) -> np.ndarray:
+    """Pad an image or batch by `ph` rows and `pw` columns at the bottom/right: by reflection, as the models'
+    own `pad_to_multiple` does (no dark border to learn), edge-replicated when the image is too small to reflect."""
+    if not ph and not pw:
+        return x
+    hw = (-3, -2) if channels_last else (-2, -1)
+    h, w = x.shape[hw[0]], x.shape[hw[1]]
+    widths = [(0, 0)] * x.ndim
+    widths[hw[0]], widths[hw[1]] = (0, ph), (0, pw)
+    return np.pad(x, widths, mode="reflect" if ph < h and pw < w else "edge")
 
 
-def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """float [-1, 1] 3×H×W (or N×3×H×W) → uint8 H×W×3 (or N×H×W×3), rounded to nearest."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-    if x.ndim not in (3, 4) or x.shape[-3] != 3:
-        raise ValueError(f"expected 3×H×W or N×3×H×W in [-1, 1], got shape {x.shape}")
-    y = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.moveaxis(y, -3, -1)
+def cover(img: np.ndarray, h: int, w: int, view: int = 0) -> np.ndarray:
+    """`img` scaled to cover h×w, zoomed in by a third per `view`, then an h×w window (centre, then the corners):
+    photos of a given size made from any photo, each view a different picture (test sets, benchmarks)."""
+    scale = max(h / img.shape[0], w / img.shape[1]) * (1 + view / 3)
+    size = (max(w, round(img.shape[1] * scale)), max(h, round(img.shape[0] * scale)))
+    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    fy, fx = [(0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0)][view % 4]
+    i, j = int((img.shape[0] - h) * fy), int((img.shape[1] - w) * fx)
+    return np.ascontiguousarray(img[i : i + h, j : j + w])

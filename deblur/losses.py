@@ -3,6 +3,7 @@
 Adversarial losses come in three kinds, chosen by config: `wgan-gp` (the default: critic maximises
 D(real) - D(fake), with a gradient penalty of weight 10 on random interpolates), `lsgan` and `vanilla`.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -10,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models import VGG19_Weights, vgg19
 
 from .pretrained import load_state
 
@@ -28,7 +30,9 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return (alpha * real + (1 - alpha) * fake).requires_grad_(True)
 
 
-def penalty_from_scores(scores: torch.Tensor, x_hat: torch.Tensor, weight: float = 10.0, scale: float = 1.0) -> torch.Tensor:
+def penalty_from_scores(
+    scores: torch.Tensor, x_hat: torch.Tensor, weight: float = 10.0, scale: float = 1.0
+) -> torch.Tensor:
     """weight · E[(‖∇_x D(x̂)‖₂ − 1)²] given the critic's scores on x̂ (Gulrajani et al. 2017).
 
     `create_graph=True` so the penalty itself is differentiated w.r.t. the critic's weights. `scale` is a
@@ -56,10 +60,13 @@ def critic_loss(kind: str, real_scores: torch.Tensor, fake_scores: torch.Tensor)
     if kind == "wgan-gp":
         return fake_scores.mean() - real_scores.mean()
     if kind == "lsgan":
-        return 0.5 * (F.mse_loss(real_scores, torch.ones_like(real_scores)) + F.mse_loss(fake_scores, torch.zeros_like(fake_scores)))
-    return F.binary_cross_entropy_with_logits(real_scores, torch.ones_like(real_scores)) + F.binary_cross_entropy_with_logits(
-        fake_scores, torch.zeros_like(fake_scores)
-    )
+        return 0.5 * (
+            F.mse_loss(real_scores, torch.ones_like(real_scores))
+            + F.mse_loss(fake_scores, torch.zeros_like(fake_scores))
+        )
+    return F.binary_cross_entropy_with_logits(
+        real_scores, torch.ones_like(real_scores)
+    ) + F.binary_cross_entropy_with_logits(fake_scores, torch.zeros_like(fake_scores))
 
 
 def generator_adversarial_loss(kind: str, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -112,8 +119,6 @@ class PerceptualLoss(nn.Module):
         allow_random_weights: bool = False,
     ):
         super().__init__()
-        from torchvision.models import VGG19_Weights, vgg19
-
         if layer not in _VGG19_LAYERS:
             raise ValueError(f"unknown VGG19 layer {layer!r}; choose one of {sorted(_VGG19_LAYERS)}")
         if distance not in ("mse", "l1"):

@@ -3,25 +3,28 @@
 Inputs are uint8 RGB images H×W×3, or float tensors in [-1, 1] (3×H×W or N×3×H×W) which are rounded
 through uint8 first, exactly as a saved output would be. A batch gives an array of per-image values.
 
-SSIM conventions (see DESIGN.md):
+SSIM conventions:
 - `gopro` (default): what the GoPro/HIDE tables report, computed in MATLAB with `ssim` on the RGB image as
   a 3-D volume: an 11×11×11 Gaussian (σ 1.5), replicate padding, mean over every voxel.
 - `basicsr`: per channel, a 2-D 11×11 Gaussian (σ 1.5) over the valid region, mean over channels; equal to
   `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`.
 On blurred photos the two differ by 0.1–0.2, so a number without its convention means little.
 """
+
 from __future__ import annotations
 
-import warnings
-
 import math
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import cv2
+import lpips
 import numpy as np
 import torch
+from torchvision import models as tvm
 
-from .images import to_uint8
+from .images import to_image, to_tensor
+from .pretrained import load_state
 
 CONVENTIONS = ("gopro", "basicsr")
 PSNR_CAP = 100.0  # what reports show for identical images (PSNR = inf), always labelled as capped
@@ -44,7 +47,7 @@ def _as_uint8_list(x: Any, name: str) -> tuple[list[np.ndarray], bool]:
             raise ValueError(f"{name}: expected 3×H×W or N×3×H×W RGB in [-1, 1], got shape {tuple(x.shape)}")
         if x.numel() == 0:
             raise ValueError(f"{name}: empty image tensor of shape {tuple(x.shape)}")
-        arr = to_uint8(x)
+        arr = to_image(x)
         return (list(arr), True) if x.ndim == 4 else ([arr], False)
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[2] != 3:
@@ -147,10 +150,37 @@ def ssim(
     return _reduce(values, batched)
 
 
+def score(output: np.ndarray, target: np.ndarray, convention: str = "gopro") -> tuple[float, float]:
+    """(PSNR dB capped at PSNR_CAP, SSIM) of one uint8 H×W×3 image against its target.
+
+    Identical images have PSNR = inf, which JSON cannot hold: capped, and reports label it so."""
+    return min(float(psnr(output, target)), PSNR_CAP), float(ssim(output, target, convention=convention))
+
+
+def score_methods(
+    images: dict[str, np.ndarray],
+    target: np.ndarray,
+    scorer: Callable[[np.ndarray, np.ndarray], tuple[float, float]] = score,
+) -> dict[str, float]:
+    """`{method}_psnr`, `{method}_ssim` for each image (output, blurred input, baselines) against the sharp
+    target, and `gain_psnr` (output − input) when both are there: the one output-vs-input comparison that
+    validation, the training job's held-out table and evaluation all report."""
+    scores: dict[str, float] = {}
+    for method, img in images.items():
+        scores[f"{method}_psnr"], scores[f"{method}_ssim"] = scorer(img, target)
+    if "output" in images and "input" in images:
+        scores["gain_psnr"] = scores["output_psnr"] - scores["input_psnr"]
+    return scores
+
+
 def describe_convention(convention: str = "gopro", crop_border: int = 0, y_channel: bool = False) -> str:
     """One line for report headers: exactly how the numbers were computed."""
     space = "Y (BT.601)" if y_channel else "RGB"
-    window = "3-D 11×11×11 Gaussian σ1.5, replicate pad" if convention == "gopro" else "2-D 11×11 Gaussian σ1.5 per channel, valid region"
+    window = (
+        "3-D 11×11×11 Gaussian σ1.5, replicate pad"
+        if convention == "gopro"
+        else "2-D 11×11 Gaussian σ1.5 per channel, valid region"
+    )
     return f"PSNR/SSIM on uint8 {space}, border crop {crop_border}px; SSIM convention '{convention}' ({window})"
 
 
@@ -162,13 +192,19 @@ class LPIPS:
     `allow_random_weights`, in which case `self.pretrained` is False and every report must say so.
     """
 
-    def __init__(self, net: str = "alex", weights_path: str | None = None, allow_random_weights: bool = False, device: str = "cpu"):
-        import lpips
-        from torchvision import models as tvm
+    def __init__(
+        self,
+        net: str = "alex",
+        weights_path: str | None = None,
+        allow_random_weights: bool = False,
+        device: str = "cpu",
+    ):
 
-        from .pretrained import load_state
-
-        tv_weights = {"alex": tvm.AlexNet_Weights.IMAGENET1K_V1, "vgg": tvm.VGG16_Weights.IMAGENET1K_V1, "squeeze": tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1}
+        tv_weights = {
+            "alex": tvm.AlexNet_Weights.IMAGENET1K_V1,
+            "vgg": tvm.VGG16_Weights.IMAGENET1K_V1,
+            "squeeze": tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+        }
         if net not in tv_weights:
             raise ValueError(f"unknown LPIPS net {net!r}; choose one of {sorted(tv_weights)}")
         state = load_state(tv_weights[net], f"LPIPS ({net})", weights_path, allow_random_weights)
@@ -187,15 +223,16 @@ class LPIPS:
 
     @property
     def label(self) -> str:
-        return f"LPIPS ({self.net_name}, {'ImageNet backbone' if self.pretrained else 'RANDOM backbone: not comparable'})"
+        return (
+            f"LPIPS ({self.net_name}, {'ImageNet backbone' if self.pretrained else 'RANDOM backbone: not comparable'})"
+        )
 
     @torch.no_grad()
     def __call__(self, output: Any, target: Any) -> float | np.ndarray:
         outs, tgts, batched = _pairs(output, target)
         values = []
         for o, t in zip(outs, tgts):
-            a = torch.from_numpy(o.transpose(2, 0, 1)).float().div(127.5).sub(1)[None].to(self.device)
-            b = torch.from_numpy(t.transpose(2, 0, 1)).float().div(127.5).sub(1)[None].to(self.device)
+            a, b = to_tensor(o)[None].to(self.device), to_tensor(t)[None].to(self.device)
             values.append(float(self.model(a, b).item()))
         return _reduce(values, batched)
 
@@ -239,8 +276,12 @@ def blur_score(image: np.ndarray, h_size: int = 11) -> float:
         box = (1, h_size) if axis == 0 else (h_size, 1)  # OpenCV sizes are (width, height)
         blurred = cv2.blur(img, box, borderType=cv2.BORDER_REFLECT)
         dx, dy = (0, 1) if axis == 0 else (1, 0)
-        sharp_grad = np.maximum(np.abs(cv2.Sobel(img, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT)), 1e-10)
-        blur_grad = np.maximum(np.abs(cv2.Sobel(blurred, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT)), 1e-10)
+        sharp_grad = np.maximum(
+            np.abs(cv2.Sobel(img, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT)), 1e-10
+        )
+        blur_grad = np.maximum(
+            np.abs(cv2.Sobel(blurred, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT)), 1e-10
+        )
         m1 = float(sharp_grad[inner].sum(dtype=np.float64))
         m2 = float(np.maximum(0.0, sharp_grad - blur_grad)[inner].sum(dtype=np.float64))
         scores.append(abs(m1 - m2) / m1)

@@ -5,6 +5,7 @@ them (torchvision's cache, or an explicit `weights_path`) they load; where they 
 download behind the user's back. Then we either refuse with a clear message (the default for real runs)
 or, when the caller allows it (tests, offline smoke runs), use random weights and say so once.
 """
+
 from __future__ import annotations
 
 import logging

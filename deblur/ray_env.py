@@ -3,10 +3,12 @@
 `ray job submit` sets RAY_ADDRESS, so a submitted job joins its cluster; `python jobs/X.py` joins a running
 local cluster when there is one, and otherwise starts a private instance on loopback sized to the machine.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +33,27 @@ LOG_LEVEL_ENV = "DEBLUR_RAY_LOG_LEVEL"
 
 
 def quiet_ray_libraries(level: str | None = None) -> None:
-    """Ray Data's and Ray Train's own INFO lines (each dataset's plan, start and finish; each report's whole
-    metrics dict) at the job's level, in this process. `ray.LoggingConfig` sets the root logger, but Ray Data
-    logs through its own console handler and Ray Train's report lines through a logger named after its file,
-    so neither follows it. Ray Data still writes everything to ray-data.log. Runs in the driver and, as the
+    """Ray Data's and Ray Train's own INFO lines (each dataset's plan, start, progress and finish; each
+    report's whole metrics dict) at the job's level, in this process. `ray.LoggingConfig` sets the root
+    logger, but Ray Data logs through its own console handler and Ray Train's report lines through a logger
+    named after its file, so neither follows it. Ray Data still writes everything to ray-data.log. Below
+    INFO, the deprecation warnings Ray's libraries raise about each other's calls are hidden too: nothing a
+    user can act on (a deprecated call from the job's own code still warns). Runs in the driver and, as the
     runtime env's `worker_process_setup_hook`, in every worker; a Ray version without these loggers is left
     as it is."""
     level = (level or os.environ.get(LOG_LEVEL_ENV) or "WARNING").upper()
     try:
         import ray.data  # noqa: F401  (configures the ray.data logger)
         from ray.train.v2._internal.execution import context as train_context
+        from ray.util.annotations import RayDeprecationWarning
     except ImportError:
         return
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):  # the console; its file handler keeps DEBUG
             handler.setLevel(level)
     logging.getLogger(train_context.__file__).setLevel(level)
+    if logging.getLevelName(level) > logging.INFO:
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning, module=r"ray\.")
 
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, log_level: str = "WARNING") -> str:
@@ -59,11 +66,17 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, lo
     env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED") if k in os.environ}
     # Ray Train patches print() in its workers to also log each line, which then reaches the driver twice
     # (the stdout copy and the log record): without the patch a worker's line arrives once.
-    env = {"env_vars": {**env_vars, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", LOG_LEVEL_ENV: log_level},
-           "worker_process_setup_hook": "deblur.ray_env.quiet_ray_libraries"}
+    env = {
+        "env_vars": {**env_vars, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", LOG_LEVEL_ENV: log_level},
+        "worker_process_setup_hook": "deblur.ray_env.quiet_ray_libraries",
+    }
     quiet_ray_libraries(log_level)
-    quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": env,
-             "logging_config": ray.LoggingConfig(log_level=log_level)}
+    quiet = {
+        "log_to_driver": True,
+        "logging_level": logging.WARNING,
+        "runtime_env": env,
+        "logging_config": ray.LoggingConfig(log_level=log_level),
+    }
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
         return "cluster"
@@ -74,8 +87,12 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None, lo
         except (ConnectionError, RuntimeError, ValueError):
             pass
     # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
-    kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
-              "_node_ip_address": "127.0.0.1"}
+    kwargs = {
+        "num_cpus": num_cpus or os.cpu_count(),
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "_node_ip_address": "127.0.0.1",
+    }
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(address="local", **kwargs, **quiet)  # "local": a new instance, whatever stale record lies around

@@ -5,6 +5,7 @@ credentials from the usual AWS chain (env vars, profile, instance role). Nothing
 Writes are atomic: local files are written under a temporary name and renamed; an S3 object only
 becomes visible when its upload completes, so a crash never leaves half a file under the final name.
 """
+
 from __future__ import annotations
 
 import os

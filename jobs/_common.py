@@ -1,6 +1,8 @@
 """What every job shares: import path, one-line errors instead of traceback walls, logging."""
+
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ if str(ROOT) not in sys.path:  # `ray job submit --working-dir .` ships the repo
     sys.path.insert(0, str(ROOT))
 
 
-def run(main: Callable[[list[str] | None], int]) -> None:
+def entry_point(main: Callable[[list[str] | None], int]) -> None:
     """Run a job's main; user errors (ValueError/OSError and subclasses) become one line on stderr."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -23,3 +25,57 @@ def run(main: Callable[[list[str] | None], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    """The video flags of jobs/bulk.py and jobs/video.py."""
+    from deblur.video import CODECS
+    from deblur.video.job import MIN_SEGMENT_SECONDS, SEGMENT_SECONDS
+
+    g = p.add_argument_group("videos")
+    g.add_argument(
+        "--temporal",
+        default="flow",
+        choices=["flow", "off"],
+        help="flow: stabilise the per-frame results along the optical flow (no flicker); off: every frame on its own",
+    )
+    g.add_argument("--video-codec", default="h264", choices=sorted(CODECS), help="h264 and hevc in MP4, vp9 in WebM")
+    g.add_argument(
+        "--video-crf",
+        type=int,
+        default=18,
+        metavar="0-51",
+        help="the encoder's constant-quality factor: lower is better and larger (default 18, visually lossless)",
+    )
+    g.add_argument("--video-preset", default="medium", help="x264/x265 speed preset (ultrafast .. veryslow)")
+    g.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=SEGMENT_SECONDS,
+        help=f"split videos into segments this long, deblurred in parallel (at least {MIN_SEGMENT_SECONDS})",
+    )
+
+
+def default_workers(args: argparse.Namespace) -> int:
+    """--workers, or one actor per GPU (GPU clusters) or per `--cpus-per-worker` CPUs: single-threaded actors
+    on every core keep the cores busy while others decode and encode."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return args.workers or max(
+        1,
+        int(resources.get("GPU", 0) // args.gpus_per_worker)
+        if args.gpus_per_worker
+        else int(resources.get("CPU", 1) // args.cpus_per_worker),
+    )
+
+
+def video_options(args: argparse.Namespace) -> dict:
+    """The video flags as `deblur.video.VideoOptions` fields (validated by the job's own options)."""
+    return {
+        "temporal": args.temporal == "flow",
+        "codec": args.video_codec,
+        "crf": args.video_crf,
+        "preset": args.video_preset,
+        "segment_seconds": args.segment_seconds,
+    }

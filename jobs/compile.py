@@ -5,6 +5,7 @@ machine has TensorRT and a CUDA GPU, a TensorRT engine verified against ONNX Run
   python jobs/compile.py --checkpoint s3://bucket/runs/gopro --out s3://bucket/models/gopro --precision fp16
   ray job submit --working-dir . -- python jobs/compile.py --checkpoint s3://... --out s3://...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,13 @@ import _common
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", "--model", dest="checkpoint", default="default",
-                   help="checkpoint file, Ray checkpoint dir, run dir (uses best.json) or a shipped model's name (default: the shipped default)")
+    p.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        default="default",
+        help="checkpoint file, Ray checkpoint dir, run dir (uses best.json) or a shipped model's name (default: the shipped default)",
+    )
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="TensorRT precision")
     p.add_argument("--min-shape", default="64x64", help="TensorRT profile: smallest HEIGHTxWIDTH")
@@ -45,4 +51,4 @@ def main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    _common.run(main)
+    _common.entry_point(main)

@@ -9,6 +9,7 @@ report with comparison grids and training curves.
   python jobs/evaluate.py --data runs/data/sample --real ../shared/data/realblur/lai-real --out report/  # the shipped model
   ray job submit --working-dir . -- python jobs/evaluate.py ... --workers 8           # spread over the cluster
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", "--model", dest="checkpoint", default="default",
-                   help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)")
+    p.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        default="default",
+        help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)",
+    )
     p.add_argument("--data", help="prepared shards (a split is scored) or a paired blur/ sharp/ folder")
     p.add_argument("--dataset", choices=["gopro", "realblur", "paired"], help="read a dataset folder directly")
     p.add_argument("--root", help="the dataset folder for --dataset")
@@ -33,18 +39,50 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--lpips-weights", help="torchvision AlexNet ImageNet weights file (else the torch hub cache)")
-    p.add_argument("--lpips-random", action="store_true",
-                   help="without ImageNet weights, compute LPIPS on random AlexNet features (labelled; not comparable)")
+    p.add_argument(
+        "--lpips-random",
+        action="store_true",
+        help="without ImageNet weights, compute LPIPS on random AlexNet features (labelled; not comparable)",
+    )
     p.add_argument("--workers", type=int, default=0, help="N > 0: score on N Ray actors (Ray Data)")
     p.add_argument("--limit", type=int, help="score only the first N pairs")
-    p.add_argument("--real", help="also show real blurred photos without a sharp truth (a folder or s3:// prefix): "
-                                  "grids of blurred | unsharp mask | model in the report")
+    p.add_argument(
+        "--real",
+        help="also show real blurred photos without a sharp truth (a folder or s3:// prefix): "
+        "grids of blurred | unsharp mask | model in the report",
+    )
     p.add_argument("--real-limit", type=int, default=12, help="at most this many --real photos")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if not args.data and not (args.dataset and args.root):
-        p.error("give --data, or --dataset with --root")
+    from deblur.evaluation import EvalOptions
+    from deblur.options import ConfigError
+
+    try:  # checked here, before any model loads
+        args.options = EvalOptions.parse(
+            {
+                "model": args.checkpoint,
+                "out": args.out,
+                "data": args.data,
+                "dataset": args.dataset,
+                "root": args.root,
+                "variant": args.variant,
+                "split": args.split,
+                "protocol": args.protocol,
+                "engine": args.engine,
+                "lpips": not args.no_lpips,
+                "lpips_weights": args.lpips_weights,
+                "lpips_random": args.lpips_random,
+                "workers": args.workers,
+                "limit": args.limit,
+                "progress": not args.no_progress,
+                "real": args.real,
+                "real_limit": args.real_limit,
+            },
+            "evaluation",
+        )
+    except ConfigError as e:
+        p.error(str(e))
     return args
 
 
@@ -52,27 +90,22 @@ def main(argv: list[str] | None) -> int:
     args = parse(argv)
     from deblur import storage
     from deblur.evaluation import evaluate
-    from deblur.evaluation.run import METHOD_NAMES
+    from deblur.evaluation.scoring import METHOD_NAMES
 
     storage.set_s3_endpoint(args.s3_endpoint)
-    options = {"variant": args.variant} if args.dataset == "realblur" else {}
-    result = evaluate(
-        args.checkpoint, args.out, data=args.data, dataset=args.dataset, root=args.root, split=args.split,
-        protocol=args.protocol, engine=args.engine, lpips=not args.no_lpips, lpips_weights=args.lpips_weights,
-        lpips_random=args.lpips_random,
-        workers=args.workers, limit=args.limit, progress=not args.no_progress, real=args.real,
-        real_limit=args.real_limit, **options,
-    )
+    result = evaluate(**args.options.model_dump())
     s, h = result["summary"], result["header"]
     print(f"{s['images']} images, protocol {h['protocol']}; {h['LPIPS']}")
     print(f"{'':18}{'PSNR':>9}{'SSIM':>9}{'LPIPS':>9}")
     for method, name in METHOD_NAMES.items():
         if f"{method}_psnr" in s:
             lp = s.get(f"{method}_lpips")
-            print(f"{name[:18]:18}{s[f'{method}_psnr']:9.2f}{s[f'{method}_ssim']:9.4f}{lp if lp is None else round(lp, 4)!s:>9}")
+            print(
+                f"{name[:18]:18}{s[f'{method}_psnr']:9.2f}{s[f'{method}_ssim']:9.4f}{lp if lp is None else round(lp, 4)!s:>9}"
+            )
     print(f"gain {s['gain_psnr']:+.2f} dB; report: {storage.join(args.out, 'index.html')}")
     return 0
 
 
 if __name__ == "__main__":
-    _common.run(main)
+    _common.entry_point(main)

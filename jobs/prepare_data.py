@@ -1,10 +1,11 @@
 """Pack a dataset into Parquet shards on storage (local path or s3://).
 
-  python jobs/prepare_data.py --dataset gopro --root /data/GOPRO_Large --out s3://bucket/gopro
-  python jobs/prepare_data.py --dataset sample --out runs/data/sample
-  python jobs/prepare_data.py --dataset synthetic --root ./sharp_photos --online --out ./shards  # blur drawn per crop
-  ray job submit --working-dir . -- python jobs/prepare_data.py --dataset paired --root /data/x --out s3://b/x
+python jobs/prepare_data.py --dataset gopro --root /data/GOPRO_Large --out s3://bucket/gopro
+python jobs/prepare_data.py --dataset sample --out runs/data/sample
+python jobs/prepare_data.py --dataset synthetic --root ./sharp_photos --online --out ./shards  # blur drawn per crop
+ray job submit --working-dir . -- python jobs/prepare_data.py --dataset paired --root /data/x --out s3://b/x
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", default="J", choices=["J", "R"], help="RealBlur: J (JPEG) or R (raw)")
     p.add_argument("--split", default="train", help="paired: split name for a single blur/sharp folder")
     p.add_argument("--val-fraction", type=float, default=0.1, help="synthetic: share held out as 'val'")
-    p.add_argument("--online", action="store_true",
-                   help="synthetic: keep training photos sharp and draw a fresh blur for every training crop "
-                        "(the config's data.blur); held-out photos get fixed linear motion blur of 9-21 px")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="synthetic: keep training photos sharp and draw a fresh blur for every training crop "
+        "(the config's data.blur); held-out photos get fixed linear motion blur of 9-21 px",
+    )
     p.add_argument("--variants", type=int, default=None, help="synthetic/sample: blurred copies per training photo")
     p.add_argument("--kernel", default="motion", choices=KINDS, help="synthetic blur kernel kind")
     p.add_argument("--blur-mode", default="physical", choices=MODES)
@@ -48,8 +52,14 @@ def main(argv: list[str] | None) -> int:
     from deblur.data import layouts, shards
 
     storage.set_s3_endpoint(args.s3_endpoint)
-    synth = {"kind": args.kernel, "mode": args.blur_mode, "max_len": args.max_len, "gamma": args.gamma,
-             "noise_sigma": args.noise, "seed": args.seed}
+    synth = {
+        "kind": args.kernel,
+        "mode": args.blur_mode,
+        "max_len": args.max_len,
+        "gamma": args.gamma,
+        "noise_sigma": args.noise,
+        "seed": args.seed,
+    }
     options: dict = {}
     if args.dataset == "gopro":
         options = {"blur_kind": args.blur_kind}
@@ -71,13 +81,20 @@ def main(argv: list[str] | None) -> int:
         init_ray(num_cpus=None if args.workers == "auto" else int(args.workers))
         encoder = ray_map_ordered
     manifest = shards.prepare(
-        pairs, args.out, shards.layout_info(args.dataset, args.root, **options),
-        shard_mb=args.shard_mb, skip_bad=args.skip_bad, encoder=encoder, progress=not args.no_progress,
+        pairs,
+        args.out,
+        shards.layout_info(args.dataset, args.root, **options),
+        shard_mb=args.shard_mb,
+        skip_bad=args.skip_bad,
+        encoder=encoder,
+        progress=not args.no_progress,
     )
-    counts = ", ".join(f"{s}: {v['pairs']} pairs in {v['shards']} shards" for s, v in sorted(manifest["splits"].items()))
+    counts = ", ".join(
+        f"{s}: {v['pairs']} pairs in {v['shards']} shards" for s, v in sorted(manifest["splits"].items())
+    )
     print(f"prepared {args.out}: {counts}; skipped {len(manifest['skipped'])}")
     return 0
 
 
 if __name__ == "__main__":
-    _common.run(main)
+    _common.entry_point(main)

@@ -1,10 +1,11 @@
 """Run the deblur HTTP endpoint on Ray Serve (a local Ray, or the cluster at $RAY_ADDRESS) until Ctrl-C.
 
-  python jobs/serve.py                                           # the shipped model at http://127.0.0.1:8000/
-  python jobs/serve.py --model runs/sample                       # a model you trained
-  python jobs/serve.py --model s3://b/models/gopro --engine tensorrt --num-gpus 1 --max-replicas 4 --host 0.0.0.0
-  DEBLUR_API_TOKEN=... python jobs/serve.py ...                  # bearer-token auth on
+python jobs/serve.py                                           # the shipped model at http://127.0.0.1:8000/
+python jobs/serve.py --model runs/sample                       # a model you trained
+python jobs/serve.py --model s3://b/models/gopro --engine tensorrt --num-gpus 1 --max-replicas 4 --host 0.0.0.0
+DEBLUR_API_TOKEN=... python jobs/serve.py ...                  # bearer-token auth on
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default",
-                   help="checkpoint, run dir, compiled folder, or a shipped model's name (default: the shipped default)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="checkpoint, run dir, compiled folder, or a shipped model's name (default: the shipped default)",
+    )
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 only behind a proxy you trust)")
     p.add_argument("--port", type=int, default=8000)
@@ -36,12 +40,10 @@ def main(argv: list[str] | None) -> int:
     args = parse(argv)
     from ray import serve
 
+    from deblur import storage
     from deblur.models.checkpoint import resolve_checkpoint
     from deblur.ray_env import init_ray
     from deblur.serve.app import build_app, start
-
-    from deblur import storage
-
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
@@ -49,9 +51,18 @@ def main(argv: list[str] | None) -> int:
         resolve_checkpoint(args.model)  # and so is a wrong model path
     init_ray()
     start(args.host, args.port, args.request_timeout_s)
-    app = build_app({"model": args.model, "engine": args.engine, "min_replicas": args.min_replicas,
-                     "max_replicas": args.max_replicas, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
-                     "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000})
+    app = build_app(
+        {
+            "model": args.model,
+            "engine": args.engine,
+            "min_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
+            "num_cpus": args.num_cpus,
+            "num_gpus": args.num_gpus,
+            "max_batch_size": args.max_batch_size,
+            "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+        }
+    )
     serve.run(app, name="deblur", route_prefix="/")
     print(f"serving {args.model} at http://{args.host}:{args.port}/ (docs at /docs); Ctrl-C stops")
     try:
@@ -63,4 +74,4 @@ def main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    _common.run(main)
+    _common.entry_point(main)

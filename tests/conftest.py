@@ -5,18 +5,21 @@ none, and then the same fixtures are made from the real photos the repository ke
 CC0 / public domain, sources in its README), cropped and saved in the sizes and formats the shared sets
 have: no download, no skipped test.
 """
+
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 # Ray's token auth, set deliberately before anything imports Ray (its token loader reads the environment
 # once): the session's cluster runs with a token made here, never printed, never written to ~/.ray.
-import secrets  # noqa: E402
 
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
@@ -28,7 +31,11 @@ SHARED_DATA = Path(os.environ.get("DEBLUR_SHARED_DATA", ROOT.parent / "shared" /
 
 
 PHOTOS = ROOT / "tests" / "data" / "photos"
-VIEWS = {"cbsd68": 4, "mcmaster18": 4, "lai-real": 7}  # views per kept photo: 24, 24 and 42 stand-ins, as many as tests take
+VIEWS = {
+    "cbsd68": 4,
+    "mcmaster18": 4,
+    "lai-real": 7,
+}  # views per kept photo: 24, 24 and 42 stand-ins, as many as tests take
 
 
 def _kept_photos() -> list[np.ndarray]:
@@ -38,24 +45,12 @@ def _kept_photos() -> list[np.ndarray]:
     return [read_image(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix in (".png", ".jpg")]
 
 
-def _cover(img: np.ndarray, h: int, w: int, view: int = 0) -> np.ndarray:
-    """Scaled (area) to cover h×w, zoomed in by a third per `view`, then an h×w window (centre, then the
-    corners): each view of a photo is a different picture of the shared set's size."""
-    import cv2
-
-    scale = max(h / img.shape[0], w / img.shape[1]) * (1 + view / 3)
-    size = (max(w, round(img.shape[1] * scale)), max(h, round(img.shape[0] * scale)))
-    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    fy, fx = [(0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0)][view % 4]
-    i, j = int((img.shape[0] - h) * fy), int((img.shape[1] - w) * fx)
-    return np.ascontiguousarray(img[i:i + h, j:j + w])
-
-
 def _made(folder: Path, kind: str) -> list[Path]:
     """../shared/data's sets rebuilt from the kept photos: same formats and sizes."""
     import cv2
 
     from deblur.data import synth
+    from deblur.images import cover
 
     folder.mkdir(parents=True, exist_ok=True)
     photos = _kept_photos()
@@ -65,12 +60,12 @@ def _made(folder: Path, kind: str) -> list[Path]:
     paths = []
     for k, (img, view) in enumerate(views):
         if kind == "cbsd68":  # 481×321 PNG (BSDS landscape)
-            path, out = folder / f"{k:04d}.png", _cover(img, 321, 481, view)
+            path, out = folder / f"{k:04d}.png", cover(img, 321, 481, view)
         elif kind == "mcmaster18":  # 500×500 TIFF
-            path, out = folder / f"{k + 1}.tif", _cover(img, 500, 500, view)
+            path, out = folder / f"{k + 1}.tif", cover(img, 500, 500, view)
         else:  # "lai-real": blurred JPEGs of varied sizes (synthetic camera shake; no sharp truth kept)
             kernel = synth.random_kernel(np.random.default_rng(k), "motion", max_len=25)
-            path, out = folder / f"photo_{k:02d}.jpg", synth.apply_kernel(_cover(img, *img.shape[:2], view), kernel)
+            path, out = folder / f"photo_{k:02d}.jpg", synth.apply_kernel(cover(img, *img.shape[:2], view), kernel)
         params = [cv2.IMWRITE_JPEG_QUALITY, 92] if path.suffix == ".jpg" else []
         cv2.imwrite(str(path), np.ascontiguousarray(out[..., ::-1]), params)
         paths.append(path)
@@ -151,12 +146,19 @@ def real_photo(cbsd68) -> np.ndarray:
     return read_image(str(cbsd68[0]))
 
 
-def _free_port() -> int:
-    import socket
-
+def free_port() -> int:
+    """A loopback port nothing listens on (closed again before it is returned)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_image(path: Path, rgb: np.ndarray) -> Path:
+    """An RGB array written as the file its suffix names (OpenCV wants BGR), its folder made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"{path}: could not be written")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +166,7 @@ def s3_endpoint():
     """A real S3 endpoint on loopback: moto's standalone server (as s3fs tests itself). Nothing leaves the machine."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -193,7 +195,7 @@ def bucket(s3_endpoint, request):
 
     import boto3
 
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{free_port()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
 
@@ -273,7 +275,7 @@ def train_small_generator(photos: list[Path], steps: int, base_channels: int = 8
 
     from deblur.data.pipeline import augment_pair
     from deblur.data.synth import synthesize
-    from deblur.images import read_image, to_numpy_chw
+    from deblur.images import read_image, to_model_input
     from deblur.models import build_generator
 
     torch.manual_seed(seed)
@@ -284,8 +286,8 @@ def train_small_generator(photos: list[Path], steps: int, base_channels: int = 8
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(steps):
         crops = [augment_pair(*pairs[rng.integers(len(pairs))], 96, rng) for _ in range(4)]
-        blur = torch.from_numpy(np.stack([to_numpy_chw(b) for b, _ in crops]))
-        target = torch.from_numpy(np.stack([to_numpy_chw(s) for _, s in crops]))
+        blur = torch.from_numpy(np.stack([to_model_input(b) for b, _ in crops]))
+        target = torch.from_numpy(np.stack([to_model_input(s) for _, s in crops]))
         loss = (model(blur) - target).abs().mean()
         opt.zero_grad()
         loss.backward()
@@ -307,7 +309,66 @@ def trained_checkpoint(cbsd68, tmp_path_factory) -> Path:
 
 
 # What makes a test slow: a real Ray cluster, Serve, a browser, a subprocess job, or a trained model.
-SLOW_FIXTURES = {"ray_session", "ray_cluster", "endpoint", "trained_checkpoint", "compiled", "mcmaster_shards"}
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory, cbsd68):
+    """12 training and 2 validation pairs from real photos with synthetic motion blur, as shards (the training
+    and cluster tests' data)."""
+    from deblur.data import layouts, shards
+    from deblur.data.synth import synthesize
+    from deblur.images import read_image
+
+    root = tmp_path_factory.mktemp("tiny")
+    for i, path in enumerate(cbsd68[:14]):
+        split = "val" if i >= 12 else "train"
+        sharp = read_image(str(path))[:160, :160]
+        for kind, img in (("sharp", sharp), ("blur", synthesize(sharp, seed=i, max_len=15).blurred)):
+            write_image(root / split / kind / f"{path.stem}.png", img)
+    out = str(root / "shards")
+    shards.prepare(layouts.paired(str(root)), out, {}, progress=False)
+    return out
+
+
+def tiny_overrides(data_uri: str, storage_path: str, name: str, epochs: int = 2, **extra) -> list[str]:
+    """`--set` overrides for a training run of a few seconds on `tiny_shards`."""
+    sets = {
+        "data.uri": data_uri,
+        "data.prepare": "null",
+        "data.crop": 64,
+        "data.batch_size": 2,
+        "data.crops_per_pair": 1,
+        "data.shuffle_buffer": 0,
+        "data.val_center_crop": 64,
+        "model.generator": "unet_fpn",
+        "model.generator_kwargs": "{base_channels: 4}",
+        "model.critic_kwargs": "{base_channels: 4}",
+        "loss.lambda_per": 0,
+        "loss.lambda_l1": 1,
+        "loss.lambda_adv": 0.01,
+        "optim.critic_steps": 1,
+        "train.epochs": epochs,
+        "train.steps_per_epoch": 2,
+        "train.log_images": 1,
+        "scaling.num_workers": 2,
+        "scaling.cpus_per_worker": 0.5,
+        "scaling.torch_threads": 1,
+        "run.storage_path": storage_path,
+        "run.name": name,
+        "run.num_to_keep": 2,
+        "run.max_failures": 1,
+    }
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+SLOW_FIXTURES = {
+    "ray_session",
+    "ray_cluster",
+    "endpoint",
+    "trained_checkpoint",
+    "compiled",
+    "mcmaster_shards",
+    "tiny_shards",
+}
 
 
 def pytest_collection_modifyitems(config, items):

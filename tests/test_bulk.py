@@ -1,4 +1,5 @@
 """The bulk archive job on real blurry photos (folder, S3, tar), a zoo of awkward files, kill-and-resume."""
+
 from __future__ import annotations
 
 import io
@@ -17,12 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import check_is_model_output, job_env
-
 from deblur import storage
-from deblur.bulk import Options, run
+from deblur.bulk import Options, deblur_archive
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, check_is_model_output, job_env, write_image
 
 
 def lai_photos(n: int | None = None) -> list[Path]:
@@ -31,7 +30,9 @@ def lai_photos(n: int | None = None) -> list[Path]:
     return sorted(shared("realblur", "lai-real").glob("*.jpg"))[:n]
 
 
-def check_outputs(inputs: dict[str, bytes], output_files: dict[str, bytes], checkpoint: Path, check_model: int = 3) -> None:
+def check_outputs(
+    inputs: dict[str, bytes], output_files: dict[str, bytes], checkpoint: Path, check_model: int = 3
+) -> None:
     """Every input came back under its name, size, mode and format, changed; the first few are what the
     engine itself makes of the decoded input (up to JPEG re-encoding): the model really ran, at full size."""
     from deblur.inference import load_engine
@@ -51,7 +52,9 @@ def check_outputs(inputs: dict[str, bytes], output_files: dict[str, bytes], chec
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.startswith("_")}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.startswith("_")
+    }
 
 
 def test_real_archive_from_a_folder(trained_checkpoint, tmp_path, ray_session):
@@ -61,7 +64,13 @@ def test_real_archive_from_a_folder(trained_checkpoint, tmp_path, ray_session):
         dest = src / ("nested" if k % 3 == 0 else "") / photo.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(photo, dest)
-    summary = run(str(src), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch"), workers=2, progress=False)
+    summary = deblur_archive(
+        str(src),
+        str(tmp_path / "out"),
+        Options(model=str(trained_checkpoint), engine="torch"),
+        workers=2,
+        progress=False,
+    )
     assert summary["done"] == summary["images"] == len(photos) and summary["failed"] == 0
     check_outputs(read_tree(src), read_tree(tmp_path / "out"), trained_checkpoint)
     saved = json.loads((tmp_path / "out" / "_summary.json").read_text())
@@ -73,30 +82,48 @@ def test_real_archive_on_s3_and_in_a_tar(trained_checkpoint, tmp_path, bucket, r
     fs, _ = storage.filesystem(bucket)
     for p in photos:
         fs.pipe_file(f"{bucket[5:]}/raw/{p.name}", p.read_bytes())
-    s3 = run(f"{bucket}/raw", f"{bucket}/sharp", Options(str(trained_checkpoint), "torch"), workers=2, progress=False)
+    s3 = deblur_archive(
+        f"{bucket}/raw",
+        f"{bucket}/sharp",
+        Options(model=str(trained_checkpoint), engine="torch"),
+        workers=2,
+        progress=False,
+    )
     assert s3["done"] == 12
-    check_outputs({p.name: p.read_bytes() for p in photos},
-                  {n: fs.cat_file(f"{bucket[5:]}/sharp/{n}") for n in (p.name for p in photos)}, trained_checkpoint)
+    check_outputs(
+        {p.name: p.read_bytes() for p in photos},
+        {n: fs.cat_file(f"{bucket[5:]}/sharp/{n}") for n in (p.name for p in photos)},
+        trained_checkpoint,
+    )
 
     archive = tmp_path / "photos.tar"
     with tarfile.open(archive, "w") as tar:
         for p in photos:
             tar.add(p, arcname=f"album/{p.name}")
-    tar_run = run(str(archive), str(tmp_path / "from-tar"), Options(str(trained_checkpoint), "torch"), workers=1,
-                  progress=False)
+    tar_run = deblur_archive(
+        str(archive),
+        str(tmp_path / "from-tar"),
+        Options(model=str(trained_checkpoint), engine="torch"),
+        workers=1,
+        progress=False,
+    )
     assert tar_run["done"] == 12
-    check_outputs({f"album/{p.name}": p.read_bytes() for p in photos}, read_tree(tmp_path / "from-tar"), trained_checkpoint)
+    check_outputs(
+        {f"album/{p.name}": p.read_bytes() for p in photos}, read_tree(tmp_path / "from-tar"), trained_checkpoint
+    )
 
 
 def test_hostile_tar_members_are_listed_and_never_written(trained_checkpoint, real_photo, tmp_path, ray_session):
     jpeg = cv2.imencode(".jpg", real_photo[:64, :96, ::-1])[1].tobytes()
     archive = tmp_path / "hostile.tar"
     with tarfile.open(archive, "w") as tar:
+
         def add(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, link
             info.size = len(jpeg) if kind == tarfile.REGTYPE else 0
             tar.addfile(info, io.BytesIO(jpeg) if kind == tarfile.REGTYPE else None)
+
         add("ok/fine.jpg")
         add("./dot/fine.jpg")
         add("a/../../escape.jpg")
@@ -105,7 +132,9 @@ def test_hostile_tar_members_are_listed_and_never_written(trained_checkpoint, re
         add("hard.jpg", tarfile.LNKTYPE, "ok/fine.jpg")
         add("dev.jpg", tarfile.CHRTYPE)
     out = tmp_path / "nested" / "out"
-    summary = run(str(archive), str(out), Options(str(trained_checkpoint), "torch"), workers=1, progress=False)
+    summary = deblur_archive(
+        str(archive), str(out), Options(model=str(trained_checkpoint), engine="torch"), workers=1, progress=False
+    )
     assert (summary["done"], summary["failed"], summary["images"]) == (2, 5, 7)
     assert read_tree(out).keys() == {"ok/fine.jpg", "dot/fine.jpg"}
     assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "nested" / "escape.jpg").exists()
@@ -115,9 +144,20 @@ def test_hostile_tar_members_are_listed_and_never_written(trained_checkpoint, re
     assert all("link or device" in errors[n] for n in ("link.jpg", "hard.jpg", "dev.jpg"))
 
 
-@pytest.mark.parametrize("name, ok", [("a/b.jpg", "a/b.jpg"), ("./a//b.jpg", "a/b.jpg"), ("a/./b/../c.jpg", "a/c.jpg"),
-                                      ("../x.jpg", None), ("a/../../x.jpg", None), ("/etc/x.jpg", None),
-                                      ("C:/x.jpg", None), ("..", None), ("", None)])
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("a/b.jpg", "a/b.jpg"),
+        ("./a//b.jpg", "a/b.jpg"),
+        ("a/./b/../c.jpg", "a/c.jpg"),
+        ("../x.jpg", None),
+        ("a/../../x.jpg", None),
+        ("/etc/x.jpg", None),
+        ("C:/x.jpg", None),
+        ("..", None),
+        ("", None),
+    ],
+)
 def test_safe_relative_names(name, ok):
     from deblur.bulk.sources import UnsafeName, safe_relative
 
@@ -135,21 +175,34 @@ def test_s3_keys_that_climb_out_are_refused(trained_checkpoint, real_photo, buck
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     for key in ("raw/good.jpg", "raw/a/../../escape.jpg"):
         client.put_object(Bucket=bucket[5:], Key=key, Body=jpeg)
-    summary = run(f"{bucket}/raw", f"{bucket}/out/sharp", Options(str(trained_checkpoint), "torch"), workers=1, progress=False)
+    summary = deblur_archive(
+        f"{bucket}/raw",
+        f"{bucket}/out/sharp",
+        Options(model=str(trained_checkpoint), engine="torch"),
+        workers=1,
+        progress=False,
+    )
     assert summary["done"] == 1 and summary["failed"] == 1
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket[5:])["Contents"])
     assert "out/sharp/good.jpg" in keys and not any("escape" in k and k.startswith("out") for k in keys)
     assert "out/escape.jpg" not in keys and "escape.jpg" not in keys
 
 
-def test_same_stem_inputs_keep_both_outputs_when_the_format_changes(trained_checkpoint, real_photo, tmp_path, ray_session):
+def test_same_stem_inputs_keep_both_outputs_when_the_format_changes(
+    trained_checkpoint, real_photo, tmp_path, ray_session
+):
     src = tmp_path / "in"
     src.mkdir()
-    cv2.imwrite(str(src / "a.jpg"), real_photo[:64, :96, ::-1])
-    cv2.imwrite(str(src / "a.png"), real_photo[64:128, :96, ::-1])
-    cv2.imwrite(str(src / "b.jpg"), real_photo[:64, 96:192, ::-1])
-    summary = run(str(src), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch", format="png"),
-                  workers=1, progress=False)
+    write_image(src / "a.jpg", real_photo[:64, :96])
+    write_image(src / "a.png", real_photo[64:128, :96])
+    write_image(src / "b.jpg", real_photo[:64, 96:192])
+    summary = deblur_archive(
+        str(src),
+        str(tmp_path / "out"),
+        Options(model=str(trained_checkpoint), engine="torch", format="png"),
+        workers=1,
+        progress=False,
+    )
     assert summary["done"] == 3 and summary["failed"] == 0
     outputs = read_tree(tmp_path / "out")
     assert set(outputs) == {"a.png", "a.jpg.png", "b.png"}  # a.jpg kept its extension instead of overwriting a.png
@@ -157,8 +210,13 @@ def test_same_stem_inputs_keep_both_outputs_when_the_format_changes(trained_chec
 
     assert decode_image(outputs["a.png"]).shape == decode_image(outputs["a.jpg.png"]).shape == (64, 96, 3)
     assert not np.array_equal(decode_image(outputs["a.png"]), decode_image(outputs["a.jpg.png"]))
-    again = run(str(src), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch", format="png"), workers=1,
-                progress=False)
+    again = deblur_archive(
+        str(src),
+        str(tmp_path / "out"),
+        Options(model=str(trained_checkpoint), engine="torch", format="png"),
+        workers=1,
+        progress=False,
+    )
     assert again["skipped"] == 3 and again["done"] == 0  # resumable with the planned names
 
 
@@ -170,8 +228,8 @@ def make_zoo(folder: Path, photo: np.ndarray) -> dict[str, str]:
     png = cv2.imencode(".png", small[..., ::-1])[1].tobytes()
     (folder / "truncated.png").write_bytes(png[: len(png) // 2])
     (folder / "notes.jpg").write_text("this is text, not a JPEG")
-    deep = (small.astype(np.uint16) * 257 + np.arange(small.shape[1], dtype=np.uint16)[None, :, None])
-    cv2.imwrite(str(folder / "deep16.png"), deep[..., ::-1])
+    deep = small.astype(np.uint16) * 257 + np.arange(small.shape[1], dtype=np.uint16)[None, :, None]
+    write_image(folder / "deep16.png", deep)
     Image.fromarray(small).convert("L").save(folder / "gray.png")
     rgba = np.dstack([small, np.tile(np.arange(160, dtype=np.uint8), (120, 1))])
     Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
@@ -186,14 +244,30 @@ def make_zoo(folder: Path, photo: np.ndarray) -> dict[str, str]:
     data[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")  # IHDR width/height: 3.6 Gpx
     data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # a valid header: only its size is hostile
     (folder / "bomb.png").write_bytes(bytes(data))
-    return {"empty.jpg": "empty", "truncated.png": "decode", "notes.jpg": "not an image", "bomb.png": "budget",
-            "deep16.png": "ok", "gray.png": "ok", "alpha.png": "ok", "cmyk.jpg": "ok", "rotated.jpg": "ok", "tiny.png": "ok"}
+    return {
+        "empty.jpg": "empty",
+        "truncated.png": "decode",
+        "notes.jpg": "not an image",
+        "bomb.png": "budget",
+        "deep16.png": "ok",
+        "gray.png": "ok",
+        "alpha.png": "ok",
+        "cmyk.jpg": "ok",
+        "rotated.jpg": "ok",
+        "tiny.png": "ok",
+    }
 
 
 def test_zoo_of_awkward_files(trained_checkpoint, real_photo, tmp_path, ray_session):
     expected = make_zoo(tmp_path / "zoo", real_photo)
     out = tmp_path / "out"
-    summary = run(str(tmp_path / "zoo"), str(out), Options(str(trained_checkpoint), "torch"), workers=1, progress=False)
+    summary = deblur_archive(
+        str(tmp_path / "zoo"),
+        str(out),
+        Options(model=str(trained_checkpoint), engine="torch"),
+        workers=1,
+        progress=False,
+    )
     bad = {k for k, v in expected.items() if v != "ok"}
     assert summary["failed"] == len(bad) and summary["done"] == len(expected) - len(bad)
     errors = {e["path"]: e["reason"] for e in map(json.loads, (out / "_errors.jsonl").read_text().splitlines())}
@@ -219,8 +293,21 @@ def test_kill_halfway_then_resume(trained_checkpoint, tmp_path, ray_cluster):
     for photo in photos:
         shutil.copy(photo, src / photo.name)
     out = tmp_path / "out"
-    cmd = [sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out), "--model",
-           str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "jobs/bulk.py",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--model",
+        str(trained_checkpoint),
+        "--engine",
+        "torch",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out.glob("*.jpg"))) < 5:
@@ -253,9 +340,24 @@ def test_a_killed_actor_leaves_no_partial_output(trained_checkpoint, tmp_path, r
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.jpg.tmp-0123abcd").write_bytes(b"half a file")  # as a killed earlier write leaves it
-    cmd = [sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out), "--model",
-           str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "jobs/bulk.py",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--model",
+        str(trained_checkpoint),
+        "--engine",
+        "torch",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline, killed = time.time() + 300, None
     while time.time() < deadline and killed is None and proc.poll() is None:
         if len(list(out.glob("*.jpg"))) >= 3:
@@ -285,9 +387,23 @@ def test_bad_input_is_one_line(case, trained_checkpoint, tmp_path):
     if case == "compressed tar":
         with tarfile.open(target, "w:gz"):
             pass
-    res = subprocess.run([sys.executable, "jobs/deblur_archive.py", "--input", str(target), "--output",
-                          str(tmp_path / "o"), "--model", str(trained_checkpoint)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    res = subprocess.run(
+        [
+            sys.executable,
+            "jobs/bulk.py",
+            "--input",
+            str(target),
+            "--output",
+            str(tmp_path / "o"),
+            "--model",
+            str(trained_checkpoint),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert str(target) in res.stderr.strip().splitlines()[-1]
 
@@ -304,25 +420,37 @@ def test_only_blurred_copies_sharp_photos_through(trained_checkpoint, cbsd68, tm
     streak[7] = 1 / 15  # 15 px of horizontal camera shake
     for k, path in enumerate(cbsd68[:3]):
         photo = read_image(str(path))[:160, :224]
-        cv2.imwrite(str(src / f"sharp{k}.png"), photo[..., ::-1])
-        cv2.imwrite(str(src / f"shaken{k}.png"), cv2.filter2D(photo, -1, streak)[..., ::-1])
+        write_image(src / f"sharp{k}.png", photo)
+        write_image(src / f"shaken{k}.png", cv2.filter2D(photo, -1, streak))
     scores = {p.name: blur_score(read_image(str(p))) for p in src.iterdir()}
     sharp, shaken = ([v for k, v in scores.items() if k.startswith(s)] for s in ("sharp", "shaken"))
     assert max(sharp) < min(shaken), scores
     threshold = (max(sharp) + min(shaken)) / 2
     out = tmp_path / "out"
-    summary = run(str(src), str(out), Options(str(trained_checkpoint), "torch", only_blurred=threshold), workers=1,
-                  progress=False)
+    summary = deblur_archive(
+        str(src),
+        str(out),
+        Options(model=str(trained_checkpoint), engine="torch", only_blurred=threshold),
+        workers=1,
+        progress=False,
+    )
     assert (summary["done"], summary["copied_sharp"], summary["failed"]) == (3, 3, 0), summary
     for k in range(3):
         assert (out / f"sharp{k}.png").read_bytes() == (src / f"sharp{k}.png").read_bytes()
         assert (out / f"shaken{k}.png").read_bytes() != (src / f"shaken{k}.png").read_bytes()
     recorded = {r["path"]: r for r in map(json.loads, (out / "_blur.jsonl").read_text().splitlines())}
-    assert {k: r["status"] for k, r in recorded.items()} == {k: "copied" if k.startswith("sharp") else "done" for k in scores}
+    assert {k: r["status"] for k, r in recorded.items()} == {
+        k: "copied" if k.startswith("sharp") else "done" for k in scores
+    }
     assert all(abs(recorded[k]["blur"] - v) < 1e-3 for k, v in scores.items())
     assert summary["blur"]["scored"] == 6 and summary["blur"]["scores_file"].endswith("_blur.jsonl")
     from deblur.inference import load_engine
 
     given = read_image(str(src / "shaken0.png"))
-    check_is_model_output(read_image(str(out / "shaken0.png")), given,
-                          load_engine(str(trained_checkpoint), "torch").deblur_image(given), "PNG", "shaken0")
+    check_is_model_output(
+        read_image(str(out / "shaken0.png")),
+        given,
+        load_engine(str(trained_checkpoint), "torch").deblur_image(given),
+        "PNG",
+        "shaken0",
+    )

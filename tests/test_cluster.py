@@ -1,4 +1,5 @@
 """Cluster and infrastructure files, validated offline; and the local multi-node cluster end to end."""
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,8 @@ import yaml
 
 from deblur import storage
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 KUBERAY = ["raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml"]
 
 
@@ -27,6 +29,7 @@ def load(path: str) -> dict:
 
 
 # --- ray-cluster.yaml against the schema inside the ray package -------------------------------------------------
+
 
 def ray_schema() -> dict:
     import ray
@@ -47,7 +50,9 @@ def test_ray_cluster_yaml_matches_rays_schema():
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head
     for rule in config["provider"]["security_group"]["IpPermissions"]:
-        assert (rule["FromPort"], rule["ToPort"]) == (22, 22) and all(r["CidrIp"] != "0.0.0.0/0" for r in rule["IpRanges"])
+        assert (rule["FromPort"], rule["ToPort"]) == (22, 22) and all(
+            r["CidrIp"] != "0.0.0.0/0" for r in rule["IpRanges"]
+        )
     assert config["docker"]["image"].endswith(":gpu") and config["docker"]["head_image"].endswith(":cpu")
 
 
@@ -98,7 +103,9 @@ def validate_manifest(doc: dict) -> None:
     """What `kubectl apply --validate=strict` checks against the installed KubeRay CRDs (CEL rules aside)."""
     schemas = crd_schemas()
     if doc.get("apiVersion") != "ray.io/v1" or doc.get("kind") not in schemas:
-        raise jsonschema.ValidationError(f"no CRD serves {doc.get('apiVersion')}/{doc.get('kind')} (ray.io/v1: {sorted(schemas)})")
+        raise jsonschema.ValidationError(
+            f"no CRD serves {doc.get('apiVersion')}/{doc.get('kind')} (ray.io/v1: {sorted(schemas)})"
+        )
     jsonschema.validate(doc, schemas[doc["kind"]])
 
 
@@ -133,7 +140,10 @@ def test_kuberay_manifest_is_valid(name):
     images = [c["image"] for pod in pod_specs(doc) for c in pod["containers"]]
     for image in images:  # each is one the Makefile builds from infra/docker, pinned by tag
         tag = image.rsplit(":", 1)[1]
-        assert f"image-{tag}:" in makefile and (ROOT / "infra" / "docker" / ("Dockerfile" if tag == "gpu" else f"Dockerfile.{tag}")).is_file()
+        assert (
+            f"image-{tag}:" in makefile
+            and (ROOT / "infra" / "docker" / ("Dockerfile" if tag == "gpu" else f"Dockerfile.{tag}")).is_file()
+        )
     gpu = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1" and gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
@@ -142,8 +152,13 @@ def test_kuberay_manifest_is_valid(name):
 def env_files(doc: dict) -> set[str]:
     """Every file path that an env var of the manifest names (variables ending in _FILE), pod env and Serve's
     runtime_env alike: the Serve replicas run on any pod of the cluster."""
-    found = {e["value"] for pod in pod_specs(doc) for c in pod["containers"] for e in c.get("env", [])
-             if e["name"].endswith("_FILE") and "value" in e}
+    found = {
+        e["value"]
+        for pod in pod_specs(doc)
+        for c in pod["containers"]
+        for e in c.get("env", [])
+        if e["name"].endswith("_FILE") and "value" in e
+    }
     if "serveConfigV2" in doc["spec"]:
         for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]:
             found |= {v for k, v in app.get("runtime_env", {}).get("env_vars", {}).items() if k.endswith("_FILE")}
@@ -157,12 +172,18 @@ def test_every_file_an_env_var_names_is_mounted_in_every_pod(name):
         for pod in pod_specs(doc):
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             for c in pod["containers"]:
-                mounts = [m for m in c.get("volumeMounts", []) if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+                mounts = [
+                    m
+                    for m in c.get("volumeMounts", [])
+                    if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+                ]
                 assert mounts, f"{name}: {c['name']} names {path} but mounts nothing there"
                 volume = volumes[mounts[0]["name"]]
-                item = path[len(mounts[0]["mountPath"].rstrip("/")) + 1:]
+                item = path[len(mounts[0]["mountPath"].rstrip("/")) + 1 :]
                 if "secret" in volume and volume["secret"].get("items"):
-                    assert item in [i["path"] for i in volume["secret"]["items"]], f"{name}: {path} is not in the secret's items"
+                    assert item in [i["path"] for i in volume["secret"]["items"]], (
+                        f"{name}: {path} is not in the secret's items"
+                    )
     if name == "rayservice.yaml":
         assert env_files(doc), "the endpoint's token file is configured"
 
@@ -184,12 +205,14 @@ def test_rayservice_serve_config_is_cluster_serve_yaml():
 
 def test_a_broken_kuberay_manifest_fails():
     doc = load("cluster/kuberay/raycluster.yaml")
-    for breakage in (lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"),  # a version the CRD does not serve
-                     lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"),  # required
-                     lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replica", 2),  # unknown field (typo)
-                     lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replicas", "two"),  # wrong type
-                     lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("imag", "x"),
-                     lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].__setitem__("volumes", [{"name": "t", "secrett": {}}])):
+    for breakage in (
+        lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"),  # a version the CRD does not serve
+        lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"),  # required
+        lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replica", 2),  # unknown field (typo)
+        lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replicas", "two"),  # wrong type
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("imag", "x"),
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].__setitem__("volumes", [{"name": "t", "secrett": {}}]),
+    ):
         broken = copy.deepcopy(doc)
         breakage(broken)
         with pytest.raises(jsonschema.ValidationError):
@@ -198,8 +221,25 @@ def test_a_broken_kuberay_manifest_fails():
 
 # --- Dockerfiles: a parser check, and hadolint --------------------------------------------------------
 
-INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "EXPOSE",
-                "LABEL", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
+INSTRUCTIONS = {
+    "FROM",
+    "ARG",
+    "ENV",
+    "RUN",
+    "COPY",
+    "ADD",
+    "WORKDIR",
+    "USER",
+    "CMD",
+    "ENTRYPOINT",
+    "EXPOSE",
+    "LABEL",
+    "HEALTHCHECK",
+    "SHELL",
+    "VOLUME",
+    "STOPSIGNAL",
+    "ONBUILD",
+}
 
 
 def lint_dockerfile(text: str, context: Path) -> list[str]:
@@ -242,8 +282,12 @@ def lint_dockerfile(text: str, context: Path) -> list[str]:
 
 def hadolint(path: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or "hadolint"
-    return subprocess.run([exe, "--no-color", "--config", str(ROOT / "infra" / "docker" / ".hadolint.yaml"), str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "--no-color", "--config", str(ROOT / "infra" / "docker" / ".hadolint.yaml"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
@@ -271,6 +315,7 @@ def test_a_broken_dockerfile_is_caught(tmp_path):
 
 # --- CloudFormation with cfn-lint ---------------------------------------------------------------------------------
 
+
 def cfn_lint(path: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or "cfn-lint"
     return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
@@ -282,23 +327,23 @@ def test_cloudformation_template_lints_clean(tmp_path):
     text = (ROOT / "infra" / "aws" / "cloudformation.yaml").read_text()
     assert "LifecycleConfiguration" in text and "PublicAccessBlockConfiguration" in text
     broken = tmp_path / "broken.yaml"
-    broken.write_text(text.replace("Type: AWS::S3::Bucket", "Type: AWS::S3::Buckett").replace("!GetAtt RayNodeRole.Arn", "!GetAtt RayNodeRole.Nope"))
+    broken.write_text(
+        text.replace("Type: AWS::S3::Bucket", "Type: AWS::S3::Buckett").replace(
+            "!GetAtt RayNodeRole.Arn", "!GetAtt RayNodeRole.Nope"
+        )
+    )
     bad = cfn_lint(broken)
     assert bad.returncode != 0 and "Buckett" in bad.stdout
 
 
 # --- the local multi-node cluster, end to end ----------------------------------------------------------------------
 
-from test_train import tiny_shards  # noqa: E402,F401  (the fixture: 12+2 real-photo pairs)
 
-
-def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards):  # noqa: F811
+def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards):
     """The session's cluster is `cluster/local.py start` (1 head + 2 workers); submit a short training with
     storage on the local S3 endpoint, then a short bulk run with its checkpoint; the session's teardown
     runs `cluster/local.py stop` and fails if any Ray process is left."""
-    from test_train import tiny_overrides
-
-    from conftest import shared
+    from conftest import shared, tiny_overrides
 
     assert ray_cluster.nodes == 3 and len([n for n in ray_session.nodes() if n["Alive"]]) == 3
     fs, _ = storage.filesystem(bucket)
@@ -308,18 +353,41 @@ def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards)
     ray_cli = str(Path(sys.executable).parent / "ray")
     submit = [ray_cli, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(ROOT), "--"]
     sets = tiny_overrides(f"{bucket}/shards", f"{bucket}/runs", "e2e", epochs=1, **{"scaling.num_workers": 2})
-    train = subprocess.run(submit + ["python", "jobs/train.py"] + [a for s in sets for a in ("--set", s)],
-                           capture_output=True, text=True, env=env, timeout=900)
+    train = subprocess.run(
+        submit + ["python", "jobs/train.py"] + [a for s in sets for a in ("--set", s)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     best = json.loads(storage.read_text(f"{bucket}/runs/e2e/best.json"))
     assert best["checkpoint"].startswith("s3://")
 
     for p in sorted(shared("realblur", "lai-real").glob("*.jpg"))[:4]:
         fs.pipe_file(f"{bucket[5:]}/archive/{p.name}", p.read_bytes())
-    bulk = subprocess.run(submit + ["python", "jobs/deblur_archive.py", "--input", f"{bucket}/archive", "--output",
-                                    f"{bucket}/deblurred", "--model", f"{bucket}/runs/e2e", "--engine", "torch",
-                                    "--workers", "2", "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=900)
+    bulk = subprocess.run(
+        submit
+        + [
+            "python",
+            "jobs/bulk.py",
+            "--input",
+            f"{bucket}/archive",
+            "--output",
+            f"{bucket}/deblurred",
+            "--model",
+            f"{bucket}/runs/e2e",
+            "--engine",
+            "torch",
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert bulk.returncode == 0, bulk.stdout[-3000:] + bulk.stderr[-3000:]
     assert "4 done, 0 skipped, 0 failed" in bulk.stdout
     assert sorted(fs.ls(f"{bucket[5:]}/deblurred"))[-1].endswith((".jpg", "_summary.json"))

@@ -4,7 +4,9 @@ import pytest
 
 from deblur.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.yaml"))
+from conftest import ROOT
+
+CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 
 
 def test_shipped_configs_load():
@@ -15,16 +17,35 @@ def test_shipped_configs_load():
         assert cfg.train.epochs >= 1
 
 
-def test_article_and_deblurgan_recipes():
+def test_gopro_and_deblurgan_recipes():
     g = load_config(Path(CONFIGS[0]).parent / "gopro.yaml")
-    assert (g.data.crop, g.data.batch_size, g.optim.lr_g, g.optim.lr_d, g.optim.betas) == (256, 8, 2e-4, 1e-4, (0.5, 0.999))
-    assert (g.train.epochs, g.optim.schedule, g.optim.step_epochs, g.optim.gamma, g.scaling.use_gpu) == (200, "step", 50, 0.5, True)
+    assert (g.data.crop, g.data.batch_size, g.optim.lr_g, g.optim.lr_d, g.optim.betas) == (
+        256,
+        8,
+        2e-4,
+        1e-4,
+        (0.5, 0.999),
+    )
+    assert (g.train.epochs, g.optim.schedule, g.optim.step_epochs, g.optim.gamma, g.scaling.use_gpu) == (
+        200,
+        "step",
+        50,
+        0.5,
+        True,
+    )
     d = load_config(Path(CONFIGS[0]).parent / "deblurgan.yaml")
-    assert (d.loss.lambda_per, d.optim.critic_steps, d.optim.schedule, d.model.generator) == (100.0, 5, "linear", "resnet")
+    assert (d.loss.lambda_per, d.optim.critic_steps, d.optim.schedule, d.model.generator) == (
+        100.0,
+        5,
+        "linear",
+        "resnet",
+    )
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.epochs=3", "optim.lr_g=1e-3", "scaling.use_gpu=true", "model.generator_kwargs={base_channels: 8}"])
+    cfg = load_config(
+        None, ["train.epochs=3", "optim.lr_g=1e-3", "scaling.use_gpu=true", "model.generator_kwargs={base_channels: 8}"]
+    )
     assert cfg.train.epochs == 3 and cfg.optim.lr_g == 1e-3 and cfg.scaling.use_gpu is True
     assert cfg.model.generator_kwargs == {"base_channels": 8}
 

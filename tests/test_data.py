@@ -10,20 +10,17 @@ from deblur.data import layouts, shards
 from deblur.data.synth import synthesize
 from deblur.images import decode_image, read_image
 
-
-def write_png(path: Path, img: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+from conftest import write_image
 
 
 @pytest.fixture(scope="module")
 def paired_folder(tmp_path_factory, cbsd68):
-    """The article's layout built from real photos: root/sharp/<name>, root/blur/<name> (synthetic blur)."""
+    """The paired layout built from real photos: root/sharp/<name>, root/blur/<name> (synthetic blur)."""
     root = tmp_path_factory.mktemp("paired")
     for i, path in enumerate(cbsd68[:24]):
         sharp = read_image(str(path))
-        write_png(root / "sharp" / f"{path.stem}.png", sharp)
-        write_png(root / "blur" / f"{path.stem}.png", synthesize(sharp, seed=i, max_len=25).blurred)
+        write_image(root / "sharp" / f"{path.stem}.png", sharp)
+        write_image(root / "blur" / f"{path.stem}.png", synthesize(sharp, seed=i, max_len=25).blurred)
     return root
 
 
@@ -92,7 +89,7 @@ def test_synthetic_shards_are_remade_when_the_blur_recipe_changes(cbsd68, tmp_pa
 
     root = tmp_path / "photos"
     for path in cbsd68[:3]:
-        write_png(root / f"{path.stem}.png", read_image(str(path)))
+        write_image(root / f"{path.stem}.png", read_image(str(path)))
     out = str(tmp_path / "shards")
     pairs = layouts.synthetic(str(root), val_fraction=0.0)
     info = shards.layout_info("synthetic", str(root))
@@ -111,7 +108,7 @@ def test_an_edited_file_of_the_same_size_is_re_encoded(real_photo, tmp_path):
     sharp = real_photo[:64, :80]
     for kind, img in (("sharp", sharp), ("blur", cv2.GaussianBlur(sharp, (5, 5), 0))):
         (root / kind).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / kind / "a.bmp"), img[..., ::-1])  # uncompressed: an edit keeps the size
+        write_image(root / kind / "a.bmp", img)  # uncompressed: an edit keeps the size
     out = str(tmp_path / "shards")
     pairs = layouts.paired(str(root))
     shards.prepare(pairs, out, {}, progress=False)
@@ -119,7 +116,7 @@ def test_an_edited_file_of_the_same_size_is_re_encoded(real_photo, tmp_path):
     size = path.stat().st_size
     edited = sharp.copy()
     edited[10:20, 10:20] = 255 - edited[10:20, 10:20]
-    cv2.imwrite(str(path), edited[..., ::-1])
+    write_image(path, edited)
     assert path.stat().st_size == size
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a later mtime, as an edit makes
     calls = []
@@ -153,7 +150,9 @@ def test_prepare_through_ray_on_s3(ray_session, paired_folder, bucket):
 
     out = f"{bucket}/ray"
     pairs = layouts.paired(str(paired_folder))
-    shards.prepare(pairs, out, shards.layout_info("paired", None), shard_mb=2.0, progress=False, encoder=ray_map_ordered)
+    shards.prepare(
+        pairs, out, shards.layout_info("paired", None), shard_mb=2.0, progress=False, encoder=ray_map_ordered
+    )
     check_round_trip(out, paired_folder, 24)
 
 
@@ -161,12 +160,30 @@ def test_prepare_job_cli(tmp_path, paired_folder):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "jobs/prepare_data.py", "--dataset", "paired", "--root", str(paired_folder), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress", "--shard-mb", "2"]
+    cmd = [
+        sys.executable,
+        "jobs/prepare_data.py",
+        "--dataset",
+        "paired",
+        "--root",
+        str(paired_folder),
+        "--out",
+        str(tmp_path / "o"),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--shard-mb",
+        "2",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert res.returncode == 0, res.stderr
     assert "train: 24 pairs" in res.stdout
-    bad = subprocess.run(cmd[:5] + [str(tmp_path / "nowhere")] + cmd[6:], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert bad.returncode == 1 and "nowhere: dataset root does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run(
+        cmd[:5] + [str(tmp_path / "nowhere")] + cmd[6:], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert (
+        bad.returncode == 1 and "nowhere: dataset root does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    )
 
 
 def make_tree(root: Path, files: dict[str, np.ndarray | bytes]) -> None:
@@ -176,7 +193,7 @@ def make_tree(root: Path, files: dict[str, np.ndarray | bytes]) -> None:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(content)
         else:
-            write_png(p, content)
+            write_image(p, content)
 
 
 def tiny(seed: int, h: int = 24, w: int = 32) -> np.ndarray:
@@ -189,7 +206,9 @@ def test_gopro_layout(tmp_path):
         for scene in scenes:
             for frame in ("000047", "000048"):
                 for kind in ("blur", "blur_gamma", "sharp"):
-                    files[f"GOPRO_Large/{split}/{scene}/{kind}/{frame}.png"] = tiny(hash((split, scene, frame, kind)) % 1000)
+                    files[f"GOPRO_Large/{split}/{scene}/{kind}/{frame}.png"] = tiny(
+                        hash((split, scene, frame, kind)) % 1000
+                    )
     make_tree(tmp_path, files)
     pairs = layouts.gopro(str(tmp_path / "GOPRO_Large"))
     assert len(pairs) == 6 and {p.split for p in pairs} == {"train", "test"}
@@ -238,11 +257,17 @@ def test_layout_errors(tmp_path):
 
 
 def test_bad_images_stop_before_a_partial_shard_or_are_skipped(tmp_path):
-    make_tree(tmp_path / "d", {
-        "blur/a.png": tiny(1), "sharp/a.png": tiny(2),
-        "blur/b.png": tiny(3), "sharp/b.png": b"\x89PNG\r\n\x1a\n truncated",
-        "blur/c.png": tiny(4, 30, 30), "sharp/c.png": tiny(5),
-    })
+    make_tree(
+        tmp_path / "d",
+        {
+            "blur/a.png": tiny(1),
+            "sharp/a.png": tiny(2),
+            "blur/b.png": tiny(3),
+            "sharp/b.png": b"\x89PNG\r\n\x1a\n truncated",
+            "blur/c.png": tiny(4, 30, 30),
+            "sharp/c.png": tiny(5),
+        },
+    )
     pairs = layouts.paired(str(tmp_path / "d"))
     out = tmp_path / "out"
     with pytest.raises(shards.PairError, match=r"sharp/b.png: not a decodable image"):
@@ -262,7 +287,9 @@ def test_sample_dataset_is_embedded_and_split(tmp_path, monkeypatch):
     assert len(pairs) == sum(map(len, by_split.values()))
     for split in ("val", "test"):  # fixed blur, several kernels per held-out photo
         assert {p.key.split("~")[0] for p in by_split[split]} == set(layouts.SAMPLE_SPLITS[split])
-        assert len(by_split[split]) == 3 * len(layouts.SAMPLE_SPLITS[split]) and not any(p.online for p in by_split[split])
+        assert len(by_split[split]) == 3 * len(layouts.SAMPLE_SPLITS[split]) and not any(
+            p.online for p in by_split[split]
+        )
     train_photos = {os.path.basename(p.sharp).split(".")[0] for p in by_split["train"]}
     assert train_photos.isdisjoint(layouts.SAMPLE_SPLITS["val"] + layouts.SAMPLE_SPLITS["test"])
     assert all(p.online and p.blur is None and os.path.isfile(p.sharp) for p in by_split["train"])
@@ -288,11 +315,13 @@ def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
 
     folder = tmp_path / "photos"
     for path in cbsd68[:4]:
-        write_png(folder / f"{path.stem}.png", read_image(str(path)))
+        write_image(folder / f"{path.stem}.png", read_image(str(path)))
     out = str(tmp_path / "shards")
     shards.prepare(layouts.synthetic(str(folder), val_fraction=0.0, online=True), out, {}, progress=False)
     # one fixed, symmetric kernel (a defocus disk of radius 3), so each crop's blur can be recomputed here
-    recipe = synth.BlurRecipe(kinds={"defocus": 1.0}, defocus_radius=(3, 3), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0)
+    recipe = synth.BlurRecipe(
+        kinds={"defocus": 1.0}, defocus_radius=(3, 3), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0
+    )
     disk = synth.normalise_kernel(synth.defocus_kernel(3))
     ds = train_dataset(out, crop=64, batch_size=4, crops_per_pair=2, blur=recipe)  # streamed: Ray Data cuts the crops
     epochs = [list(ds.iter_batches(batch_size=None)) for _ in range(2)]
@@ -306,7 +335,7 @@ def test_online_pairs_become_fresh_blurred_crops(ray_session, tmp_path, cbsd68):
         # aligned, and blurred with the scene around the crop: inside, exactly the kernel applied to the crop
         again = synth.apply_kernel(sharp, disk)
         assert np.abs(blurred[6:-6, 6:-6].astype(int) - again[6:-6, 6:-6]).max() <= 1
-    first, second = (np.stack([b for b, _ in pairs[k * 8:(k + 1) * 8]]) for k in (0, 1))
+    first, second = (np.stack([b for b, _ in pairs[k * 8 : (k + 1) * 8]]) for k in (0, 1))
     assert not np.array_equal(first, second)  # new windows every epoch
 
 
@@ -316,11 +345,11 @@ def inverted_shards(tmp_path_factory, cbsd68):
     root = tmp_path_factory.mktemp("inv")
     for path in cbsd68[:6]:
         sharp = read_image(str(path))
-        write_png(root / "sharp" / f"{path.stem}.png", sharp)
-        write_png(root / "blur" / f"{path.stem}.png", 255 - sharp)
+        write_image(root / "sharp" / f"{path.stem}.png", sharp)
+        write_image(root / "blur" / f"{path.stem}.png", 255 - sharp)
     small = read_image(str(cbsd68[7]))[:40, :50]
-    write_png(root / "sharp" / "small.png", small)
-    write_png(root / "blur" / "small.png", 255 - small)
+    write_image(root / "sharp" / "small.png", small)
+    write_image(root / "blur" / "small.png", 255 - small)
     out = root / "shards"
     shards.prepare(layouts.paired(str(root)), str(out), {}, shard_mb=1.0, progress=False)
     return str(out)
@@ -341,9 +370,7 @@ def test_training_stream_keeps_crops_aligned(ray_session, inverted_shards):
 
 def test_cached_training_stream_decodes_once_and_crops_anew_each_epoch(ray_session, inverted_shards):
     """cache=True: the decoded split sits in the object store; windows still differ per epoch."""
-    from deblur.data.pipeline import train_dataset
-
-    from deblur.data.pipeline import CropStream
+    from deblur.data.pipeline import CropStream, train_dataset
 
     ds = train_dataset(inverted_shards, crop=64, batch_size=3, cache=True, crops_per_pair=2)
     rows = list(ds.iter_rows())
@@ -392,7 +419,10 @@ def test_missing_shards_uri_is_a_clear_error(tmp_path):
 def test_crop_stream_surfaces_errors_and_stops_cleanly(real_photo):
     from deblur.data.pipeline import NO_BLUR, CropStream
 
-    rows = [{"key": "a", "blur": NO_BLUR, "sharp": real_photo}, {"key": "b", "blur": NO_BLUR, "sharp": real_photo[:50, :60]}]
+    rows = [
+        {"key": "a", "blur": NO_BLUR, "sharp": real_photo},
+        {"key": "b", "blur": NO_BLUR, "sharp": real_photo[:50, :60]},
+    ]
     stream = CropStream(rows, crop=48, batch_size=2, crops_per_pair=3)
     batches = list(stream.epoch(0))
     assert len(batches) == 3 and all(b["blur"].shape == (2, 3, 48, 48) for b in batches)

@@ -1,4 +1,5 @@
 """Procedural dead-leaves images: the power law, exact top-down coverage, seeded, natural colours."""
+
 import numpy as np
 import pytest
 

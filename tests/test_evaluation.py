@@ -1,4 +1,5 @@
 """The evaluation job and report: numbers equal the metrics module, identity/oracle models, protocols."""
+
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ from deblur.evaluation.protocols import realblur_align
 from deblur.images import decode_image, read_image
 from deblur.inference.engine import Engine, EngineInfo
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, write_image
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def mcmaster_shards(mcmaster18, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("mcm")
     for path in mcmaster18[:5]:
         img = read_image(str(path))[150:342, 100:356]
-        cv2.imwrite(str(folder / f"{path.stem}.png"), img[..., ::-1])
+        write_image(folder / f"{path.stem}.png", img)
     out = str(tmp_path_factory.mktemp("mcm-shards"))
     pairs = layouts.synthetic(str(folder), val_fraction=1.0, synth={"kind": "motion", "max_len": 15, "seed": 3})
     shards.prepare(pairs, out, shards.layout_info("synthetic", str(folder)), progress=False)
@@ -65,9 +65,23 @@ def rows_of(uri: str) -> dict[str, dict]:
 
 def test_report_numbers_equal_the_metrics_module(mcmaster_shards, trained_checkpoint, tmp_path):
     out = tmp_path / "report"
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty-torch-home")}  # no ImageNet weights, whatever this machine has
-    cmd = [sys.executable, "jobs/evaluate.py", "--checkpoint", str(trained_checkpoint), "--data", mcmaster_shards,
-           "--out", str(out), "--engine", "torch", "--no-progress"]
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "empty-torch-home"),
+    }  # no ImageNet weights, whatever this machine has
+    cmd = [
+        sys.executable,
+        "jobs/evaluate.py",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--data",
+        mcmaster_shards,
+        "--out",
+        str(out),
+        "--engine",
+        "torch",
+        "--no-progress",
+    ]
     refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert refused.returncode == 1 and "--lpips-random" in refused.stderr and refused.stderr.strip().count("\n") == 0
     res = subprocess.run(cmd + ["--lpips-random"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -106,16 +120,23 @@ def test_report_numbers_equal_the_metrics_module(mcmaster_shards, trained_checkp
 
 
 def test_identity_model_equals_the_input_row(mcmaster_shards, tmp_path):
-    result = evaluate("identity", str(tmp_path), data=mcmaster_shards, lpips=False, progress=False,
-                      engine_factory=IdentityEngine)
+    result = evaluate(
+        "identity", str(tmp_path), data=mcmaster_shards, lpips=False, progress=False, engine_factory=IdentityEngine
+    )
     for rec in result["images"]:
         assert rec["output_psnr"] == rec["input_psnr"] and rec["output_ssim"] == rec["input_ssim"]
     assert result["summary"]["gain_psnr"] == 0.0
 
 
 def test_oracle_model_is_capped_and_labelled(mcmaster_shards, tmp_path):
-    result = evaluate("oracle", str(tmp_path), data=mcmaster_shards, lpips=False, progress=False,
-                      engine_factory=lambda: OracleEngine(mcmaster_shards))
+    result = evaluate(
+        "oracle",
+        str(tmp_path),
+        data=mcmaster_shards,
+        lpips=False,
+        progress=False,
+        engine_factory=lambda: OracleEngine(mcmaster_shards),
+    )
     for rec in result["images"]:
         assert rec["output_psnr"] == metrics.PSNR_CAP and rec["output_ssim"] == pytest.approx(1.0)
     assert result["summary"]["output_psnr_capped"] == 5
@@ -126,7 +147,9 @@ def test_wiener_baseline_beats_the_blur_when_the_kernel_is_known(mcmaster_shards
     gains = []
     for row in rows_of(mcmaster_shards).values():
         blur, sharp = decode_image(row["blur"]), decode_image(row["sharp"])
-        gains.append(metrics.psnr(wiener_deconvolve(blur, np.asarray(row["kernel"])), sharp) - metrics.psnr(blur, sharp))
+        gains.append(
+            metrics.psnr(wiener_deconvolve(blur, np.asarray(row["kernel"])), sharp) - metrics.psnr(blur, sharp)
+        )
     assert np.mean(gains) > 1.0
 
 
@@ -135,9 +158,11 @@ def detailed_window(photo: np.ndarray, h: int, w: int, stride: int = 40) -> np.n
     import cv2
 
     detail = np.abs(cv2.Laplacian(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
-    corners = [(i, j) for i in range(0, photo.shape[0] - h + 1, stride) for j in range(0, photo.shape[1] - w + 1, stride)]
-    i, j = max(corners, key=lambda c: detail[c[0]:c[0] + h, c[1]:c[1] + w].mean())
-    return np.ascontiguousarray(photo[i:i + h, j:j + w])
+    corners = [
+        (i, j) for i in range(0, photo.shape[0] - h + 1, stride) for j in range(0, photo.shape[1] - w + 1, stride)
+    ]
+    i, j = max(corners, key=lambda c: detail[c[0] : c[0] + h, c[1] : c[1] + w].mean())
+    return np.ascontiguousarray(photo[i : i + h, j : j + w])
 
 
 def test_baselines_match_independent_implementations_on_a_real_photo(real_photo):
@@ -151,7 +176,9 @@ def test_baselines_match_independent_implementations_on_a_real_photo(real_photo)
     blur = synth.apply_kernel(sharp, kernel)
     # unsharp: x + a (x - G_sigma x), here with scipy's Gaussian
     x = blur.astype(np.float64)
-    expected = np.clip(np.rint(x + 0.6 * (x - ndimage.gaussian_filter(x, (2.0, 2.0, 0), mode="reflect", truncate=4.0))), 0, 255)
+    expected = np.clip(
+        np.rint(x + 0.6 * (x - ndimage.gaussian_filter(x, (2.0, 2.0, 0), mode="reflect", truncate=4.0))), 0, 255
+    )
     assert np.abs(unsharp(blur, 2.0, 0.6).astype(int) - expected).max() <= 1
     assert abs(unsharp(blur).mean() - blur.mean()) < 1.0  # sharpening keeps the brightness
     # Wiener: scikit-image's with an identity regulariser (a delta), on the same reflect padding
@@ -159,27 +186,42 @@ def test_baselines_match_independent_implementations_on_a_real_photo(real_photo)
     padded = np.pad(blur / 255.0, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     delta = np.zeros((3, 3))
     delta[1, 1] = 1
-    ref = np.stack([wiener(padded[..., c], kernel.astype(np.float64), 0.01, reg=delta, clip=False) for c in range(3)], -1)
+    ref = np.stack(
+        [wiener(padded[..., c], kernel.astype(np.float64), 0.01, reg=delta, clip=False) for c in range(3)], -1
+    )
     ref = np.clip(np.rint(ref[pad:-pad, pad:-pad] * 255), 0, 255)
     assert np.abs(wiener_deconvolve(blur, kernel, 0.01).astype(int) - ref).max() <= 1
     # and with the true kernel it restores a lot: the reference point must never sit below the input
-    assert metrics.psnr(wiener_deconvolve(blur, kernel), sharp) > metrics.psnr(blur, sharp) + 1  # +1.8 (stand-ins) and +2.2 dB (CBSD68) measured
+    assert (
+        metrics.psnr(wiener_deconvolve(blur, kernel), sharp) > metrics.psnr(blur, sharp) + 1
+    )  # +1.8 (stand-ins) and +2.2 dB (CBSD68) measured
     assert metrics.psnr(unsharp(blur), sharp) > metrics.psnr(blur, sharp) - 0.5
 
 
-def test_real_blurred_photos_are_shown_beside_unsharp_masking(mcmaster_shards, trained_checkpoint, real_photo, tmp_path):
+def test_real_blurred_photos_are_shown_beside_unsharp_masking(
+    mcmaster_shards, trained_checkpoint, real_photo, tmp_path
+):
     from scipy import ndimage
 
     folder = tmp_path / "camera-shake"
     folder.mkdir()
     for k in range(3):  # blurred photos without a sharp truth, as a user has them
-        shaken = ndimage.uniform_filter1d(real_photo[k * 20:k * 20 + 120, :160], 9, axis=k % 2)
-        cv2.imwrite(str(folder / f"shake{k}.jpg"), shaken[..., ::-1])
+        shaken = ndimage.uniform_filter1d(real_photo[k * 20 : k * 20 + 120, :160], 9, axis=k % 2)
+        write_image(folder / f"shake{k}.jpg", shaken)
     (folder / "notes.txt").write_text("not an image")
-    result = evaluate(str(trained_checkpoint), str(tmp_path / "r"), data=mcmaster_shards, engine="torch", lpips=False,
-                      progress=False, real=str(folder))
+    result = evaluate(
+        str(trained_checkpoint),
+        str(tmp_path / "r"),
+        data=mcmaster_shards,
+        engine="torch",
+        lpips=False,
+        progress=False,
+        real=str(folder),
+    )
     grids = sorted((tmp_path / "r" / "real").glob("*.png"))
-    assert [g.stem for g in grids] == ["shake0", "shake1", "shake2"] and all(f"real/{g.name}" in result["files"] for g in grids)
+    assert [g.stem for g in grids] == ["shake0", "shake1", "shake2"] and all(
+        f"real/{g.name}" in result["files"] for g in grids
+    )
     grid = cv2.imread(str(grids[0]))
     assert grid.shape[1] > 3 * 160  # blurred | unsharp mask | model, side by side
     page = (tmp_path / "r" / "index.html").read_text()
@@ -201,8 +243,13 @@ def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):
 def test_ecc_recovers_a_subpixel_shift(real_photo):
     sharp = real_photo.astype(np.float32) / 255.0
     dy, dx = 0.3, -0.7
-    shifted = cv2.warpAffine(sharp, np.float32([[1, 0, dx], [0, 1, dy]]), sharp.shape[1::-1], flags=cv2.INTER_CUBIC,
-                             borderMode=cv2.BORDER_REFLECT)
+    shifted = cv2.warpAffine(
+        sharp,
+        np.float32([[1, 0, dx], [0, 1, dy]]),
+        sharp.shape[1::-1],
+        flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     _, _, _, warp = realblur_align(shifted, sharp)
     assert abs(warp[0, 2] - dx) < 0.05 and abs(warp[1, 2] - dy) < 0.05, warp
     shifted8 = np.clip(np.rint(shifted * 255), 0, 255).astype(np.uint8)
@@ -215,20 +262,47 @@ def test_training_curves_from_the_run(mcmaster_shards, trained_checkpoint, tmp_p
     (run / "epoch-0001").mkdir(parents=True)
     (run / "epoch-0001" / "checkpoint.pt").write_bytes(trained_checkpoint.read_bytes())
     (run / "best.json").write_text(json.dumps({"checkpoint": str(run / "epoch-0001")}))
-    (run / "metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": e, "loss_g": 0.1 / (e + 1), "loss_l1": 0.08, "val_psnr": 25 + e, "val_ssim": 0.8,
-                    "val_psnr_input": 25.0, "val_ssim_input": 0.8}) + "\n" for e in range(3)))
-    result = evaluate(str(run), str(tmp_path / "report"), data=mcmaster_shards, engine="torch", lpips=False, progress=False)
+    (run / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "epoch": e,
+                    "loss_g": 0.1 / (e + 1),
+                    "loss_l1": 0.08,
+                    "val_psnr": 25 + e,
+                    "val_ssim": 0.8,
+                    "val_psnr_input": 25.0,
+                    "val_ssim_input": 0.8,
+                }
+            )
+            + "\n"
+            for e in range(3)
+        )
+    )
+    result = evaluate(
+        str(run), str(tmp_path / "report"), data=mcmaster_shards, engine="torch", lpips=False, progress=False
+    )
     assert "curves.png" in result["files"]
     assert cv2.imread(str(tmp_path / "report" / "curves.png")).shape[0] > 200
 
 
 def test_ray_data_scoring_matches_local(mcmaster_shards, trained_checkpoint, tmp_path, ray_session):
-    local = evaluate(str(trained_checkpoint), str(tmp_path / "a"), data=mcmaster_shards, engine="torch", lpips=False, progress=False)
-    spread = evaluate(str(trained_checkpoint), str(tmp_path / "b"), data=mcmaster_shards, engine="torch", lpips=False,
-                      progress=False, workers=2)
+    local = evaluate(
+        str(trained_checkpoint), str(tmp_path / "a"), data=mcmaster_shards, engine="torch", lpips=False, progress=False
+    )
+    spread = evaluate(
+        str(trained_checkpoint),
+        str(tmp_path / "b"),
+        data=mcmaster_shards,
+        engine="torch",
+        lpips=False,
+        progress=False,
+        workers=2,
+    )
     assert [r["key"] for r in spread["images"]] == [r["key"] for r in local["images"]]
-    assert [r["output_psnr"] for r in spread["images"]] == pytest.approx([r["output_psnr"] for r in local["images"]], abs=1e-6)
+    assert [r["output_psnr"] for r in spread["images"]] == pytest.approx(
+        [r["output_psnr"] for r in local["images"]], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("case", ["bad checkpoint", "empty folder"])
@@ -241,8 +315,15 @@ def test_bad_inputs_are_one_line(case, mcmaster_shards, trained_checkpoint, tmp_
         (tmp_path / "blur").mkdir()
         (tmp_path / "sharp").mkdir()
         args = ["--checkpoint", str(trained_checkpoint), "--data", str(tmp_path)]
-    res = subprocess.run([sys.executable, "jobs/evaluate.py", *args, "--out", str(tmp_path / "r")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "jobs/evaluate.py", *args, "--out", str(tmp_path / "r")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
-    assert ("model.pt" in res.stderr) if case == "bad checkpoint" else ("no" in res.stderr and str(tmp_path) in res.stderr)
+    assert (
+        ("model.pt" in res.stderr) if case == "bad checkpoint" else ("no" in res.stderr and str(tmp_path) in res.stderr)
+    )

@@ -1,10 +1,11 @@
 """Image files as people have them: colour profiles survive (or are dropped where they would lie), 16-bit too."""
+
 import io
 
 import numpy as np
 from PIL import Image, ImageCms
 
-from deblur.bulk.imagefile import decode, encode
+from deblur.imagefile import decode, encode
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -26,7 +27,7 @@ def test_sixteen_bit_output_keeps_its_colour_profile(real_photo, tmp_path):
     for fmt in ("PNG", "TIFF"):
         path = tmp_path / f"deep.{fmt.lower()}"
         if fmt == "PNG":
-            from deblur.bulk.imagefile import _png
+            from deblur.imagefile import _png
 
             path.write_bytes(_png(deep[..., ::-1], {"icc_profile": SRGB}, 1))
         else:
@@ -117,4 +118,6 @@ def test_sixteen_bit_colour_with_alpha_in_every_output_format(real_photo):
 
     mixed = replace(img, alpha=(alpha16 >> 8).astype(np.uint8))  # 8-bit alpha beside 16-bit colour
     back = decode(encode(img.rgb, mixed, "PNG"))
-    assert back.rgb.dtype == np.uint16 and back.alpha.dtype == np.uint16 and np.array_equal(back.alpha >> 8, mixed.alpha)
+    assert (
+        back.rgb.dtype == np.uint16 and back.alpha.dtype == np.uint16 and np.array_equal(back.alpha >> 8, mixed.alpha)
+    )

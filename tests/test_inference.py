@@ -1,4 +1,5 @@
 """Engines (torch, onnxruntime, tensorrt), full-resolution tiling, and the compile job."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ from deblur.inference import EngineError, load_engine
 from deblur.inference.tensorrt_engine import check_engine_metadata, tensorrt_status
 from deblur.models import load_generator
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 SIZES = [(64, 64), (333, 517), (720, 1280)]
 
 
@@ -28,8 +30,13 @@ def photo_batch(photo: np.ndarray, h: int, w: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def compiled(trained_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("compiled")
-    res = subprocess.run([sys.executable, "jobs/compile.py", "--checkpoint", str(trained_checkpoint), "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "jobs/compile.py", "--checkpoint", str(trained_checkpoint), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "max |onnxruntime - torch|" in res.stdout
     return out
@@ -43,7 +50,7 @@ def test_torch_engine_matches_the_model_at_any_size(trained_checkpoint, real_pho
         x = photo_batch(real_photo, h, w)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
-        out = engine.run(x)
+        out = engine.deblur_batch(x)
         assert out.shape == x.shape
         assert np.abs(out - expected).max() < 1e-5, (h, w)
     assert np.abs(out - x).mean() > 1e-3, "the trained model should change the image"
@@ -68,17 +75,18 @@ def test_onnxruntime_agrees_with_torch(source, compiled, trained_checkpoint, rea
     assert engine.info.backend == "onnxruntime" and engine.info.model_hash == reference.info.model_hash
     for h, w in SIZES:
         x = photo_batch(real_photo, h, w)
-        assert np.abs(engine.run(x) - reference.run(x)).max() <= 1e-4, (h, w)
+        assert np.abs(engine.deblur_batch(x) - reference.deblur_batch(x)).max() <= 1e-4, (h, w)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet_fpn", "resnet", "fpn_mobilenet", "nafnet"])
 def test_every_generator_exports_to_onnx_with_dynamic_batch_and_size(name, real_photo, tmp_path):
+    from test_models import SMALL
+
     from deblur.inference.compile import FP32_TOLERANCE
     from deblur.inference.onnx_engine import OnnxEngine, export_onnx
     from deblur.inference.torch_engine import TorchEngine
     from deblur.models import GENERATORS, build_generator
-    from test_models import SMALL
 
     assert name in GENERATORS
     torch.manual_seed(0)
@@ -89,10 +97,10 @@ def test_every_generator_exports_to_onnx_with_dynamic_batch_and_size(name, real_
     export_onnx(model, tmp_path / "model.onnx", model.multiple)
     ort, ref = OnnxEngine(tmp_path / "model.onnx", "cpu", 2, model.multiple), TorchEngine(model, threads=2)
     for n, h, w in ((1, 96, 160), (2, 75, 130)):
-        x = np.concatenate([photo_batch(real_photo[k * 10:], h, w) for k in range(n)])
-        expected = ref.run(x)
+        x = np.concatenate([photo_batch(real_photo[k * 10 :], h, w) for k in range(n)])
+        expected = ref.deblur_batch(x)
         assert np.abs(expected - x).mean() > 1e-3  # the model changes the image
-        assert np.abs(ort.run(x) - expected).max() <= FP32_TOLERANCE, (name, n, h, w)
+        assert np.abs(ort.deblur_batch(x) - expected).max() <= FP32_TOLERANCE, (name, n, h, w)
 
 
 def test_auto_picks_what_this_machine_has(compiled):
@@ -104,9 +112,9 @@ def test_auto_picks_what_this_machine_has(compiled):
 def test_tiled_output_matches_the_whole_image(trained_checkpoint, real_photo):
     engine = load_engine(str(trained_checkpoint), "torch")
     x = photo_batch(real_photo, 720, 1280)
-    whole = engine.run(x)
+    whole = engine.deblur_batch(x)
     engine.configure_tiling(max_pixels=512 * 512, tile=384, overlap=96)
-    tiled = engine.run(x)
+    tiled = engine.deblur_batch(x)
     assert np.abs(tiled - whole).mean() < 1e-3
     assert np.abs(tiled - x).mean() > 1e-3  # tiles were really deblurred, not passed through
 
@@ -129,7 +137,7 @@ def test_compile_to_s3_and_load_from_it(trained_checkpoint, bucket, tmp_path, mo
     engine = load_engine(f"{bucket}/models/tiny", "onnxruntime")
     assert engine.info.model_hash == summary["model_hash"]
     x = np.zeros((1, 3, 100, 90), np.float32)
-    assert engine.run(x).shape == x.shape
+    assert engine.deblur_batch(x).shape == x.shape
 
 
 def test_broken_onnx_files_are_named(compiled, tmp_path):
@@ -161,8 +169,15 @@ def test_checkpoint_problems_are_engine_errors(tmp_path):
 
 
 def test_engine_metadata_mismatch_says_rebuild(tmp_path):
-    meta = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA A10G", "compute_capability": "8.6", "precision": "fp16",
-            "min_shape": [1, 3, 128, 128], "opt_shape": [1, 3, 768, 1280], "max_shape": [4, 3, 2176, 3840]}
+    meta = {
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "NVIDIA A10G",
+        "compute_capability": "8.6",
+        "precision": "fp16",
+        "min_shape": [1, 3, 128, 128],
+        "opt_shape": [1, 3, 768, 1280],
+        "max_shape": [4, 3, 2176, 3840],
+    }
     here = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
     with pytest.raises(EngineError, match=r"built for NVIDIA A10G .*8\.6.*H100.*rebuild"):
         check_engine_metadata(meta, here, "engine.plan")
@@ -193,7 +208,7 @@ def test_tensorrt_engine_agrees_with_onnxruntime(trained_checkpoint, real_photo,
     ort_engine = load_engine(str(out), "onnxruntime")
     for h, w in SIZES:
         x = photo_batch(real_photo, h, w)
-        assert np.abs(trt_engine.run(x) - ort_engine.run(x)).mean() <= 5e-3, (h, w)
+        assert np.abs(trt_engine.deblur_batch(x) - ort_engine.deblur_batch(x)).mean() <= 5e-3, (h, w)
 
 
 class _ProfileEngine:
@@ -223,10 +238,10 @@ def test_frames_beyond_a_profile_side_are_tiled_even_under_its_pixel_budget():
     engine = _ProfileEngine.make((2160, 3840), 128)
     portrait = np.random.default_rng(0).uniform(-1, 1, (1, 3, 2560, 1440)).astype(np.float32)  # 3.7 Mpx < 8.3 Mpx
     assert not engine.fits(2560, 1440) and engine.fits(1440, 2560) and not engine.fits(2100, 3800 + 100)
-    out = engine.run(portrait)
+    out = engine.deblur_batch(portrait)
     assert np.allclose(out, portrait, atol=1e-5) and len(engine.shapes) > 1  # tiled, every tile within the profile
     engine.shapes.clear()
-    engine.run(portrait[:, :, :1440, :1440])
+    engine.deblur_batch(portrait[:, :, :1440, :1440])
     assert len(engine.shapes) == 1  # within both sides: one call
     # a size that pads past the profile (2100 → 2176 > 2160 with a 128 stride) is tiled too
     assert not engine.fits(2100, 1000)

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from deblur.losses import PerceptualLoss, content_loss, critic_loss, frequency_loss, generator_adversarial_loss, gradient_penalty
+from deblur.losses import (
+    PerceptualLoss,
+    content_loss,
+    critic_loss,
+    frequency_loss,
+    generator_adversarial_loss,
+    gradient_penalty,
+)
 from deblur.pretrained import PretrainedWeightsMissing
 
 

@@ -23,7 +23,10 @@ def photo_pairs(cbsd68):
 def ssim_3d_reference(a: np.ndarray, b: np.ndarray) -> float:
     """MATLAB-style 3-D SSIM written independently: float64, scipy Gaussian σ1.5 over (H, W, C), 'nearest'."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    f = lambda v: gaussian_filter(v, sigma=1.5, mode="nearest", truncate=5 / 1.5)  # 11 taps per axis
+
+    def f(v):
+        return gaussian_filter(v, sigma=1.5, mode="nearest", truncate=5 / 1.5)  # 11 taps per axis
+
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_a, mu_b = f(a), f(b)
     var_a, var_b, cov = f(a * a) - mu_a**2, f(b * b) - mu_b**2, f(a * b) - mu_a * mu_b
@@ -33,7 +36,9 @@ def ssim_3d_reference(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_psnr_matches_skimage(photo_pairs):
     for blur, sharp in photo_pairs:
-        assert metrics.psnr(blur, sharp) == pytest.approx(peak_signal_noise_ratio(sharp, blur, data_range=255), abs=0.01)
+        assert metrics.psnr(blur, sharp) == pytest.approx(
+            peak_signal_noise_ratio(sharp, blur, data_range=255), abs=0.01
+        )
 
 
 def test_basicsr_ssim_matches_skimage(photo_pairs):
@@ -71,7 +76,9 @@ def test_y_channel_and_border_crop(photo_pairs):
     ref = peak_signal_noise_ratio(metrics.rgb_to_y(sharp), metrics.rgb_to_y(blur), data_range=255)
     assert y == pytest.approx(ref, abs=1e-9)
     cropped = metrics.psnr(blur, sharp, crop_border=20)
-    assert cropped == pytest.approx(peak_signal_noise_ratio(sharp[20:-20, 20:-20], blur[20:-20, 20:-20], data_range=255))
+    assert cropped == pytest.approx(
+        peak_signal_noise_ratio(sharp[20:-20, 20:-20], blur[20:-20, 20:-20], data_range=255)
+    )
     assert "gopro" in metrics.describe_convention("gopro")
 
 
@@ -135,11 +142,13 @@ def test_blur_score_is_skimages_blur_effect_and_rises_with_blur(cbsd68):
 
     for path in cbsd68[:3]:
         photo = read_image(str(path))
-        for img, ref in ((photo, blur_effect(photo, channel_axis=-1)),
-                         (photo.astype(np.uint16) * 257, blur_effect(photo.astype(np.uint16) * 257, channel_axis=-1)),
-                         (photo[..., 1], blur_effect(photo[..., 1]))):
+        for img, ref in (
+            (photo, blur_effect(photo, channel_axis=-1)),
+            (photo.astype(np.uint16) * 257, blur_effect(photo.astype(np.uint16) * 257, channel_axis=-1)),
+            (photo[..., 1], blur_effect(photo[..., 1])),
+        ):
             assert abs(blur_score(img) - ref) < 1e-4, (path.name, img.dtype, img.shape)
         scores = [blur_score(cv2.GaussianBlur(photo, (0, 0), s) if s else photo) for s in (0, 1, 2, 4)]
         assert scores == sorted(scores) and scores[-1] - scores[0] > 0.2, scores
     big = cv2.resize(photo, (2400, 2200))  # over SCORE_WINDOW: scored on its centred full-resolution window
-    assert blur_score(big) == blur_score(big[76:76 + 2048, 176:176 + 2048])
+    assert blur_score(big) == blur_score(big[76 : 76 + 2048, 176 : 176 + 2048])

@@ -1,9 +1,11 @@
+import inspect
 import io
 
 import pytest
 import torch
 
 from deblur.models import (
+    CRITICS,
     GENERATORS,
     CheckpointError,
     build_critic,
@@ -12,11 +14,12 @@ from deblur.models import (
     generator_checkpoint,
     load_generator,
 )
+from deblur.models.common import crop_to, pad_to_multiple
 
 # a small instance of every registered generator (the tests below run over the whole registry)
 SMALL = {
     "unet_fpn": {"base_channels": 8},
-    "resnet": {"ngf": 8, "n_blocks": 2},
+    "resnet": {"base_channels": 8, "num_blocks": 2},
     "fpn_mobilenet": {"base_channels": 16, "pyramid_channels": 32},
     "nafnet": {"base_channels": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]},
 }
@@ -24,19 +27,6 @@ SMALL = {
 
 def test_every_generator_has_a_small_test_instance():
     assert set(SMALL) == set(GENERATORS)
-
-
-@pytest.mark.parametrize("name", sorted(GENERATORS))
-@pytest.mark.parametrize("shape", [(1, 3, 97, 203), (2, 3, 128, 128), (1, 3, 5, 7)])
-def test_generator_any_size_and_range(name, shape):
-    torch.manual_seed(0)
-    g = doing_something(build_generator(name, **SMALL[name]).eval())
-    x = torch.rand(shape) * 2 - 1
-    with torch.no_grad():
-        y = g(x)
-    assert y.shape == x.shape
-    assert y.min() >= -1 and y.max() <= 1
-    assert torch.isfinite(y).all()
 
 
 def doing_something(g: torch.nn.Module) -> torch.nn.Module:
@@ -52,36 +42,123 @@ def doing_something(g: torch.nn.Module) -> torch.nn.Module:
     return g
 
 
-@pytest.mark.parametrize("name", sorted(GENERATORS))
-def test_gradients_reach_every_parameter(name):
+def small(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    g = doing_something(build_generator(name, **SMALL[name]).train())
-    x = torch.rand(2, 3, 128, 128) * 0.5 - 0.25  # away from the clamp so the residual passes gradients
+    return doing_something(build_generator(name, **SMALL[name]))
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS) + sorted(CRITICS))
+def test_constructor_arguments_follow_one_convention(name):
+    params = inspect.signature({**GENERATORS, **CRITICS}[name]).parameters
+    assert "base_channels" in params
+    assert not {"ngf", "ndf", "n_blocks", "in_channels", "out_channels"} & set(params), list(params)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_base_channels_sets_the_width(name):
+    narrow = count_parameters(build_generator(name, **SMALL[name]))
+    wide = count_parameters(build_generator(name, **{**SMALL[name], "base_channels": 2 * SMALL[name]["base_channels"]}))
+    assert wide > narrow
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (1, 3, 97, 203), (2, 3, 128, 128), (1, 3, 5, 7)])
+def test_generator_any_size_and_range(name, shape):
+    g = small(name).eval()
+    x = torch.rand(shape) * 2 - 1
+    with torch.no_grad():
+        y = g(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+    assert y.min() >= -1 and y.max() <= 1
+    assert (y - x).abs().mean() > 1e-4  # the output is computed, not the input handed back
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_padding_to_multiple_first_changes_nothing(name):
+    """`multiple` is what engines pad inputs to before the model sees them (ONNX/TensorRT shapes)."""
+    g = small(name).eval()
+    assert type(g.multiple) is int and g.multiple >= 1
+    x = torch.rand(1, 3, 37, 53) * 2 - 1
+    padded, size = pad_to_multiple(x, g.multiple)
+    assert padded.shape[-2] % g.multiple == 0 and padded.shape[-1] % g.multiple == 0
+    with torch.no_grad():
+        assert torch.allclose(crop_to(g(padded), size), g(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_gradients_reach_the_input_and_every_parameter(name):
+    g = small(name).train()
+    x = (torch.rand(2, 3, 128, 128) * 0.5 - 0.25).requires_grad_()  # away from the clamp: the residual passes gradients
     g(x).square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
     unused = {f"fpn.features.{i}." for i in (16, 17, 18)}  # in the published layout, never run
-    missing = [n for n, p in g.named_parameters()
-               if (p.grad is None or p.grad.abs().sum() == 0) and not any(n.startswith(u) for u in unused)]
+    missing = [
+        n
+        for n, p in g.named_parameters()
+        if (p.grad is None or p.grad.abs().sum() == 0) and not any(n.startswith(u) for u in unused)
+    ]
     assert not missing, missing
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_an_image_does_not_depend_on_its_batch(name):
-    torch.manual_seed(0)
-    g = doing_something(build_generator(name, **SMALL[name]).eval())
+    g = small(name).eval()
     a, b = torch.rand(1, 3, 64, 96) * 2 - 1, torch.rand(1, 3, 64, 96) * 2 - 1
     with torch.no_grad():
         assert (g(a) - a).abs().mean() > 1e-3  # not the identity
         assert torch.allclose(g(torch.cat([a, b]))[:1], g(a), atol=1e-5)
 
 
-def test_unet_fpn_is_identity_at_start_and_has_article_widths():
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_own_checkpoint_round_trip(name, tmp_path):
+    g = small(name).eval()
+    torch.save(generator_checkpoint(g, name, SMALL[name], epoch=3), tmp_path / "checkpoint.pt")
+    loaded = load_generator(str(tmp_path))  # a directory holding checkpoint.pt
+    assert type(loaded) is type(g) and not loaded.training
+    x = torch.rand(1, 3, 33, 65) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), g(x))
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+@pytest.mark.parametrize("bad", [(1, 1, 32, 32), (1, 4, 32, 32), (1, 3, 0, 32), (3, 32, 32)])
+def test_bad_tensors_raise_value_error(name, bad):
+    with pytest.raises(ValueError):
+        small(name)(torch.rand(bad))
+
+
+@pytest.mark.parametrize("name", ["unet_fpn", "nafnet"])
+def test_zero_initialised_generators_start_as_the_identity(name):
+    g = build_generator(name, **SMALL[name]).eval()
+    x = torch.rand(1, 3, 64, 80) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(g(x), x)
+
+
+def test_unet_fpn_has_article_widths_and_a_checkerboard_free_decoder():
     g = build_generator("unet_fpn", base_channels=64).eval()
     assert g.widths == [64, 128, 256, 512, 512, 512, 512]
     assert g.pyramid.dilated3[0].dilation == (2, 2) and g.pyramid.dilated5[0].dilation == (4, 4)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
-    x = torch.rand(1, 3, 64, 80) * 2 - 1
+
+
+def test_resnet_learn_residual_adds_the_input():
+    torch.manual_seed(0)
+    residual = build_generator("resnet", **SMALL["resnet"], learn_residual=True).eval()
+    plain = build_generator("resnet", **SMALL["resnet"], learn_residual=False).eval()
+    plain.load_state_dict(residual.state_dict())  # the same layers: the flag only changes the output
+    x = torch.rand(1, 3, 36, 52) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(g(x), x)
+        out = plain(x)
+        assert torch.allclose(residual(x), torch.clamp(x + out, -1, 1), atol=1e-6)
+        assert (out - x).abs().mean() > 0.1  # without it, the net must produce the image itself
+
+
+def test_resnet_arguments_set_width_and_depth():
+    g = build_generator("resnet", base_channels=8, num_blocks=3)
+    blocks = [m for m in g.modules() if type(m).__name__ == "ResnetBlock"]
+    assert len(blocks) == 3 and g.model[1].out_channels == 8 and blocks[0].conv_block[1].in_channels == 32
 
 
 def test_critic_patch_map_for_256():
@@ -100,14 +177,28 @@ def test_critic_patch_map_for_256():
 # conv_block = [Pad, Conv, IN, ReLU, Dropout, Pad, Conv, IN]) + 2×[ConvT, IN, ReLU] + [Pad, Conv7, Tanh].
 # InstanceNorm has affine=False, so only convs hold weights, and use_bias=True for all of them.
 OFFICIAL_KEYS = (
-    [("model.1.weight", (64, 3, 7, 7)), ("model.1.bias", (64,)),
-     ("model.4.weight", (128, 64, 3, 3)), ("model.4.bias", (128,)),
-     ("model.7.weight", (256, 128, 3, 3)), ("model.7.bias", (256,))]
-    + [(f"model.{i}.conv_block.{j}.{p}", (256, 256, 3, 3) if p == "weight" else (256,))
-       for i in range(10, 19) for j in (1, 6) for p in ("weight", "bias")]
-    + [("model.19.weight", (256, 128, 3, 3)), ("model.19.bias", (128,)),
-       ("model.22.weight", (128, 64, 3, 3)), ("model.22.bias", (64,)),
-       ("model.26.weight", (3, 64, 7, 7)), ("model.26.bias", (3,))]
+    [
+        ("model.1.weight", (64, 3, 7, 7)),
+        ("model.1.bias", (64,)),
+        ("model.4.weight", (128, 64, 3, 3)),
+        ("model.4.bias", (128,)),
+        ("model.7.weight", (256, 128, 3, 3)),
+        ("model.7.bias", (256,)),
+    ]
+    + [
+        (f"model.{i}.conv_block.{j}.{p}", (256, 256, 3, 3) if p == "weight" else (256,))
+        for i in range(10, 19)
+        for j in (1, 6)
+        for p in ("weight", "bias")
+    ]
+    + [
+        ("model.19.weight", (256, 128, 3, 3)),
+        ("model.19.bias", (128,)),
+        ("model.22.weight", (128, 64, 3, 3)),
+        ("model.22.bias", (64,)),
+        ("model.26.weight", (3, 64, 7, 7)),
+        ("model.26.bias", (3,)),
+    ]
 )
 
 
@@ -132,14 +223,43 @@ def test_official_style_checkpoint_loads_strict(tmp_path):
     assert isinstance(load_generator(str(path)), type(g))
 
 
-def test_own_checkpoint_round_trip(tmp_path):
-    g = build_generator("unet_fpn", base_channels=8)
-    torch.nn.init.normal_(g.head.weight, std=0.1)
-    torch.save(generator_checkpoint(g, "unet_fpn", {"base_channels": 8}, epoch=3), tmp_path / "checkpoint.pt")
-    loaded = load_generator(str(tmp_path))  # a directory holding checkpoint.pt
-    x = torch.rand(1, 3, 33, 65) * 2 - 1
-    with torch.no_grad():
-        assert torch.allclose(loaded.eval()(x), g.eval()(x))
+def test_checkpoint_saved_with_the_old_argument_names_loads(tmp_path):
+    """A saved checkpoint keeps the kwargs it was written with; ngf / n_blocks / in_channels must still load."""
+    cases = {
+        "resnet": (
+            {"ngf": 8, "n_blocks": 2, "use_dropout": True, "learn_residual": True},
+            {"base_channels": 8, "num_blocks": 2},
+        ),
+        "unet_fpn": ({"base_channels": 8, "in_channels": 3, "stem": True}, {"base_channels": 8}),
+    }
+    for name, (old_kwargs, new_kwargs) in cases.items():
+        torch.manual_seed(0)
+        g = doing_something(build_generator(name, **new_kwargs)).eval()
+        torch.save(generator_checkpoint(g, name, old_kwargs), tmp_path / f"{name}.pt")
+        loaded = load_generator(str(tmp_path / f"{name}.pt"))
+        x = torch.rand(1, 3, 37, 53) * 2 - 1
+        with torch.no_grad():
+            assert torch.equal(loaded(x), g(x)), name
+    resnet = load_generator(str(tmp_path / "resnet.pt"))
+    assert sum(type(m).__name__ == "ResnetBlock" for m in resnet.modules()) == 2
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("unet_fpn", {"base_channels": 8, "in_channels": 1}, "in_channels=1 is not supported"),
+        ("resnet", {"ngf": 8, "base_channels": 8}, "'base_channels' twice"),
+    ],
+)
+def test_old_argument_names_that_cannot_mean_a_model_are_refused(tmp_path, name, kwargs, message):
+    state = build_generator(name, **SMALL[name]).state_dict()
+    torch.save(
+        {"format": "deblur", "generator_name": name, "generator_kwargs": kwargs, "generator": state},
+        tmp_path / "old.pt",
+    )
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_generator(str(tmp_path / "old.pt"))
+    assert "old.pt" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bad_checkpoints_give_one_line_reasons(tmp_path):
@@ -160,8 +280,15 @@ def test_bad_checkpoints_give_one_line_reasons(tmp_path):
     with pytest.raises(CheckpointError, match="neither DeblurGAN's ResnetGenerator nor DeblurGAN-v2's FPNMobileNet"):
         load_generator(str(other))
     buf = io.BytesIO()
-    torch.save({"format": "deblur", "generator_name": "unet_fpn", "generator_kwargs": {"base_channels": 8},
-                "generator": build_generator("unet_fpn", base_channels=4).state_dict()}, buf)
+    torch.save(
+        {
+            "format": "deblur",
+            "generator_name": "unet_fpn",
+            "generator_kwargs": {"base_channels": 8},
+            "generator": build_generator("unet_fpn", base_channels=4).state_dict(),
+        },
+        buf,
+    )
     (tmp_path / "mismatch.pt").write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError, match="do not fit"):
         load_generator(str(tmp_path / "mismatch.pt"))
@@ -179,13 +306,6 @@ def test_untrusted_pickle_is_refused(tmp_path):
         load_generator(str(path))
 
 
-@pytest.mark.parametrize("bad", [torch.rand(1, 1, 32, 32), torch.rand(1, 4, 32, 32), torch.rand(1, 3, 0, 32), torch.rand(3, 32, 32)])
-def test_bad_tensors_raise_value_error(bad):
-    g = build_generator("unet_fpn", base_channels=4)
-    with pytest.raises(ValueError):
-        g(bad)
-
-
 def test_registry_errors():
     with pytest.raises(ValueError, match="unknown generator"):
         build_generator("nope")
@@ -197,6 +317,8 @@ def test_cli_prints_parameter_counts():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "deblur.models", "--size", "128"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "deblur.models", "--size", "128"], capture_output=True, text=True, check=True
+    ).stdout
     assert "11,378,179" in out and "patchgan" in out
     assert all(name in out for name in GENERATORS)

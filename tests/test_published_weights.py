@@ -5,6 +5,7 @@ The files themselves cannot be downloaded here, so each test writes a file laid 
 checks the output of `load_generator` against an independent functional implementation of the authors'
 forward pass, written from their code with plain torch functions, not from this project's modules.
 """
+
 import ast
 from pathlib import Path
 
@@ -21,13 +22,25 @@ DATA = Path(__file__).parent / "data"
 
 # Conv weights: [ReflectionPad, Conv7, IN, ReLU] + 2×[Conv3 s2, IN, ReLU] + 9 ResnetBlocks at indices 10..18
 # (conv_block = [Pad, Conv, IN, ReLU, Dropout, Pad, Conv, IN]) + 2×[ConvT, IN, ReLU] + [Pad, Conv7, Tanh].
-CONVS = {"model.1": (64, 3, 7, 7), "model.4": (128, 64, 3, 3), "model.7": (256, 128, 3, 3),
-         **{f"model.{i}.conv_block.{j}": (256, 256, 3, 3) for i in range(10, 19) for j in (1, 6)},
-         "model.19": (256, 128, 3, 3), "model.22": (128, 64, 3, 3), "model.26": (3, 64, 7, 7)}
+CONVS = {
+    "model.1": (64, 3, 7, 7),
+    "model.4": (128, 64, 3, 3),
+    "model.7": (256, 128, 3, 3),
+    **{f"model.{i}.conv_block.{j}": (256, 256, 3, 3) for i in range(10, 19) for j in (1, 6)},
+    "model.19": (256, 128, 3, 3),
+    "model.22": (128, 64, 3, 3),
+    "model.26": (3, 64, 7, 7),
+}
 # PyTorch <= 0.3 gave every InstanceNorm running_mean/running_var buffers (no num_batches_tracked yet): the
 # "Unexpected running stats buffer(s) model.2.running_mean ..." that users of newer PyTorch report.
-INSTANCE_NORMS = {"model.2": 64, "model.5": 128, "model.8": 256, "model.20": 128, "model.23": 64,
-                  **{f"model.{i}.conv_block.{j}": 256 for i in range(10, 19) for j in (2, 7)}}
+INSTANCE_NORMS = {
+    "model.2": 64,
+    "model.5": 128,
+    "model.8": 256,
+    "model.20": 128,
+    "model.23": 64,
+    **{f"model.{i}.conv_block.{j}": 256 for i in range(10, 19) for j in (2, 7)},
+}
 
 
 def deblurgan_file_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -54,7 +67,9 @@ def deblurgan_reference(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Te
         r = F.relu(inorm(conv(F.pad(h, (1,) * 4, mode="reflect"), f"model.{i}.conv_block.1")))
         h = h + inorm(conv(F.pad(r, (1,) * 4, mode="reflect"), f"model.{i}.conv_block.6"))
     for n in ("model.19", "model.22"):
-        h = F.relu(inorm(F.conv_transpose2d(h, s[f"{n}.weight"], s[f"{n}.bias"], stride=2, padding=1, output_padding=1)))
+        h = F.relu(
+            inorm(F.conv_transpose2d(h, s[f"{n}.weight"], s[f"{n}.bias"], stride=2, padding=1, output_padding=1))
+        )
     h = torch.tanh(conv(F.pad(h, (3,) * 4, mode="reflect"), "model.26"))
     return torch.clamp(x + h, -1, 1)
 
@@ -72,9 +87,11 @@ def test_deblurgan_latest_net_g_loads_and_matches_the_authors_forward(tmp_path, 
 
 def test_deblurgan_loader_stays_strict_about_everything_else(tmp_path):
     state = deblurgan_file_state()
-    for broken, why in (({**state, "model.99.weight": torch.zeros(1)}, "unexpected"),
-                        ({k: v for k, v in state.items() if k != "model.26.bias"}, "missing"),
-                        ({**state, "model.1.running_mean": torch.zeros(64)}, "unexpected")):  # a conv has no stats
+    for broken, why in (
+        ({**state, "model.99.weight": torch.zeros(1)}, "unexpected"),
+        ({k: v for k, v in state.items() if k != "model.26.bias"}, "missing"),
+        ({**state, "model.1.running_mean": torch.zeros(64)}, "unexpected"),
+    ):  # a conv has no stats
         torch.save(broken, tmp_path / "g.pth")
         with pytest.raises(CheckpointError, match=f"1 {why}" if why == "unexpected" else "1 keys missing"):
             load_generator(str(tmp_path / "g.pth"))
@@ -182,7 +199,7 @@ def test_fpn_mobilenet_file_layout_is_the_documented_one():
     from deblur.models import build_generator
 
     mine = {k: tuple(v.shape) for k, v in build_generator("fpn_mobilenet").state_dict().items()}
-    assert mine == {k[len("module."):]: shape for k, shape, _ in rows}
+    assert mine == {k[len("module.") :]: shape for k, shape, _ in rows}
 
 
 def test_fpn_mobilenet_h5_loads_strictly_and_reproduces_the_official_predictor(tmp_path):

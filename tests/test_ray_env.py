@@ -1,7 +1,10 @@
 """Joining Ray: a stale record of a cluster that is gone means "start a local Ray", never a hang."""
+
 import socket
 
 from deblur.ray_env import _local_cluster_alive
+
+from conftest import free_port
 
 
 def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
@@ -9,9 +12,7 @@ def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
     assert not _local_cluster_alive()  # no record at all
     (tmp_path / "ray").mkdir()
     record = tmp_path / "ray" / "ray_current_cluster"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]  # closed as the block ends: nothing listens there
+    dead = free_port()  # nothing listens there
     record.write_text(f"127.0.0.1:{dead}")
     assert not _local_cluster_alive(timeout_s=0.5)
     record.write_text("garbage")

@@ -1,5 +1,6 @@
 """The Ray Serve endpoint over real HTTP on 127.0.0.1: round trips, hostile requests, concurrency and
 batching, auth, the upload page in headless Chromium, and the deploy config."""
+
 from __future__ import annotations
 
 import io
@@ -9,26 +10,17 @@ import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import requests
 import yaml
 from PIL import Image
 
-from conftest import check_is_model_output
+from conftest import ROOT, check_is_model_output, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +31,18 @@ def endpoint(ray_session, trained_checkpoint, tmp_path_factory):
 
     token_file = tmp_path_factory.mktemp("secret") / "token"
     token_file.write_text("s3cret-token-value\n")
-    port = _free_port()
+    port = free_port()
     start("127.0.0.1", port, 120)
-    common = {"model": str(trained_checkpoint), "engine": "torch", "max_replicas": 1, "num_cpus": 1,
-              "max_batch_size": 8, "batch_wait_timeout_s": 0.1, "max_bytes": 2_000_000, "max_pixels": 4_000_000}
+    common = {
+        "model": str(trained_checkpoint),
+        "engine": "torch",
+        "max_replicas": 1,
+        "num_cpus": 1,
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.1,
+        "max_bytes": 2_000_000,
+        "max_pixels": 4_000_000,
+    }
     serve.run(build_app(common), name="open", route_prefix="/open")
     serve.run(build_app({**common, "token_file": str(token_file), "num_cpus": 0.5}), name="auth", route_prefix="/auth")
     base = f"http://127.0.0.1:{port}"
@@ -58,7 +58,7 @@ def encoded(photo: np.ndarray, fmt: str, size: tuple[int, int]) -> bytes:
 
 def engine_output(checkpoint, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(what the engine itself makes of the decoded image, the decoded input): the endpoint must return the first."""
-    from deblur.bulk.imagefile import decode
+    from deblur.imagefile import decode
     from deblur.inference import load_engine
 
     img = decode(data).rgb
@@ -84,8 +84,28 @@ def test_round_trip_raw_and_multipart(endpoint, real_photo, trained_checkpoint, 
         got = np.asarray(Image.open(io.BytesIO(raw.content)).convert("RGB"))
         assert np.abs(got.astype(np.int16) - expected).mean() <= (0.5 if fmt == "PNG" else 3.0), (fmt, size)
         check_is_model_output(got, given, expected, fmt, f"{fmt} {size}")
-    as_png = requests.post(f"{endpoint}/open/v1/deblur?format=png", data=data, headers={"Content-Type": mime}, timeout=120)
+    as_png = requests.post(
+        f"{endpoint}/open/v1/deblur?format=png", data=data, headers={"Content-Type": mime}, timeout=120
+    )
     assert as_png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(as_png.content)).format == "PNG"
+
+
+def test_a_16_bit_png_comes_back_16_bit(endpoint, real_photo, trained_checkpoint):
+    """16-bit files keep their depth through the model, as in the bulk job: the reply is the engine's 16-bit
+    output, not an 8-bit one scaled up."""
+    deep = (real_photo[:61, :97].astype(np.uint16) * 257) ^ np.uint16(0x5A)  # low bits an 8-bit path would lose
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(deep[..., ::-1]))
+    assert ok
+    res = requests.post(
+        f"{endpoint}/open/v1/deblur", data=buf.tobytes(), headers={"Content-Type": "image/png"}, timeout=120
+    )
+    assert res.status_code == 200, res.text
+    got = cv2.imdecode(np.frombuffer(res.content, np.uint8), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    assert got.dtype == np.uint16 and got.shape == deep.shape
+    expected, _ = engine_output(trained_checkpoint, buf.tobytes())
+    assert expected.dtype == np.uint16
+    assert np.abs(got.astype(np.int64) - expected).max() == 0
+    assert len(np.unique(got % 257)) > 1  # not 8-bit values times 257
 
 
 def hostile_cases(photo: np.ndarray) -> list[tuple[str, dict, int]]:
@@ -103,8 +123,14 @@ def hostile_cases(photo: np.ndarray) -> list[tuple[str, dict, int]]:
         ("gif", {"data": gif.getvalue(), "headers": {"Content-Type": "image/gif"}}, 415),
         ("over byte limit", {"data": b"\0" * 2_100_000, "headers": {"Content-Type": "image/png"}}, 413),
         ("decompression bomb", {"data": bytes(bomb), "headers": {"Content-Type": "image/png"}}, 413),
-        ("malformed multipart", {"data": b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
-                                 "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400),
+        (
+            "malformed multipart",
+            {
+                "data": b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
+                "headers": {"Content-Type": "multipart/form-data; boundary=xyz"},
+            },
+            400,
+        ),
         ("multipart without file", {"files": {"other": ("x", png, "image/png")}}, 400),
         ("bad format", {"data": png, "headers": {"Content-Type": "image/png"}, "params": {"format": "gif"}}, 400),
     ]
@@ -116,8 +142,12 @@ def test_hostile_requests_get_clean_4xx(endpoint, real_photo):
         assert res.status_code == status, (name, res.status_code, res.text[:300])
         body = res.json()
         assert set(body) == {"error", "detail"} and body["error"], name
-    ok = requests.post(f"{endpoint}/open/v1/deblur", data=encoded(real_photo, "PNG", (64, 48)),
-                       headers={"Content-Type": "image/png"}, timeout=60)
+    ok = requests.post(
+        f"{endpoint}/open/v1/deblur",
+        data=encoded(real_photo, "PNG", (64, 48)),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    )
     assert ok.status_code == 200
 
 
@@ -125,8 +155,12 @@ def test_concurrent_clients_are_batched(endpoint, real_photo):
     data = encoded(real_photo, "PNG", (160, 120))
 
     def client(_):
-        return [requests.post(f"{endpoint}/open/v1/deblur", data=data, headers={"Content-Type": "image/png"},
-                              timeout=300).status_code for _ in range(3)]
+        return [
+            requests.post(
+                f"{endpoint}/open/v1/deblur", data=data, headers={"Content-Type": "image/png"}, timeout=300
+            ).status_code
+            for _ in range(3)
+        ]
 
     with ThreadPoolExecutor(32) as pool:
         codes = [c for cs in pool.map(client, range(32)) for c in cs]
@@ -149,18 +183,23 @@ def test_health_docs_and_auth(endpoint, real_photo):
     assert right.status_code == 200
     # what is serving: the model's URI (it may name buckets) only for an authorised caller when auth is on
     anonymous = requests.get(f"{endpoint}/auth/v1/model", timeout=30).json()
-    authorised = requests.get(f"{endpoint}/auth/v1/model", headers={"Authorization": "Bearer s3cret-token-value"}, timeout=30).json()
+    authorised = requests.get(
+        f"{endpoint}/auth/v1/model", headers={"Authorization": "Bearer s3cret-token-value"}, timeout=30
+    ).json()
     assert "model" not in anonymous and anonymous["checkpoint_hash"] == authorised["checkpoint_hash"]
     assert authorised["model"] and "model" in requests.get(f"{endpoint}/open/v1/model", timeout=30).json()
 
 
-@pytest.mark.parametrize("setup, reason", [
-    ({"DEBLUR_API_TOKEN_FILE": "{tmp}/missing"}, "No such file"),
-    ({"DEBLUR_API_TOKEN_FILE": "{tmp}/empty"}, "is empty"),
-    ({"DEBLUR_API_TOKEN_FILE": "{tmp}/blank"}, "is empty"),
-    ({"DEBLUR_API_TOKEN_FILE": "{tmp}"}, "Is a directory"),
-    ({"DEBLUR_API_TOKEN": "  "}, "set but empty"),
-])
+@pytest.mark.parametrize(
+    "setup, reason",
+    [
+        ({"DEBLUR_API_TOKEN_FILE": "{tmp}/missing"}, "No such file"),
+        ({"DEBLUR_API_TOKEN_FILE": "{tmp}/empty"}, "is empty"),
+        ({"DEBLUR_API_TOKEN_FILE": "{tmp}/blank"}, "is empty"),
+        ({"DEBLUR_API_TOKEN_FILE": "{tmp}"}, "Is a directory"),
+        ({"DEBLUR_API_TOKEN": "  "}, "set but empty"),
+    ],
+)
 def test_a_configured_token_source_without_a_token_stops_the_replica(setup, reason, tmp_path, monkeypatch):
     from deblur.serve.limits import AuthConfigError, Limits
 
@@ -183,7 +222,9 @@ def test_a_configured_token_source_without_a_token_stops_the_replica(setup, reas
 def test_serve_job_refuses_a_token_file_that_gives_no_token(tmp_path):
     env = {**os.environ, "DEBLUR_API_TOKEN_FILE": str(tmp_path / "nope")}
     env.pop("DEBLUR_API_TOKEN", None)
-    res = subprocess.run([sys.executable, "jobs/serve.py"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "jobs/serve.py"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "nope" in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -222,17 +263,22 @@ def test_upload_page_in_headless_chromium(endpoint, real_photo, trained_checkpoi
         driver.find_element(By.ID, "file").send_keys(str(photo))
         driver.find_element(By.ID, "go").click()
         try:
-            WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "after").get_attribute("data-ready") == "1")
+            WebDriverWait(driver, 120).until(
+                lambda d: d.find_element(By.ID, "after").get_attribute("data-ready") == "1"
+            )
         except Exception:
             pytest.fail(f"no result image; page status: {driver.find_element(By.ID, 'status').text!r}")
-        size = driver.execute_script("const i = document.getElementById('after'); return [i.naturalWidth, i.naturalHeight];")
+        size = driver.execute_script(
+            "const i = document.getElementById('after'); return [i.naturalWidth, i.naturalHeight];"
+        )
         assert size == [320, 240]
         assert "done in" in driver.find_element(By.ID, "status").text
         # the picture the page shows is the model's output for the uploaded file (read back through a canvas)
         shown = driver.execute_script(
             "const i = document.getElementById('after'); const c = document.createElement('canvas');"
             "c.width = i.naturalWidth; c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);"
-            "return c.toDataURL('image/png');")
+            "return c.toDataURL('image/png');"
+        )
         import base64
 
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1]))).convert("RGB"))
@@ -249,7 +295,11 @@ def test_serve_config_is_a_valid_deploy_schema():
     from ray.serve.schema import ServeDeploySchema
 
     config = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    schema = (
+        ServeDeploySchema.model_validate(config)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(config)
+    )
     app = schema.applications[0]
     assert app.import_path == "deblur.serve.app:build_app"
     from deblur.serve.app import build_app
@@ -259,15 +309,20 @@ def test_serve_config_is_a_valid_deploy_schema():
 
     broken = {**config, "applications": [{"name": "x", "import_path": 42, "unknown_field": True}]}
     with pytest.raises(ValidationError):
-        ServeDeploySchema.model_validate(broken) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(broken)
+        ServeDeploySchema.model_validate(broken) if hasattr(
+            ServeDeploySchema, "model_validate"
+        ) else ServeDeploySchema.parse_obj(broken)
 
 
-@pytest.mark.parametrize("typo, message", [
-    ({"max_replica": 4}, "max_replica: unknown argument"),
-    ({"engine": "tensorflow"}, "engine: Input should be"),
-    ({"num_cpus": 0}, "num_cpus: Input should be greater than 0"),
-    ({"min_replicas": 3, "max_replicas": 2}, "min_replicas 3 > max_replicas 2"),
-])
+@pytest.mark.parametrize(
+    "typo, message",
+    [
+        ({"max_replica": 4}, "max_replica: unknown key"),
+        ({"engine": "tensorflow"}, "engine: Input should be"),
+        ({"num_cpus": 0}, "num_cpus: Input should be greater than 0"),
+        ({"min_replicas": 3, "max_replicas": 2}, "min_replicas 3 > max_replicas 2"),
+    ],
+)
 def test_a_typo_in_the_serve_args_is_refused(typo, message):
     from deblur.serve.app import AppArgs, build_app
 
@@ -278,15 +333,18 @@ def test_a_typo_in_the_serve_args_is_refused(typo, message):
     assert AppArgs.parse({}).model in ("default", os.environ.get("DEBLUR_MODEL"))
 
 
-@pytest.mark.parametrize("args, nodes, expected", [
-    ({}, [{"CPU": 2, "GPU": 0}], (2, 1)),  # a laptop: one replica on every core, not 1 of 2 cores
-    ({}, [{"CPU": 2, "GPU": 0}, {"CPU": 8, "GPU": 0}, {"CPU": 8, "GPU": 0}], (8, 2)),
-    ({"num_cpus": 1}, [{"CPU": 2, "GPU": 0}, {"CPU": 1, "GPU": 0}], (1, 3)),
-    ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4)),  # a GPU's share of its node's CPUs
-    ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7)),  # explicit values are kept
-    ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3)),
-    ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}], (4, 1)),  # GPUs unknown (no Ray yet): a node holds one replica
-])
+@pytest.mark.parametrize(
+    "args, nodes, expected",
+    [
+        ({}, [{"CPU": 2, "GPU": 0}], (2, 1)),  # a laptop: one replica on every core, not 1 of 2 cores
+        ({}, [{"CPU": 2, "GPU": 0}, {"CPU": 8, "GPU": 0}, {"CPU": 8, "GPU": 0}], (8, 2)),
+        ({"num_cpus": 1}, [{"CPU": 2, "GPU": 0}, {"CPU": 1, "GPU": 0}], (1, 3)),
+        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4)),  # a GPU's share of its node's CPUs
+        ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7)),  # explicit values are kept
+        ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3)),
+        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}], (4, 1)),  # GPUs unknown (no Ray yet): a node holds one replica
+    ],
+)
 def test_replicas_are_sized_to_the_nodes(args, nodes, expected):
     from deblur.serve.app import AppArgs, sized_to_nodes
 

@@ -4,6 +4,7 @@ These tests use the real shipped file (`deblur/models/weights/`), not a stand-in
 user who installs deblur gets. The quality check runs on the sample's held-out test photos (scikit-image's
 coffee and rocket, which no training saw), blurred the way the model card's numbers are measured.
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import torch
 
 from deblur import metrics
 from deblur.data import layouts, shards
-from deblur.evaluation.baselines import unsharp
 from deblur.data.synth import apply_kernel, linear_kernel
+from deblur.evaluation.baselines import unsharp
 from deblur.images import decode_image, encode_png, read_image
 from deblur.models import build_generator, load_generator, shipped
 from deblur.models.checkpoint import generator_checkpoint
@@ -43,8 +44,7 @@ def test_a_shipped_name_is_never_looked_up_on_disk(tmp_path, monkeypatch):
 
 
 def held_out_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = [p for p in layouts.sample(dead_leaves=0, eval_variants=4) if p.split == "test"]
-    rows = [shards.encode_pair(p) for p in pairs]
+    rows = [shards.encode_pair(p) for p in layouts.sample_test_pairs()]
     return [(decode_image(r["blur"]), decode_image(r["sharp"])) for r in rows]
 
 
@@ -73,8 +73,16 @@ def test_packaging_keeps_the_generator_only_in_half_precision(tmp_path):
     g = build_generator("nafnet", base_channels=8, enc_blocks=[1, 1], middle_blocks=1, dec_blocks=[1, 1])
     for p in g.parameters():  # NAFNet starts as the identity; give it weights that do something
         torch.nn.init.normal_(p, std=0.05)
-    ckpt = generator_checkpoint(g, "nafnet", dict(base_channels=8, enc_blocks=[1, 1], middle_blocks=1, dec_blocks=[1, 1]),
-                                critic={"w": torch.zeros(3)}, optim={}, epoch=4, step=99, metrics={"val_psnr": 30.0})
+    ckpt = generator_checkpoint(
+        g,
+        "nafnet",
+        dict(base_channels=8, enc_blocks=[1, 1], middle_blocks=1, dec_blocks=[1, 1]),
+        critic={"w": torch.zeros(3)},
+        optim={},
+        epoch=4,
+        step=99,
+        metrics={"val_psnr": 30.0},
+    )
     src = tmp_path / "checkpoint.pt"
     torch.save(ckpt, src)
     path = shipped.package(str(src), "tiny-test", folder=tmp_path / "weights")
@@ -96,9 +104,26 @@ def test_the_archive_job_uses_the_default_when_no_model_is_named(ray_cluster, tm
     src.mkdir()
     blurred = apply_kernel(read_image(str(layouts.sample_photo("coffee"))), linear_kernel(15, 30))
     (src / "coffee.png").write_bytes(encode_png(blurred))  # a blurred photo: the model has work to do
-    res = subprocess.run([sys.executable, "jobs/deblur_archive.py", "--input", str(src), "--output", str(out),
-                          "--engine", "torch", "--workers", "1", "--no-progress"],
-                         cwd=ROOT, env=job_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "jobs/bulk.py",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--engine",
+            "torch",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=job_env(ray_cluster),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     given = read_image(str(src / "coffee.png"))
     got = read_image(str(out / "coffee.png"))

@@ -23,7 +23,10 @@ def test_physical_kernels_are_normalised(kind, real_photo):
     assert out.shape == real_photo.shape and out.dtype == np.uint8
     # blur conserves light: mean brightness barely moves, detail (gradient energy) drops
     assert abs(out.mean() - real_photo.mean()) < 1.0
-    grad = lambda im: np.abs(np.diff(im.astype(float), axis=1)).mean()
+
+    def grad(im):
+        return np.abs(np.diff(im.astype(float), axis=1)).mean()
+
     assert grad(out) < grad(real_photo)
 
 
@@ -110,7 +113,9 @@ def test_blur_recipe_draws_every_kind_and_refuses_bad_ones():
 
 def test_degrade_crop_blurs_with_real_context(real_photo):
     # a deterministic kernel (a disk of radius 5), so the expected blur can be computed on the whole photo
-    recipe = synth.BlurRecipe(kinds={"defocus": 1.0}, defocus_radius=(5, 5), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0)
+    recipe = synth.BlurRecipe(
+        kinds={"defocus": 1.0}, defocus_radius=(5, 5), noise_sigma=(0, 0), jpeg_prob=0, gamma_prob=0
+    )
     blurred, sharp = synth.degrade_crop(real_photo, 64, np.random.default_rng(1), recipe)
     assert blurred.shape == sharp.shape == (64, 64, 3)
     windows = np.lib.stride_tricks.sliding_window_view(real_photo[..., 0], (64, 64))
@@ -119,7 +124,7 @@ def test_degrade_crop_blurs_with_real_context(real_photo):
     i, j = rows[0], cols[0]
     whole = synth.apply_kernel(real_photo, synth.normalise_kernel(synth.defocus_kernel(5)))
     # its blur is the photo's blur there, borders included: the margin gave the kernel the real context
-    assert np.abs(whole[i:i + 64, j:j + 64].astype(int) - blurred).max() <= 1
+    assert np.abs(whole[i : i + 64, j : j + 64].astype(int) - blurred).max() <= 1
     # JPEG and noise change the pixels but keep the picture
     noisy = synth.BlurRecipe(kinds={"none": 1.0}, noise_sigma=(2, 2), jpeg_prob=1.0)
     out, kernel = synth.degrade(real_photo, np.random.default_rng(0), noisy)
@@ -130,5 +135,7 @@ def test_defocus_kernel_is_a_centred_disk():
     k = synth.normalise_kernel(synth.defocus_kernel(4.0))
     assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
     c = k.shape[0] // 2
-    assert k[c, c] == k.max() and np.allclose(k, k.T, atol=1e-3 * k.max()) and np.allclose(k, k[::-1], atol=1e-3 * k.max())
+    assert (
+        k[c, c] == k.max() and np.allclose(k, k.T, atol=1e-3 * k.max()) and np.allclose(k, k[::-1], atol=1e-3 * k.max())
+    )
     assert k.sum() / k.max() == pytest.approx(np.pi * 4.0**2, rel=0.05)  # the disk's area, anti-aliased edges included

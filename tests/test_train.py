@@ -1,4 +1,5 @@
 """Training on a real Ray cluster (two raylets on loopback, token auth), storage local and on the S3 endpoint."""
+
 import json
 import os
 import signal
@@ -7,50 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from deblur import storage
 from deblur.config import load_config
-from deblur.data import layouts, shards
-from deblur.data.synth import synthesize
-from deblur.images import read_image
 
-from conftest import job_env
+from conftest import ROOT, job_env, tiny_overrides
 
-ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(tmp_path_factory, cbsd68):
-    """12 training and 2 validation pairs from real photos with synthetic motion blur."""
-    root = tmp_path_factory.mktemp("tiny")
-    for i, path in enumerate(cbsd68[:14]):
-        split = "val" if i >= 12 else "train"
-        sharp = read_image(str(path))[:160, :160]
-        for kind, img in (("sharp", sharp), ("blur", synthesize(sharp, seed=i, max_len=15).blurred)):
-            (root / split / kind).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / split / kind / f"{path.stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    out = str(root / "shards")
-    shards.prepare(layouts.paired(str(root)), out, {}, progress=False)
-    return out
-
-
-def tiny_overrides(data_uri: str, storage_path: str, name: str, epochs: int = 2, **extra) -> list[str]:
-    sets = {
-        "data.uri": data_uri, "data.prepare": "null", "data.crop": 64, "data.batch_size": 2, "data.crops_per_pair": 1,
-        "data.shuffle_buffer": 0, "data.val_center_crop": 64,
-        "model.generator": "unet_fpn", "model.generator_kwargs": "{base_channels: 4}", "model.critic_kwargs": "{base_channels: 4}",
-        "loss.lambda_per": 0, "loss.lambda_l1": 1, "loss.lambda_adv": 0.01, "optim.critic_steps": 1,
-        "train.epochs": epochs, "train.steps_per_epoch": 2, "train.log_images": 1,
-        "scaling.num_workers": 2, "scaling.cpus_per_worker": 0.5, "scaling.torch_threads": 1,
-        "run.storage_path": storage_path, "run.name": name, "run.num_to_keep": 2, "run.max_failures": 1,
-    }
-    sets.update(extra)
-    return [f"{k}={v}" for k, v in sets.items()]
 
 
 def read_jsonl(uri: str) -> list[dict]:
@@ -105,7 +72,12 @@ def test_multi_node_on_s3(ray_session, tiny_shards, bucket):
 
     fs, _ = storage.filesystem(bucket)
     fs.put(tiny_shards, f"{bucket[5:]}/shards", recursive=True)
-    cfg = load_config(None, tiny_overrides(f"{bucket}/shards", f"{bucket}/runs", "multinode", **{"scaling.placement_strategy": "STRICT_SPREAD"}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            f"{bucket}/shards", f"{bucket}/runs", "multinode", **{"scaling.placement_strategy": "STRICT_SPREAD"}
+        ),
+    )
     summary = fit(cfg)
     assert summary["checkpoint"].startswith(f"{bucket}/runs/multinode/epoch-")
     assert storage.exists(storage.join(summary["checkpoint"], "checkpoint.pt"))
@@ -118,8 +90,18 @@ def test_ray_job_submit_to_the_cluster(ray_cluster, tiny_shards, bucket):
     fs, _ = storage.filesystem(bucket)
     fs.put(tiny_shards, f"{bucket[5:]}/shards", recursive=True)
     sets = tiny_overrides(f"{bucket}/shards", f"{bucket}/runs", "submitted", **{"scaling.num_workers": 1})
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
-           "--working-dir", str(ROOT), "--", "python", "jobs/train.py"] + [a for s in sets for a in ("--set", s)]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard_url,
+        "--working-dir",
+        str(ROOT),
+        "--",
+        "python",
+        "jobs/train.py",
+    ] + [a for s in sets for a in ("--set", s)]
     env = job_env(ray_cluster)
     env.pop("RAY_ADDRESS")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -139,19 +121,31 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, ray_cluster, ti
 
     storage_path = tmp_path / "runs"
     sets = tiny_overrides(tiny_shards, str(storage_path), "faulty", epochs=8, **{"train.steps_per_epoch": 4})
-    proc = subprocess.Popen([sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)], cwd=ROOT,
-                            env=job_env(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)],
+        cwd=ROOT,
+        env=job_env(ray_cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     run = storage_path / "faulty"
     deadline = time.time() + 600
     while not (run / "epoch-0001" / "checkpoint.pt").exists():
         assert proc.poll() is None and time.time() < deadline, "training ended before a worker could be killed"
         time.sleep(0.5)
-    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)]
+    workers = [
+        a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    ]
     assert len(workers) == 2
     os.kill(workers[-1].pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
     assert "resumed from epoch" in out
+    # what the job's user reads: epoch lines, not Ray Train's report of each whole metrics dict (INFO) nor
+    # Ray Data's notice that its progress bars are off
+    assert "epoch 8/8  loss_g" in out
+    assert "Reporting training result" not in out and "Progress bars disabled" not in out, out[-4000:]
     epochs = [h["epoch"] for h in read_jsonl(str(run / "metrics.jsonl"))]
     assert epochs[0] == 0 and epochs.count(0) == 1 and epochs[-1] == 7  # continued, never restarted
     assert set(epochs) == set(range(8))
@@ -174,8 +168,13 @@ def test_bad_input_is_one_clear_line(sets, message, tmp_path):
     cmd = [sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)]
     if sets[0].startswith("data.uri=s3://"):
         cmd += ["--s3-endpoint", "http://127.0.0.1:9"]  # nothing listens on the discard port
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_EC2_METADATA_DISABLED="true",
-               TORCH_HOME=str(tmp_path))  # an empty torch hub: no VGG19 weights, whatever this machine caches
+    env = dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="y",
+        AWS_EC2_METADATA_DISABLED="true",
+        TORCH_HOME=str(tmp_path),
+    )  # an empty torch hub: no VGG19 weights, whatever this machine caches
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 1
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr

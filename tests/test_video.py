@@ -1,6 +1,7 @@
 """Video: clips made from a real photo by a shaky virtual camera (sharp truth known), segments that partition
 the frames exactly, the optical-flow stabiliser, and the job on real Ray over a folder, a tar and S3, with
 the awkward files people have (odd sizes, 10-bit, 4:4:4, variable frame rate, truncated, no video)."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,14 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import job_env, model_share
-
-from deblur.bulk import Options, run
+from deblur.bulk import Options, deblur_archive
 from deblur.metrics import psnr
 from deblur.video import VideoOptions, deblur_file, media
 from deblur.video.synthetic import random_path, render_clip, write_video
 from deblur.video.temporal import Stabiliser, temporal_error
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, job_env, model_share, write_image
+
 FPS, SECONDS, HW = 12, 10, (96, 128)
 
 
@@ -86,7 +86,7 @@ def test_segments_partition_the_frames_exactly(clip, seconds):
         rows = list(media.frames(item, info, start if k else None, end, warmup=5))
         warm = [p for p, _, w in rows if w]
         kept = [p for p, _, w in rows if not w]
-        assert warm == (everything[everything.index(kept[0]) - 5:everything.index(kept[0])] if k else [])
+        assert warm == (everything[everything.index(kept[0]) - 5 : everything.index(kept[0])] if k else [])
         got += kept
     assert got == everything
 
@@ -97,9 +97,16 @@ def test_stabiliser_cuts_flicker_without_losing_detail(shaky):
     third and not lower PSNR, and the flicker it removes must be more than the sharp video's own error."""
     _, sharp = shaky
     rng = np.random.default_rng(0)
-    per_frame = np.stack([
-        np.clip(cv2.GaussianBlur(s.astype(np.float32), (0, 0), rng.uniform(0.5, 2.0)) + rng.normal(0, 6, s.shape), 0, 255).astype(np.uint8)
-        for s in sharp[:48]])
+    per_frame = np.stack(
+        [
+            np.clip(
+                cv2.GaussianBlur(s.astype(np.float32), (0, 0), rng.uniform(0.5, 2.0)) + rng.normal(0, 6, s.shape),
+                0,
+                255,
+            ).astype(np.uint8)
+            for s in sharp[:48]
+        ]
+    )
     stab = Stabiliser()
     steady = np.stack([stab(f) for f in per_frame])
     floor, before, after = (temporal_error(x, sharp[:48]) for x in (sharp[:48], per_frame, steady))
@@ -133,7 +140,9 @@ def test_variable_frame_rate_keeps_every_timestamp(shaky, tmp_path):
     for k, start in enumerate(starts):
         seg = tmp_path / f"{k}.mp4"
         writer = media.SegmentWriter(str(seg), info, crf=10)
-        for p, rgb, warm in media.frames(item, info, start if k else None, starts[k + 1] if k + 1 < len(starts) else None, 0):
+        for p, rgb, warm in media.frames(
+            item, info, start if k else None, starts[k + 1] if k + 1 < len(starts) else None, 0
+        ):
             writer.write(p, rgb)
         writer.close()
         segments.append(str(seg))
@@ -145,8 +154,11 @@ def test_variable_frame_rate_keeps_every_timestamp(shaky, tmp_path):
 
 
 def test_odd_sizes_ten_bit_and_444_come_out_whole(shaky, tmp_path):
-    for name, frames, pix_fmt in [("odd.mkv", shaky[0][:24, :95, :127], "yuv444p"),
-                                  ("ten.mp4", shaky[0][:24], "yuv420p10le"), ("full.mp4", shaky[0][:24], "yuv444p")]:
+    for name, frames, pix_fmt in [
+        ("odd.mkv", shaky[0][:24, :95, :127], "yuv444p"),
+        ("ten.mp4", shaky[0][:24], "yuv420p10le"),
+        ("full.mp4", shaky[0][:24], "yuv444p"),
+    ]:
         src = tmp_path / name
         write_video(str(src), frames, FPS, pix_fmt=pix_fmt)
         item = {"uri": str(src), "rel": name}
@@ -174,7 +186,9 @@ def test_every_codec_joins_segments_encoded_differently(codec, audio, clip, tmp_
     for k, start in enumerate(starts):
         seg = tmp_path / f"{k}.{media.CODECS[codec][1]}"
         writer = media.SegmentWriter(str(seg), info, codec, crf=(12, 30)[k % 2], preset="ultrafast")
-        for p, rgb, _ in media.frames(item, info, start if k else None, starts[k + 1] if k + 1 < len(starts) else None, 0):
+        for p, rgb, _ in media.frames(
+            item, info, start if k else None, starts[k + 1] if k + 1 < len(starts) else None, 0
+        ):
             writer.write(p, rgb)
         writer.close()
         segments.append(str(seg))
@@ -247,17 +261,25 @@ def awkward_folder(folder: Path, shaky, clip: Path) -> dict[str, str]:
         f.sample_rate = 48000
         c.mux(a.encode(f))
         c.mux(a.encode(None))
-    cv2.imwrite(str(folder / "photo.png"), shaky[0][0][..., ::-1])
-    return {"shaky.mp4": "done", "odd.mkv": "done", "ten.mov": "done", "gap.mkv": "done", "cut.mp4": "not a readable video",
-            "fast.mp4": "truncated", "noise.webm": "not a readable video", "empty.avi": "not a readable video",
-            "voice.mp4": "no video stream"}
+    write_image(folder / "photo.png", shaky[0][0])
+    return {
+        "shaky.mp4": "done",
+        "odd.mkv": "done",
+        "ten.mov": "done",
+        "gap.mkv": "done",
+        "cut.mp4": "not a readable video",
+        "fast.mp4": "truncated",
+        "noise.webm": "not a readable video",
+        "empty.avi": "not a readable video",
+        "voice.mp4": "no video stream",
+    }
 
 
 def test_archive_job_with_videos(trained_checkpoint, shaky, clip, tmp_path, ray_session):
     src, out = tmp_path / "in", tmp_path / "out"
     expect = awkward_folder(src, shaky, clip)
-    options = Options(str(trained_checkpoint), "torch", video=VideoOptions(segment_seconds=4.0))
-    summary = run(str(src), str(out), options, workers=2, progress=False)
+    options = Options(model=str(trained_checkpoint), engine="torch", video=VideoOptions(segment_seconds=4.0))
+    summary = deblur_archive(str(src), str(out), options, workers=2, progress=False)
     v = summary["videos"]
     assert (v["listed"], v["done"], v["failed"], v["segments"] >= 7) == (9, 4, 5, True), v
     assert summary["done"] == summary["images"] == 1
@@ -278,7 +300,7 @@ def test_archive_job_with_videos(trained_checkpoint, shaky, clip, tmp_path, ray_
     assert model_share(got[0], given[0], expected) > 0.6  # ≈ 0 for the input passed through
     leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part") or "_segments" in str(p)]
     assert not leftovers, leftovers
-    again = run(str(src), str(out), options, workers=2, progress=False)
+    again = deblur_archive(str(src), str(out), options, workers=2, progress=False)
     assert again["videos"]["skipped"] == 4 and again["videos"]["done"] == 0 and again["videos"]["failed"] == 5
     assert len(all_pts(out / "gap.mp4")) == 60  # its empty middle segment wrote nothing and lost nothing
 
@@ -290,9 +312,15 @@ def test_segment_seams_are_invisible(trained_checkpoint, clip, tmp_path, ray_ses
         outs = {}
         for seconds in (4.0, 60.0):
             dest = tmp_path / f"{temporal}-{seconds}.mp4"
-            r = deblur_file(str(clip), str(dest), str(trained_checkpoint), "torch",
-                            VideoOptions(temporal=temporal, segment_seconds=seconds, crf=4),
-                            workers=2 if seconds == 4.0 else 1, progress=False)  # one worker: one segment
+            r = deblur_file(
+                str(clip),
+                str(dest),
+                str(trained_checkpoint),
+                "torch",
+                VideoOptions(temporal=temporal, segment_seconds=seconds, crf=4),
+                workers=2 if seconds == 4.0 else 1,
+                progress=False,
+            )  # one worker: one segment
             assert r["done"] == 1 and r["segments"] == (2 if seconds == 4.0 else 1), r
             outs[seconds] = decoded(dest)
         assert len(outs[4.0]) == len(outs[60.0]) == FPS * SECONDS
@@ -306,16 +334,32 @@ def test_video_from_a_tar_and_on_s3(trained_checkpoint, clip, tmp_path, bucket, 
     tar = tmp_path / "clips.tar"
     with tarfile.open(tar, "w") as t:
         t.add(clip, arcname="nested/shaky.mp4")
-    summary = run(str(tar), str(tmp_path / "out"), Options(str(trained_checkpoint), "torch",
-                  video=VideoOptions(temporal=False, segment_seconds=4.0)), workers=2, progress=False)
+    summary = deblur_archive(
+        str(tar),
+        str(tmp_path / "out"),
+        Options(model=str(trained_checkpoint), engine="torch", video=VideoOptions(temporal=False, segment_seconds=4.0)),
+        workers=2,
+        progress=False,
+    )
     assert summary["videos"]["done"] == 1, summary
     check_output(tmp_path / "out" / "nested" / "shaky.mp4", clip, FPS * SECONDS)
 
     from deblur import storage
 
     storage.write_bytes(f"{bucket}/in/shaky.mp4", clip.read_bytes())
-    cmd = [sys.executable, "jobs/deblur_video.py", f"{bucket}/in/shaky.mp4", f"{bucket}/out/sharp.mp4", "--model",
-           str(trained_checkpoint), "--engine", "torch", "--workers", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "jobs/video.py",
+        f"{bucket}/in/shaky.mp4",
+        f"{bucket}/out/sharp.mp4",
+        "--model",
+        str(trained_checkpoint),
+        "--engine",
+        "torch",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=job_env(ray_cluster), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert f"{FPS * SECONDS} frames" in res.stdout
@@ -326,16 +370,28 @@ def test_video_from_a_tar_and_on_s3(trained_checkpoint, clip, tmp_path, bucket, 
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(key)) == ["sharp.mp4"]  # no segments left behind
 
 
-@pytest.mark.parametrize("args, message", [
-    (["in.mp4", "out.webm"], "--video-codec h264 writes .mp4 files"),
-    (["photo.png", "out.mp4"], "not a video name"),
-    (["missing.mp4", "out.mp4"], "missing.mp4: no such file"),
-    (["in.mp4", "out.mp4", "--video-crf", "60"], "crf must be within 0..51"),
-    (["in.mp4", "out.mp4", "--segment-seconds", "1"], "segments must be at least"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["in.mp4", "out.webm"], "--video-codec h264 writes .mp4 files"),
+        (["photo.png", "out.mp4"], "not a video name"),
+        (["missing.mp4", "out.mp4"], "missing.mp4: no such file"),
+        (["in.mp4", "out.mp4", "--video-crf", "60"], "crf must be within 0..51"),
+        (
+            ["in.mp4", "out.mp4", "--segment-seconds", "1"],
+            "segment_seconds: Input should be greater than or equal to 4",
+        ),
+    ],
+)
 def test_single_clip_command_refuses_bad_arguments_in_one_line(args, message, tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "jobs" / "deblur_video.py"), *args], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "video.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert message in res.stderr, res.stderr
 
@@ -373,8 +429,13 @@ def test_memory_does_not_grow_with_the_length(tmp_path):
     for seconds in (30, 120):
         folder = tmp_path / str(seconds)
         folder.mkdir()
-        res = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(seconds), str(folder)], capture_output=True,
-                             text=True, timeout=600, cwd=ROOT)
+        res = subprocess.run(
+            [sys.executable, "-c", STREAM_SCRIPT, str(seconds), str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         peaks[seconds] = int(res.stdout.split()[-1])
         assert len(all_pts(folder / "out.mp4")) == 24 * seconds
@@ -398,7 +459,13 @@ def test_an_interrupted_video_reuses_its_finished_segments(trained_checkpoint, c
     writer = media.SegmentWriter(str(planted), info, crf=10)
     kept = [writer.write(p, 255 - rgb) for p, rgb, _ in media.frames(item, info, None, rows[1]["start"], 0)]
     writer.close()
-    summary = run(str(clip.parent), str(out), Options(str(trained_checkpoint), "torch", video=options), workers=2, progress=False)
+    summary = deblur_archive(
+        str(clip.parent),
+        str(out),
+        Options(model=str(trained_checkpoint), engine="torch", video=options),
+        workers=2,
+        progress=False,
+    )
     assert summary["videos"]["done"] == 1 and summary["videos"]["frames"] == FPS * SECONDS, summary
     got, given = decoded(out / "shaky.mp4"), decoded(clip)
     assert psnr(got[0], 255 - given[0]) > 30 and psnr(got[-1], given[-1]) > 25  # the planted part, then the model's

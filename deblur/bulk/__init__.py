@@ -1,4 +1,5 @@
-"""Bulk deblurring of image archives (folders, s3:// prefixes, .tar files) with Ray Data."""
-from .job import ERRORS, SUMMARY, Options, run
+"""Bulk deblurring of image and video archives (folders, s3:// prefixes, .tar files) with Ray Data."""
 
-__all__ = ["ERRORS", "SUMMARY", "Options", "run"]
+from .job import ERRORS, SHARP_BELOW, SUMMARY, Options, deblur_archive
+
+__all__ = ["ERRORS", "SHARP_BELOW", "SUMMARY", "Options", "deblur_archive"]

@@ -8,6 +8,7 @@ Every name becomes a relative path that stays inside the output (`safe_relative`
 or file whose name is absolute or climbs out with `..`, and tar links and devices, are rejected with a
 reason (the job lists them in `_errors.jsonl`) and never read or written.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -15,8 +16,8 @@ import tarfile
 from typing import Any
 
 from .. import storage
+from ..images import IMAGE_SUFFIXES
 from ..video.media import VIDEO_SUFFIXES
-from .imagefile import IMAGE_SUFFIXES
 
 SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
@@ -61,7 +62,7 @@ def list_inputs(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     fs, path = storage.filesystem(uri)
     items, rejected = [], []
     for found in sorted(fs.find(path)):
-        name = found[len(path):].lstrip("/")  # the key as stored: relpath() would resolve a `..` in it
+        name = found[len(path) :].lstrip("/")  # the key as stored: relpath() would resolve a `..` in it
         if not name.lower().endswith(SUFFIXES) or posixpath.basename(name).startswith("."):
             continue
         try:

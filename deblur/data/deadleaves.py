@@ -14,6 +14,7 @@ What makes them closer to photos than flat disks:
   matplotlib ships (DejaVu), since text is what people most want to read in a blurred photo;
 - everything is drawn at 2× and area-downsampled, so edges are anti-aliased like a camera's.
 """
+
 from __future__ import annotations
 
 import glob
@@ -78,7 +79,9 @@ def _textures(rng: np.random.Generator, size: int, count: int = 6) -> np.ndarray
 def _fonts() -> list[str]:
     import matplotlib
 
-    return sorted(glob.glob(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", "DejaVu*.ttf")))
+    return sorted(
+        glob.glob(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", "DejaVu*.ttf"))
+    )
 
 
 def _draw_text(img: np.ndarray, rng: np.random.Generator, palette: np.ndarray, lines: int) -> np.ndarray:

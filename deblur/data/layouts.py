@@ -3,7 +3,7 @@
 - `gopro`: `GOPRO_Large/{train,test}/<scene>/{blur,blur_gamma,sharp}/<frame>.png`
 - `realblur`: `RealBlur_J` / `RealBlur_R` with the official `RealBlur_{J,R}_{train,test}_list.txt`,
   lines of "gt_path blur_path[ ...]" relative to the dataset root
-- `paired`: the article's `root/blur/<name>` + `root/sharp/<name>`, matched by file name (also
+- `paired`: the usual `root/blur/<name>` + `root/sharp/<name>`, matched by file name (also
   `root/<split>/{blur,sharp}/` for several splits)
 - `synthetic`: any folder of sharp images; blur made at prepare time by `synth.py`, seeded per pair, or
   (`online=True`) drawn afresh for every training crop
@@ -12,6 +12,7 @@
   (`val`, picks checkpoints) and for the reported numbers (`test`, never seen by training or selection)
 Prepare-time synthetic layouts can make several blurred variants of each sharp photo (different kernels).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,16 +20,35 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
+import skimage
+
+from .. import storage
+from ..images import IMAGE_SUFFIXES, read_image
+from . import deadleaves
 from .synth import EVAL_LINEAR
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 DATASETS = ("gopro", "realblur", "paired", "synthetic", "sample")
 # Photos that dependencies ship (no download): scikit-image's colour photos, its natural grayscale ones
 # (read as RGB; brick, grass, gravel, coins and moon teach textures), two scanned text pages, and
 # matplotlib's portrait of Grace Hopper. Split by photo, so no crop of a val/test photo is ever trained on.
 SAMPLE_SPLITS = {
-    "train": ("astronaut", "hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right", "retina", "camera",
-              "brick", "grass", "gravel", "moon", "coins", "page", "text"),
+    "train": (
+        "astronaut",
+        "hubble_deep_field",
+        "ihc",
+        "motorcycle_left",
+        "motorcycle_right",
+        "retina",
+        "camera",
+        "brick",
+        "grass",
+        "gravel",
+        "moon",
+        "coins",
+        "page",
+        "text",
+    ),
     "val": ("chelsea", "grace_hopper"),
     "test": ("coffee", "rocket"),
 }
@@ -52,9 +72,9 @@ class Pair:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise LayoutError(f"{folder}: missing folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise LayoutError(f"{folder}: no images (looked for {', '.join(IMAGE_EXTS)})")
+        raise LayoutError(f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
@@ -72,10 +92,14 @@ def _match(blur_dir: Path, sharp_dir: Path, split: str, source: str, key_prefix:
     sharps = {p.name: p for p in _images(sharp_dir)}
     lonely_blur = sorted(set(blurs) - set(sharps))
     if lonely_blur:
-        raise LayoutError(f"{blurs[lonely_blur[0]]}: blur image without a sharp partner in {sharp_dir} ({len(lonely_blur)} such)")
+        raise LayoutError(
+            f"{blurs[lonely_blur[0]]}: blur image without a sharp partner in {sharp_dir} ({len(lonely_blur)} such)"
+        )
     lonely_sharp = sorted(set(sharps) - set(blurs))
     if lonely_sharp:
-        raise LayoutError(f"{sharps[lonely_sharp[0]]}: sharp image without a blur partner in {blur_dir} ({len(lonely_sharp)} such)")
+        raise LayoutError(
+            f"{sharps[lonely_sharp[0]]}: sharp image without a blur partner in {blur_dir} ({len(lonely_sharp)} such)"
+        )
     return [Pair(f"{key_prefix}{Path(n).stem}", str(blurs[n]), str(sharps[n]), split, source) for n in sorted(blurs)]
 
 
@@ -94,7 +118,9 @@ def gopro(root: str, blur_kind: str = "blur") -> list[Pair]:
         for scene in scenes:
             pairs += _match(scene / blur_kind, scene / "sharp", split, "gopro", f"{split}/{scene.name}/")
     if not pairs:
-        raise LayoutError(f"{base}: not a GOPRO_Large folder (expected train/ and/or test/ with <scene>/{{{blur_kind},sharp}}/)")
+        raise LayoutError(
+            f"{base}: not a GOPRO_Large folder (expected train/ and/or test/ with <scene>/{{{blur_kind},sharp}}/)"
+        )
     return pairs
 
 
@@ -152,7 +178,11 @@ def _synthetic_pairs(
 
 
 def synthetic(
-    root: str, val_fraction: float = 0.1, variants: int = 1, synth: dict | None = None, online: bool = False,
+    root: str,
+    val_fraction: float = 0.1,
+    variants: int = 1,
+    synth: dict | None = None,
+    online: bool = False,
     eval_variants: int = 4,
 ) -> list[Pair]:
     """A folder of sharp photos. `online`: training photos are kept sharp and blurred per crop at training
@@ -172,20 +202,25 @@ def _online_pairs(files: list[tuple[str, Path, str]], source: str, eval_synth: d
 
 def sample_photo(stem: str) -> Path:
     """Where a dependency keeps one of the sample photos; a LayoutError if it no longer ships it."""
-    import matplotlib
-    import skimage
 
     folders = [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data"]
     for folder in folders:
-        found = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_EXTS)
+        found = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if found:
             return found[0]
-    raise LayoutError(f"{stem}: neither scikit-image nor matplotlib ships this photo any more; the sample dataset needs it")
+    raise LayoutError(
+        f"{stem}: neither scikit-image nor matplotlib ships this photo any more; the sample dataset needs it"
+    )
 
 
 def sample(
-    dead_leaves: int = 48, dead_leaves_size: int = 384, eval_variants: int = 4, eval_blur: dict | None = None,
-    online: bool = True, variants: int = 8, synth: dict | None = None,
+    dead_leaves: int = 48,
+    dead_leaves_size: int = 384,
+    eval_variants: int = 4,
+    eval_blur: dict | None = None,
+    online: bool = True,
+    variants: int = 8,
+    synth: dict | None = None,
 ) -> list[Pair]:
     """The embedded default (no download): see SAMPLE_SPLITS and the module docstring.
 
@@ -196,9 +231,6 @@ def sample(
     random angle, the blur the README's numbers are measured on); several kernels per photo, so the number
     measures the model rather than which few kernels were drawn.
     """
-    from .. import storage
-    from ..images import read_image
-    from . import deadleaves
 
     files = [(stem, sample_photo(stem), split) for split, stems in SAMPLE_SPLITS.items() for stem in stems]
     train = [f for f in files if f[2] == "train"]
@@ -211,7 +243,15 @@ def sample(
     held_out = [f for f in files if f[2] != "train"]
     if online:
         return _online_pairs(train + held_out, "sample", eval_synth, eval_variants)
-    return _synthetic_pairs(train, "sample", variants, synth or {}) + _synthetic_pairs(held_out, "sample", 1, eval_synth, eval_variants)
+    return _synthetic_pairs(train, "sample", variants, synth or {}) + _synthetic_pairs(
+        held_out, "sample", 1, eval_synth, eval_variants
+    )
+
+
+def sample_test_pairs(eval_variants: int = 4) -> list[Pair]:
+    """The sample's held-out photos (coffee, rocket), each blurred `eval_variants` ways as the reports measure:
+    what the shipped model's tests and the quality benchmark score, always present (no ../shared needed)."""
+    return [p for p in sample(dead_leaves=0, eval_variants=eval_variants) if p.split == "test"]
 
 
 def discover(dataset: str, root: str | None = None, **options) -> list[Pair]:

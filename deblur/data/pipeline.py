@@ -6,10 +6,13 @@ streams shards (local or S3), `map_batches` decodes and augments block by block,
 `get_dataset_shard(...).iter_torch_batches` pulls from it on each worker. A small split can instead be
 decoded once and cached in the object store (`train_dataset(cache=True)`).
 """
+
 from __future__ import annotations
 
-from collections import deque
+import queue
+import threading
 import zlib
+from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -17,7 +20,7 @@ import ray
 from ray.data.datasource import FileShuffleConfig
 
 from .. import storage
-from ..images import decode_image, to_chw_uint8, to_numpy_chw
+from ..images import decode_image, pad_bottom_right, to_chw_uint8, to_model_input
 from . import synth
 from .shards import split_uris
 
@@ -38,11 +41,8 @@ def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) ->
 
 
 def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad an image smaller than the crop (np.pad reflects repeatedly when needed)."""
-    ph, pw = max(0, size - img.shape[0]), max(0, size - img.shape[1])
-    if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(img.shape[:2]) > 1 else "edge")
-    return img
+    """An image smaller than the crop, padded up to it the way inference pads (`images.pad_bottom_right`)."""
+    return pad_bottom_right(img, max(0, size - img.shape[0]), max(0, size - img.shape[1]), channels_last=True)
 
 
 def augment_pair(blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random.Generator, flips: bool = True):
@@ -75,8 +75,9 @@ def _image(value: Any, name: str) -> np.ndarray:
     return decode_image(bytes(value), name)
 
 
-def training_pair(blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random.Generator, flips: bool,
-                  recipe: synth.BlurRecipe) -> tuple[np.ndarray, np.ndarray]:
+def training_pair(
+    blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random.Generator, flips: bool, recipe: synth.BlurRecipe
+) -> tuple[np.ndarray, np.ndarray]:
     """One aligned training crop: cut from a stored pair, or (sharp-only rows) cut with context and blurred now."""
     if blur.size:
         return augment_pair(blur, sharp, crop, rng, flips)
@@ -88,7 +89,11 @@ def training_pair(blur: np.ndarray, sharp: np.ndarray, crop: int, rng: np.random
 
 
 def augment_batch(
-    batch: dict[str, np.ndarray], crop: int, flips: bool = True, seed: int | None = None, crops_per_pair: int = 1,
+    batch: dict[str, np.ndarray],
+    crop: int,
+    flips: bool = True,
+    seed: int | None = None,
+    crops_per_pair: int = 1,
     blur: synth.BlurRecipe | None = None,
 ) -> dict[str, np.ndarray]:
     """map_batches function: pairs (PNG bytes, or arrays already decoded) → aligned crops, uint8 3×crop×crop
@@ -169,8 +174,17 @@ class CropStream:
     """Training batches cut from decoded pairs held in memory: every epoch new random crops (and, for sharp-only
     rows, new blur), in a new order, made by one background thread so the model never waits for them."""
 
-    def __init__(self, rows: list[dict[str, Any]], crop: int, batch_size: int, crops_per_pair: int = 1,
-                 blur: synth.BlurRecipe | None = None, flips: bool = True, seed: int | None = None, prefetch: int = 4):
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        crop: int,
+        batch_size: int,
+        crops_per_pair: int = 1,
+        blur: synth.BlurRecipe | None = None,
+        flips: bool = True,
+        seed: int | None = None,
+        prefetch: int = 4,
+    ):
         if not rows:
             raise ValueError("no training pairs for this worker")
         self.rows, self.crop, self.batch_size, self.crops_per_pair = rows, crop, batch_size, crops_per_pair
@@ -181,8 +195,6 @@ class CropStream:
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """uint8 batches {"blur", "sharp"}: N×3×crop×crop; the last partial batch is dropped."""
-        import queue
-        import threading
 
         rng = np.random.default_rng(None if self.seed is None else [self.seed, epoch])
         order = [k for k in range(len(self.rows)) for _ in range(self.crops_per_pair)]
@@ -193,10 +205,16 @@ class CropStream:
         def produce() -> None:
             try:
                 for start in range(0, self.batches_per_epoch() * self.batch_size, self.batch_size):
-                    pairs = [training_pair(self.rows[k]["blur"], self.rows[k]["sharp"], self.crop, rng, self.flips, self.blur)
-                             for k in order[start : start + self.batch_size]]
-                    batch = {"blur": np.stack([to_chw_uint8(b) for b, _ in pairs]),
-                             "sharp": np.stack([to_chw_uint8(s) for _, s in pairs])}
+                    pairs = [
+                        training_pair(
+                            self.rows[k]["blur"], self.rows[k]["sharp"], self.crop, rng, self.flips, self.blur
+                        )
+                        for k in order[start : start + self.batch_size]
+                    ]
+                    batch = {
+                        "blur": np.stack([to_chw_uint8(b) for b, _ in pairs]),
+                        "sharp": np.stack([to_chw_uint8(s) for _, s in pairs]),
+                    }
                     while not stop.is_set():
                         try:
                             out.put(batch, timeout=0.5)
@@ -226,14 +244,16 @@ def decode_row(row: dict[str, Any], center_crop: int | None = None) -> dict[str,
     pair = decode_pair(row)
     blur, sharp = pair["blur"], pair["sharp"]
     if not blur.size:
-        raise ValueError(f"{row['key']}: a sharp-only row (blurred per crop for training) cannot be evaluated; "
-                         "evaluation splits need stored blurred images")
+        raise ValueError(
+            f"{row['key']}: a sharp-only row (blurred per crop for training) cannot be evaluated; "
+            "evaluation splits need stored blurred images"
+        )
     if center_crop:
         blur, sharp = _pad_to(blur, center_crop), _pad_to(sharp, center_crop)
         h, w = sharp.shape[:2]
         i, j = (h - center_crop) // 2, (w - center_crop) // 2
         blur, sharp = blur[i : i + center_crop, j : j + center_crop], sharp[i : i + center_crop, j : j + center_crop]
-    return {"key": row["key"], "blur": to_numpy_chw(np.ascontiguousarray(blur)), "sharp": to_numpy_chw(np.ascontiguousarray(sharp))}
+    return {"key": row["key"], "blur": to_model_input(blur), "sharp": to_model_input(sharp)}
 
 
 def eval_dataset(uri: str, split: str = "val", center_crop: int | None = None) -> ray.data.Dataset:
@@ -241,7 +261,9 @@ def eval_dataset(uri: str, split: str = "val", center_crop: int | None = None) -
     return read_split(uri, split).map(decode_row, fn_kwargs={"center_crop": center_crop})
 
 
-def ray_map_ordered(fn: Callable[[Any], Any], items: list[Any], chunk: int = 4, window: int | None = None) -> Iterator[Any]:
+def ray_map_ordered(
+    fn: Callable[[Any], Any], items: list[Any], chunk: int = 4, window: int | None = None
+) -> Iterator[Any]:
     """fn over items as Ray tasks, results yielded in input order, at most `window` chunks in flight."""
     if not items:
         return iter(())
@@ -259,4 +281,3 @@ def ray_map_ordered(fn: Callable[[Any], Any], items: list[Any], chunk: int = 4, 
             yield from ray.get(inflight.popleft())
 
     return gen()
-

@@ -11,6 +11,7 @@ file already holds the same fingerprint. Hence a re-run with the same inputs wri
 after an interruption only encodes the shards that were not finished. Shards are written whole and
 atomically (storage.write_bytes), so an interrupted run never leaves a partial shard under its name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from .. import storage
 from ..images import ImageError, encode_png, read_image
@@ -93,7 +95,9 @@ def plan_shards(pairs: list[Pair], target_bytes: int) -> list[ShardPlan]:
         current: list[Pair] = []
         size = 0
         for p in items:
-            est = _file_size(p.sharp) * (2 if p.blur is None and not p.online else 1) + (_file_size(p.blur) if p.blur else 0)
+            est = _file_size(p.sharp) * (2 if p.blur is None and not p.online else 1) + (
+                _file_size(p.blur) if p.blur else 0
+            )
             if current and size + est > target_bytes:
                 plans.append(_plan(split, len([q for q in plans if q.split == split]), current))
                 current, size = [], 0
@@ -189,8 +193,6 @@ def prepare(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the shards and manifest for `pairs` under `out`; returns the manifest."""
-    from tqdm import tqdm
-
     if not pairs:
         raise ValueError("no pairs to prepare")
     plans = plan_shards(pairs, int(shard_mb * 1024 * 1024))
@@ -228,7 +230,11 @@ def prepare(
             storage.write_bytes(storage.join(out, plan.relpath), data)
             entries[plan.relpath] = _entry(plan, len(rows), len(data), hashlib.sha256(data).hexdigest())
     bar.close()
-    _remove_stale(out, {p.relpath for p in plans if p.relpath in entries}, {p.split for p in plans} | set((old or {}).get("splits", {})))
+    _remove_stale(
+        out,
+        {p.relpath for p in plans if p.relpath in entries},
+        {p.split for p in plans} | set((old or {}).get("splits", {})),
+    )
     manifest = _manifest(plans, entries, layout, skipped)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if old is None or json.dumps(old, indent=2, sort_keys=True) + "\n" != text:
@@ -237,7 +243,14 @@ def prepare(
 
 
 def _entry(plan: ShardPlan, rows: int, nbytes: int, sha: str) -> dict[str, Any]:
-    return {"path": plan.relpath, "split": plan.split, "rows": rows, "bytes": nbytes, "sha256": sha, "fingerprint": plan.fingerprint}
+    return {
+        "path": plan.relpath,
+        "split": plan.split,
+        "rows": rows,
+        "bytes": nbytes,
+        "sha256": sha,
+        "fingerprint": plan.fingerprint,
+    }
 
 
 def _manifest(plans: list[ShardPlan], entries: dict[str, dict], layout: dict, skipped: list[dict]) -> dict[str, Any]:
@@ -304,8 +317,10 @@ def split_uris(out: str, split: str, check_sizes: bool = True) -> list[str]:
             if not fs.exists(path):
                 raise ShardError(f"{uri}: listed in the manifest but missing; run the prepare job again")
             if e.get("bytes") is not None and fs.size(path) != e["bytes"]:
-                raise ShardError(f"{uri}: {fs.size(path)} bytes, the manifest says {e['bytes']} (truncated or replaced); "
-                                 "run the prepare job again")
+                raise ShardError(
+                    f"{uri}: {fs.size(path)} bytes, the manifest says {e['bytes']} (truncated or replaced); "
+                    "run the prepare job again"
+                )
     return [storage.join(out, e["path"]) for e in entries]
 
 
@@ -324,7 +339,9 @@ def read_rows(uri: str, verify: bool = True) -> list[dict[str, Any]]:
     data = storage.read_bytes(uri)
     expected = _expected_sha256(uri) if verify else None
     if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise ShardError(f"{uri}: content differs from the manifest's sha256 (altered or corrupt); run the prepare job again")
+        raise ShardError(
+            f"{uri}: content differs from the manifest's sha256 (altered or corrupt); run the prepare job again"
+        )
     try:
         return pq.read_table(io.BytesIO(data)).to_pylist()
     except Exception as e:  # pyarrow raises ArrowInvalid and friends on damaged files

@@ -12,6 +12,7 @@ Two ways to apply a kernel:
 - `deblurgan`: faithful to DeblurGAN's `blur_image.py`, kept for reproducing its data: the PSF is
   min–max stretched instead of normalised, zero borders, and the result min–max stretched to [0, 1].
 """
+
 from __future__ import annotations
 
 import zlib
@@ -212,7 +213,9 @@ class BlurRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kinds: dict[str, float] = Field(default_factory=lambda: {"motion": 0.35, "linear": 0.35, "defocus": 0.15, "gaussian": 0.05, "none": 0.1})
+    kinds: dict[str, float] = Field(
+        default_factory=lambda: {"motion": 0.35, "linear": 0.35, "defocus": 0.15, "gaussian": 0.05, "none": 0.1}
+    )
     motion_max_len: float = Field(40.0, gt=0, le=60)
     linear_length: tuple[float, float] = (3.0, 25.0)
     defocus_radius: tuple[float, float] = (1.0, 5.0)
@@ -243,9 +246,15 @@ class BlurRecipe(BaseModel):
         sizes = [0.0]
         for kind, weight in self.kinds.items():
             if weight > 0:
-                sizes.append({"motion": self.motion_max_len + 4, "linear": self.linear_length[1] + 3,
-                              "defocus": 2 * self.defocus_radius[1] + 3, "gaussian": 6 * self.gaussian_sigma[1] + 3,
-                              "none": 0.0}[kind])
+                sizes.append(
+                    {
+                        "motion": self.motion_max_len + 4,
+                        "linear": self.linear_length[1] + 3,
+                        "defocus": 2 * self.defocus_radius[1] + 3,
+                        "gaussian": 6 * self.gaussian_sigma[1] + 3,
+                        "none": 0.0,
+                    }[kind]
+                )
         return int(np.ceil(max(sizes) / 2)) + 1
 
     def kernel(self, rng: np.random.Generator) -> np.ndarray | None:
@@ -273,7 +282,9 @@ def degrade(img: np.ndarray, rng: np.random.Generator, recipe: BlurRecipe) -> tu
     kernel = recipe.kernel(rng)
     gamma = 2.2 if rng.random() < recipe.gamma_prob else None
     noise = float(rng.uniform(*recipe.noise_sigma))
-    out = apply_kernel(img, kernel if kernel is not None else np.ones((1, 1), np.float32), gamma=gamma, noise_sigma=noise, rng=rng)
+    out = apply_kernel(
+        img, kernel if kernel is not None else np.ones((1, 1), np.float32), gamma=gamma, noise_sigma=noise, rng=rng
+    )
     if rng.random() < recipe.jpeg_prob:
         quality = int(rng.integers(recipe.jpeg_quality[0], recipe.jpeg_quality[1] + 1))
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -293,7 +304,9 @@ def degrade_crop(
     big = crop + 2 * m
     h, w = img.shape[:2]
     if h < big or w < big:
-        img = np.pad(img, ((0, max(0, big - h)), (0, max(0, big - w)), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        img = np.pad(
+            img, ((0, max(0, big - h)), (0, max(0, big - w)), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge"
+        )
         h, w = img.shape[:2]
     i, j = int(rng.integers(0, h - big + 1)), int(rng.integers(0, w - big + 1))
     window = np.ascontiguousarray(img[i : i + big, j : j + big])
@@ -303,4 +316,10 @@ def degrade_crop(
 
 # The evaluation blur the README's and the model card's numbers use: linear motion of 9-21 px at a random
 # angle, nothing else (no noise, no JPEG), so numbers compare across models and with published ones.
-EVAL_LINEAR = {"kinds": {"linear": 1.0}, "linear_length": (9.0, 21.0), "noise_sigma": (0.0, 0.0), "jpeg_prob": 0.0, "gamma_prob": 0.0}
+EVAL_LINEAR = {
+    "kinds": {"linear": 1.0},
+    "linear_length": (9.0, 21.0),
+    "noise_sigma": (0.0, 0.0),
+    "jpeg_prob": 0.0,
+    "gamma_prob": 0.0,
+}

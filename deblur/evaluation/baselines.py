@@ -7,6 +7,7 @@ here as formulas (and checked against independent implementations in the tests):
 regularises with a Laplacian whose weight has a different scale, either of which silently turned the
 reference into something far worse than the blurred input.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -9,6 +9,7 @@
   area only, and SSIM (Gaussian σ1.5, no sample covariance, data range 1) averaged over that area
   cropped by the window radius (5 px).
 """
+
 from __future__ import annotations
 
 import cv2
@@ -22,9 +23,11 @@ PROTOCOLS = ("gopro", "basicsr", "realblur")
 
 def describe(protocol: str) -> str:
     if protocol == "realblur":
-        return ("RealBlur protocol: least-squares intensity match + ECC homography (100 iterations) of the output to "
-                "the ground truth; PSNR over the warped area; SSIM (Gaussian σ1.5, no sample covariance, data range 1) "
-                "over the warped area cropped by 5 px; RGB in [0, 1]")
+        return (
+            "RealBlur protocol: least-squares intensity match + ECC homography (100 iterations) of the output to "
+            "the ground truth; PSNR over the warped area; SSIM (Gaussian σ1.5, no sample covariance, data range 1) "
+            "over the warped area cropped by 5 px; RGB in [0, 1]"
+        )
     return metrics.describe_convention(protocol)
 
 
@@ -35,15 +38,23 @@ def realblur_align(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     warp = np.eye(3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 0)
     try:
-        _, warp = cv2.findTransformECC(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.cvtColor(zs, cv2.COLOR_RGB2GRAY),
-                                       warp, cv2.MOTION_HOMOGRAPHY, criteria, None, 5)
+        _, warp = cv2.findTransformECC(
+            cv2.cvtColor(x, cv2.COLOR_RGB2GRAY),
+            cv2.cvtColor(zs, cv2.COLOR_RGB2GRAY),
+            warp,
+            cv2.MOTION_HOMOGRAPHY,
+            criteria,
+            None,
+            5,
+        )
     except cv2.error:  # ECC did not converge (e.g. a flat image): score unaligned, as the identity warp
         warp = np.eye(3, dtype=np.float32)
     h, w = x.shape[:2]
     flags = cv2.WARP_INVERSE_MAP
     zr = cv2.warpPerspective(zs, warp, (w, h), flags=cv2.INTER_CUBIC + flags, borderMode=cv2.BORDER_REFLECT)
-    mask = cv2.warpPerspective(np.ones_like(zs), warp, (w, h), flags=cv2.INTER_NEAREST + flags,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mask = cv2.warpPerspective(
+        np.ones_like(zs), warp, (w, h), flags=cv2.INTER_NEAREST + flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     return zr * mask, x * mask, mask, warp
 
 
@@ -51,8 +62,9 @@ def _realblur_scores(output: np.ndarray, target: np.ndarray) -> tuple[float, flo
     zr, xr, mask, _ = realblur_align(output.astype(np.float32) / 255.0, target.astype(np.float32) / 255.0)
     err = float(np.sum((xr - zr) ** 2, dtype=np.float64) / max(np.sum(mask), 1.0))
     psnr = metrics.PSNR_CAP if err == 0 else min(metrics.PSNR_CAP, 10 * np.log10(1.0 / err))
-    _, smap = structural_similarity(xr, zr, channel_axis=2, gaussian_weights=True, use_sample_covariance=False,
-                                    data_range=1.0, full=True)
+    _, smap = structural_similarity(
+        xr, zr, channel_axis=2, gaussian_weights=True, use_sample_covariance=False, data_range=1.0, full=True
+    )
     pad = 5  # the Gaussian window's radius: int(3.5 σ + 0.5) with σ = 1.5
     smap, m = (smap * mask)[pad:-pad, pad:-pad], mask[pad:-pad, pad:-pad]
     ssim = float(np.mean(smap.sum(axis=(0, 1)) / np.maximum(m.sum(axis=(0, 1)), 1.0)))
@@ -65,6 +77,4 @@ def score(output: np.ndarray, target: np.ndarray, protocol: str = "gopro") -> tu
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     if protocol == "realblur":
         return _realblur_scores(output, target)
-    # identical images have PSNR = inf, which JSON cannot hold: capped, and the report labels it so
-    psnr = min(float(metrics.psnr(output, target)), metrics.PSNR_CAP)
-    return psnr, float(metrics.ssim(output, target, convention=protocol))
+    return metrics.score(output, target, convention=protocol)

@@ -1,4 +1,5 @@
 """The evaluation report: metrics.json, metrics.csv, comparison grids, training curves, index.html."""
+
 from __future__ import annotations
 
 import csv
@@ -13,14 +14,23 @@ import numpy as np
 from .. import storage
 from ..images import decode_image, encode_png
 from ..metrics import PSNR_CAP
-from .run import METHOD_NAMES, METHODS, output_name, ranked
+from .scoring import METHOD_NAMES, METHODS, output_name, ranked
+
 
 def _label(img: np.ndarray, text: str, scale: float) -> np.ndarray:
     """A white caption bar above the image; `scale` keeps text readable when the browser shrinks the grid."""
     height = int(30 * scale)
     bar = np.full((height, img.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, text, (int(8 * scale), height - int(9 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, (0, 0, 0),
-                max(1, int(round(1.5 * scale))), cv2.LINE_AA)
+    cv2.putText(
+        bar,
+        text,
+        (int(8 * scale), height - int(9 * scale)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.7 * scale,
+        (0, 0, 0),
+        max(1, int(round(1.5 * scale))),
+        cv2.LINE_AA,
+    )
     return np.concatenate([bar, img])
 
 
@@ -53,11 +63,16 @@ def comparison_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     text = max(1.0, len(panels) * w / 1000)  # the page shows the grid about 1000 px wide
     gap = 8
     top = _side_by_side([_label(img, name, text) for name, img in panels], gap)
-    crops = [cv2.resize(img[i : i + size, j : j + size], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
-             for _, img in panels]
+    crops = [
+        cv2.resize(img[i : i + size, j : j + size], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+        for _, img in panels
+    ]
     row = _side_by_side(crops, gap)
     width = max(top.shape[1], row.shape[1])
-    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255)
+
     caption = f"the same {size}x{size} region of each, where the sharp image has the most edges (x{zoom})"
     return np.concatenate([pad(top), np.full((gap, width, 3), 255, np.uint8), pad(_label(row, caption, text))])
 
@@ -107,13 +122,12 @@ def _fmt(value: Any, metric: str) -> str:
 def real_photo_grids(engine: Any, folder: str, out: str, limit: int = 12) -> list[tuple[str, str]]:
     """Blurred photos without a sharp truth (real camera shake): grids of input | unsharp mask | model,
     written under `out/real/`; returns (photo name, grid file) pairs. Unreadable files are skipped and named."""
-    from ..data.layouts import IMAGE_EXTS
-    from ..images import ImageError, read_image
+    from ..images import IMAGE_SUFFIXES, ImageError, read_image
     from .baselines import unsharp
 
-    uris = [u for u in storage.listdir(folder) if u.lower().endswith(IMAGE_EXTS)][:limit]
+    uris = [u for u in storage.listdir(folder) if u.lower().endswith(IMAGE_SUFFIXES)][:limit]
     if not uris:
-        raise ValueError(f"{folder}: no images to show (looked for {', '.join(IMAGE_EXTS)})")
+        raise ValueError(f"{folder}: no images to show (looked for {', '.join(IMAGE_SUFFIXES)})")
     grids = []
     for uri in uris:
         name = uri.rstrip("/").rsplit("/", 1)[-1]
@@ -122,7 +136,9 @@ def real_photo_grids(engine: Any, folder: str, out: str, limit: int = 12) -> lis
         except ImageError as e:
             print(f"skipped {e}")
             continue
-        grid = comparison_grid([("blurred", blur), ("unsharp mask", unsharp(blur)), ("model", engine.deblur_image(blur))])
+        grid = comparison_grid(
+            [("blurred", blur), ("unsharp mask", unsharp(blur)), ("model", engine.deblur_image(blur))]
+        )
         path = "real/" + output_name(name.rsplit(".", 1)[0])
         storage.write_bytes(storage.join(out, path), encode_png(grid))
         grids.append((name, path))
@@ -135,13 +151,22 @@ def keys_to_show(records: list[dict[str, Any]], max_grids: int = 24) -> list[str
     return list(dict.fromkeys([r["key"] for r in best + worst] + [r["key"] for r in records[:max_grids]]))
 
 
-def write_report(out: str, header: dict[str, Any], records: list[dict[str, Any]], summary: dict[str, Any],
-                 rows_by_key: dict[str, dict[str, Any]], curves: bytes | None = None,
-                 real: list[tuple[str, str]] = (), shown: list[str] | None = None) -> list[str]:
+def write_report(
+    out: str,
+    header: dict[str, Any],
+    records: list[dict[str, Any]],
+    summary: dict[str, Any],
+    rows_by_key: dict[str, dict[str, Any]],
+    curves: bytes | None = None,
+    real: list[tuple[str, str]] = (),
+    shown: list[str] | None = None,
+) -> list[str]:
     """Write every report file under `out`; returns their names. `rows_by_key` needs only the `shown` rows."""
     written = ["metrics.json", "metrics.csv", "index.html"]
-    storage.write_text(storage.join(out, "metrics.json"),
-                       json.dumps({"header": header, "summary": summary, "images": records}, indent=2))
+    storage.write_text(
+        storage.join(out, "metrics.json"),
+        json.dumps({"header": header, "summary": summary, "images": records}, indent=2),
+    )
     buf = io.StringIO()
     fields = sorted({k for r in records for k in r}, key=lambda k: (k != "key", k))
     writer = csv.DictWriter(buf, fieldnames=fields)
@@ -156,14 +181,19 @@ def write_report(out: str, header: dict[str, Any], records: list[dict[str, Any]]
         blur, sharp = decode_image(bytes(row["blur"]), key), decode_image(bytes(row["sharp"]), key)
         output = decode_image(storage.read_bytes(storage.join(out, "outputs", output_name(key))), key)
         name = "grids/" + output_name(key)
-        storage.write_bytes(storage.join(out, name), encode_png(comparison_grid([("blurred", blur), ("deblurred", output), ("sharp", sharp)])))
+        storage.write_bytes(
+            storage.join(out, name),
+            encode_png(comparison_grid([("blurred", blur), ("deblurred", output), ("sharp", sharp)])),
+        )
         grids[key] = name
         written.append(name)
     if curves:
         storage.write_bytes(storage.join(out, "curves.png"), curves)
         written.append("curves.png")
     written += [path for _, path in real]
-    storage.write_text(storage.join(out, "index.html"), _html(header, records, summary, best, worst, grids, bool(curves), real))
+    storage.write_text(
+        storage.join(out, "index.html"), _html(header, records, summary, best, worst, grids, bool(curves), real)
+    )
     return written
 
 
@@ -173,8 +203,11 @@ def _html(header, records, summary, best, worst, grids, curves, real=()) -> str:
     names = METHOD_NAMES
     head = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in header.items())
     rows = "".join(
-        f"<tr><td>{e(names[m])}</td>" + "".join(f"<td>{_fmt(summary.get(f'{m}_{x}'), x)}</td>" for x in metrics) + "</tr>"
-        for m in METHODS if f"{m}_psnr" in summary
+        f"<tr><td>{e(names[m])}</td>"
+        + "".join(f"<td>{_fmt(summary.get(f'{m}_{x}'), x)}</td>" for x in metrics)
+        + "</tr>"
+        for m in METHODS
+        if f"{m}_psnr" in summary
     )
     per_image = "".join(
         f"<tr><td>{e(r['key'])}</td><td>{r['width']}×{r['height']}</td>"
@@ -188,12 +221,14 @@ def _html(header, records, summary, best, worst, grids, curves, real=()) -> str:
         figs = "".join(
             f"<figure><img src='{e(grids[r['key']])}' alt='{e(r['key'])}'><figcaption>{e(r['key'])}: "
             f"{r['input_psnr']:.2f} → {r['output_psnr']:.2f} dB ({r['gain_psnr']:+.2f})</figcaption></figure>"
-            for r in items if r["key"] in grids
+            for r in items
+            if r["key"] in grids
         )
         return f"<h2>{e(title)}</h2>{figs}"
 
     real_html = "".join(
-        f"<figure><img src='{e(path)}' alt='{e(name)}'><figcaption>{e(name)}</figcaption></figure>" for name, path in real
+        f"<figure><img src='{e(path)}' alt='{e(name)}'><figcaption>{e(name)}</figcaption></figure>"
+        for name, path in real
     )
     if real_html:
         real_html = "<h2>Real blurred photos (no sharp truth): blurred | unsharp mask | model</h2>" + real_html
@@ -202,9 +237,9 @@ def _html(header, records, summary, best, worst, grids, curves, real=()) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}
 table.header td,table.header th{{text-align:left}}
 figure{{margin:1em 0}}</style></head><body>
-<h1>Evaluation: {summary['images']} images, PSNR gain {summary.get('gain_psnr', 0):+.2f} dB</h1>
+<h1>Evaluation: {summary["images"]} images, PSNR gain {summary.get("gain_psnr", 0):+.2f} dB</h1>
 <table class="header">{head}</table>
-<h2>Summary (means)</h2><table><tr><th>method</th>{''.join(f'<th>{x.upper()}</th>' for x in metrics)}</tr>{rows}</table>
+<h2>Summary (means)</h2><table><tr><th>method</th>{"".join(f"<th>{x.upper()}</th>" for x in metrics)}</tr>{rows}</table>
 {"<h2>Training curves</h2><img src='curves.png' alt='training curves'>" if curves else ""}
 {gallery("Best five (largest PSNR gain)", best)}
 {gallery("Worst five (smallest PSNR gain)", worst)}

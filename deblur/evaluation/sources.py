@@ -5,12 +5,14 @@ shard set are scored by the same code; folder pairs go through the data plane's 
 Rows are streamed (a Parquet row group, or one folder pair, at a time) and never all held: the driver
 keeps only keys and metrics, and `rows_for` re-reads the few rows a report shows as pictures.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Iterator
 
 import pyarrow.parquet as pq
+import ray.data
 
 from .. import storage
 from ..data import layouts, shards
@@ -87,8 +89,6 @@ class ShardSource:
         return found
 
     def ray_dataset(self):
-        import ray.data
-
         fs, _ = storage.pyarrow_filesystem(self.uris[0])
         ds = ray.data.read_parquet([storage.pyarrow_filesystem(u)[1] for u in self.uris], filesystem=fs)
         # a shard is one block as read; small blocks let every actor of the pool take a share
@@ -107,14 +107,18 @@ class FolderSource:
         return {p.key: shards.encode_pair(p) for p in self.pairs if p.key in keys}
 
     def ray_dataset(self):
-        import ray.data
-
         items = [dataclasses.asdict(p) for p in self.pairs]
         return ray.data.from_items(items, override_num_blocks=max(1, len(items) // 2)).map(_encode_item)
 
 
-def open_source(data: str | None = None, dataset: str | None = None, root: str | None = None,
-                split: str | None = None, limit: int | None = None, **options: Any) -> ShardSource | FolderSource:
+def open_source(
+    data: str | None = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    **options: Any,
+) -> ShardSource | FolderSource:
     """Shards at `data`, or a dataset folder at `root` (or a paired folder at `data`)."""
     if data and storage.exists(storage.join(data, shards.MANIFEST)):
         return ShardSource(data, split, limit)

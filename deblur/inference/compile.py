@@ -2,6 +2,7 @@
 TensorRT engine when this machine can build one. Everything lands in one folder, summarised by
 `compile.json`, and `load_engine(folder)` picks it up.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,10 +12,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnxruntime
+import skimage.data
+import torch
 
 from .. import storage
-from . import COMPILE_FILE, ONNX_FILE
+from ..images import to_model_input
+from ..models.checkpoint import checkpoint_hash, load_generator, resolve_checkpoint
 from .engine import Engine, EngineError
+from .load import COMPILE_FILE, ONNX_FILE
+from .onnx_engine import OPSET, OnnxEngine, add_metadata, export_onnx
+from .tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
+from .torch_engine import TorchEngine
 
 #: max |ONNX Runtime − torch| allowed in fp32, in [-1, 1] units (the job fails above it): an eighth of an
 #: 8-bit level (1/127.5). Generators that normalise with each image's statistics (NAFNet's LayerNorms,
@@ -38,8 +47,6 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def verification_inputs(multiple: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random batches at aligned and odd sizes, and real photos cut to odd sizes (333×517, ...)."""
-    import skimage.data
-
     rng = np.random.default_rng(seed)
     inputs = {
         f"random 2x3x{2 * multiple}x{2 * multiple}": rng.uniform(-1, 1, (2, 3, 2 * multiple, 2 * multiple)),
@@ -52,14 +59,13 @@ def verification_inputs(multiple: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _photo(img: np.ndarray, h: int, w: int) -> np.ndarray:
     reps = (-(-h // img.shape[0]), -(-w // img.shape[1]), 1)
-    img = np.tile(img, reps)[:h, :w]
-    return (img.transpose(2, 0, 1)[None].astype(np.float32) / 127.5) - 1.0
+    return to_model_input(np.tile(img, reps)[:h, :w])[None]
 
 
 def compare(reference: Engine, candidate: Engine, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     errors = {}
     for name, batch in inputs.items():
-        diff = np.abs(reference.run(batch) - candidate.run(batch))
+        diff = np.abs(reference.deblur_batch(batch) - candidate.deblur_batch(batch))
         errors[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
     return errors
 
@@ -74,15 +80,8 @@ def compile_checkpoint(
     max_batch: int = 4,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build `out/` = model.onnx[.data] (+ engine.plan, engine.json, timing.cache) + compile.json."""
-    import onnxruntime
-    import torch
-
-    from ..models.checkpoint import checkpoint_hash, load_generator, resolve_checkpoint
-    from .onnx_engine import OPSET, OnnxEngine, add_metadata, export_onnx
-    from .tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
-    from .torch_engine import TorchEngine
-
+    """Build `out/` = model.onnx[.data] (+ engine.plan, engine.json, timing.cache) + compile.json:
+    export → verify ONNX Runtime against torch → build and verify TensorRT where it runs → publish."""
     if precision not in REDUCED_TOLERANCE:
         raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(REDUCED_TOLERANCE)}")
     source = resolve_checkpoint(checkpoint)
@@ -92,13 +91,9 @@ def compile_checkpoint(
     progress(f"exporting {source} to ONNX (dynamic batch, height, width; multiple of {multiple})")
     export_onnx(model, staging / ONNX_FILE, multiple)
     add_metadata(staging / ONNX_FILE, multiple=multiple, model_hash=model_hash)
-
     progress("verifying ONNX Runtime against torch (random inputs and photos of odd sizes)")
-    reference = TorchEngine(model, source, "cpu", model_hash=model_hash)
     ort_engine = OnnxEngine(staging / ONNX_FILE, "cpu", multiple=multiple, model_hash=model_hash)
     inputs = verification_inputs(multiple)
-    onnx_errors = compare(reference, ort_engine, inputs)
-    worst = max(e["max_abs"] for e in onnx_errors.values())
     summary: dict[str, Any] = {
         "checkpoint": source,
         "model_hash": model_hash,
@@ -106,34 +101,67 @@ def compile_checkpoint(
         "multiple": multiple,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-        "onnx": {"opset": OPSET, "tolerance_max_abs": FP32_TOLERANCE,
-                 "max_abs_error": worst, "errors": onnx_errors},
+        "onnx": _verify_onnx(TorchEngine(model, source, "cpu", model_hash=model_hash), ort_engine, inputs),
     }
-    if worst > FP32_TOLERANCE:
-        raise EngineError(f"ONNX Runtime differs from torch by {worst:.2e} (> {FP32_TOLERANCE:.0e}): {onnx_errors}")
-
     reason = tensorrt_status()
     if reason:
         progress(f"TensorRT skipped: {reason}; the ONNX model is the result")
         summary["tensorrt"] = {"built": False, "reason": reason}
     else:
-        align = lambda hw: tuple(-(-v // multiple) * multiple for v in hw)  # noqa: E731
-        shapes = [(1, 3, *align(min_shape)), (1, 3, *align(opt_shape)), (max_batch, 3, *align(max_shape))]
+        shapes = _profile_shapes(multiple, min_shape, opt_shape, max_shape, max_batch)
         progress(f"building a TensorRT {precision} engine for shapes {shapes} (minutes)")
-        build_engine(staging / ONNX_FILE, staging, *shapes, precision=precision,
-                     extra_meta={"model_hash": model_hash, "checkpoint": source})
+        build_engine(
+            staging / ONNX_FILE,
+            staging,
+            *shapes,
+            precision=precision,
+            extra_meta={"model_hash": model_hash, "checkpoint": source},
+        )
         trt_engine = TensorRTEngine(staging / "engine.plan", multiple, model_hash)
-        trt_errors = compare(ort_engine, trt_engine, inputs)
-        mean = max(e["mean_abs"] for e in trt_errors.values())
-        summary["tensorrt"] = {"built": True, "precision": precision, "shapes": shapes,
-                               "tolerance_mean_abs": REDUCED_TOLERANCE[precision], "errors": trt_errors}
-        if mean > REDUCED_TOLERANCE[precision]:
-            raise EngineError(f"TensorRT {precision} differs from ONNX Runtime by mean {mean:.2e} "
-                              f"(> {REDUCED_TOLERANCE[precision]:.0e}): {trt_errors}")
+        summary["tensorrt"] = _verify_tensorrt(ort_engine, trt_engine, inputs, precision) | {"shapes": shapes}
+    _publish(staging, out, summary)
+    return summary
+
+
+def _verify_onnx(reference: Engine, ort_engine: Engine, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """ONNX Runtime must match torch to FP32_TOLERANCE on every input, else the export is refused."""
+    errors = compare(reference, ort_engine, inputs)
+    worst = max(e["max_abs"] for e in errors.values())
+    if worst > FP32_TOLERANCE:
+        raise EngineError(f"ONNX Runtime differs from torch by {worst:.2e} (> {FP32_TOLERANCE:.0e}): {errors}")
+    return {"opset": OPSET, "tolerance_max_abs": FP32_TOLERANCE, "max_abs_error": worst, "errors": errors}
+
+
+def _verify_tensorrt(
+    ort_engine: Engine, trt_engine: Engine, inputs: dict[str, np.ndarray], precision: str
+) -> dict[str, Any]:
+    """A reduced-precision engine is judged by its mean error against ONNX Runtime (fp32)."""
+    errors = compare(ort_engine, trt_engine, inputs)
+    mean = max(e["mean_abs"] for e in errors.values())
+    if mean > REDUCED_TOLERANCE[precision]:
+        raise EngineError(
+            f"TensorRT {precision} differs from ONNX Runtime by mean {mean:.2e} "
+            f"(> {REDUCED_TOLERANCE[precision]:.0e}): {errors}"
+        )
+    return {"built": True, "precision": precision, "tolerance_mean_abs": REDUCED_TOLERANCE[precision], "errors": errors}
+
+
+def _profile_shapes(
+    multiple: int, min_shape: tuple[int, int], opt_shape: tuple[int, int], max_shape: tuple[int, int], max_batch: int
+) -> list[tuple[int, ...]]:
+    """The TensorRT optimisation profile (min, opt, max N×3×H×W), sides rounded up to the model's multiple."""
+
+    def align(hw: tuple[int, int]) -> tuple[int, int]:
+        return tuple(-(-v // multiple) * multiple for v in hw)  # type: ignore[return-value]
+
+    return [(1, 3, *align(min_shape)), (1, 3, *align(opt_shape)), (max_batch, 3, *align(max_shape))]
+
+
+def _publish(staging: Path, out: str, summary: dict[str, Any]) -> None:
+    """Copy the staged files to `out`, compile.json last: its presence marks a complete folder."""
     summary["files"] = sorted(p.name for p in staging.iterdir()) + [COMPILE_FILE]
     (staging / COMPILE_FILE).write_text(json.dumps(summary, indent=2))
-    for path in sorted(staging.iterdir()):  # compile.json last: its presence marks a complete folder
+    for path in sorted(staging.iterdir()):
         if path.name != COMPILE_FILE:
             storage.write_bytes(storage.join(out, path.name), path.read_bytes())
     storage.write_bytes(storage.join(out, COMPILE_FILE), (staging / COMPILE_FILE).read_bytes())
-    return summary

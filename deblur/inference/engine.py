@@ -4,6 +4,7 @@ An `Engine` wraps a backend that maps float32 N×3×h×w batches in [-1, 1] (h, 
 stride) to the same. Around it, this class does what every caller needs and no backend should repeat:
 padding to the stride, cropping back, tiling above a pixel budget, and uint8 image conversion.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..images import to_image, to_model_input
 from .tiling import run_padded, run_tiled
 
 
@@ -49,9 +51,18 @@ class Engine:
         raise NotImplementedError
 
     def configure_tiling(
-        self, max_pixels: int | None = None, tile: int | None = None, overlap: int | None = None, tile_batch: int | None = None
+        self,
+        max_pixels: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+        tile_batch: int | None = None,
     ) -> "Engine":
-        for name, value in (("max_pixels", max_pixels), ("tile", tile), ("overlap", overlap), ("tile_batch", tile_batch)):
+        for name, value in (
+            ("max_pixels", max_pixels),
+            ("tile", tile),
+            ("overlap", overlap),
+            ("tile_batch", tile_batch),
+        ):
             if value is not None:
                 if int(value) < (0 if name == "overlap" else 1):
                     raise ValueError(f"{name} must be positive, got {value}")
@@ -60,7 +71,7 @@ class Engine:
             raise ValueError(f"tile overlap {self.overlap} must be smaller than the tile {self.tile}")
         return self
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def deblur_batch(self, batch: np.ndarray) -> np.ndarray:
         """float32 N×3×H×W in [-1, 1], any H and W → the deblurred batch, same shape."""
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
@@ -81,25 +92,31 @@ class Engine:
         return -(-h // m) * m <= self.max_hw[0] and -(-w // m) * m <= self.max_hw[1]
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
-        return run_tiled(self._infer, image.astype(np.float32, copy=False), self.info.multiple, self.tile, self.overlap, self.tile_batch)
+        return run_tiled(
+            self._infer,
+            image.astype(np.float32, copy=False),
+            self.info.multiple,
+            self.tile,
+            self.overlap,
+            self.tile_batch,
+        )
 
     def deblur_image(self, image: np.ndarray) -> np.ndarray:
-        """uint8 H×W×3 RGB → uint8 H×W×3 RGB, full resolution (tiled when over the pixel budget)."""
+        """uint8 (or 16-bit) H×W×3 RGB → the same, full resolution (tiled when over the pixel budget)."""
         return self.deblur_images([image])[0]
 
     def deblur_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Several uint8 RGB images; those of equal size run as one batch."""
+        """Several RGB images (uint8 or uint16, each kept at its depth); those of equal size run as one batch."""
         out: list[np.ndarray | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for k, img in enumerate(images):
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise ValueError(f"expected uint8 H×W×3 RGB images, got {img.dtype} {img.shape}")
-            by_size.setdefault(img.shape[:2], []).append(k)
+            if img.dtype not in (np.uint8, np.uint16) or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"expected uint8 or uint16 H×W×3 RGB images, got {img.dtype} {img.shape}")
+            by_size.setdefault((*img.shape[:2], img.dtype), []).append(k)
         for idx in by_size.values():
-            batch = np.stack([images[k] for k in idx]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-            result = self.run(batch)
-            for k, res in zip(idx, result):
-                out[k] = np.clip(np.rint((res.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            batch = np.stack([images[k] for k in idx])
+            for k, res in zip(idx, to_image(self.deblur_batch(to_model_input(batch)), batch.dtype.type)):
+                out[k] = res
         return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ The exported graph takes batches already padded to the model's stride (the `Engi
 batch, height and width. torch's dynamo exporter writes large weights to `<name>.onnx.data` beside the
 graph; the two files always travel together, and loading checks for the data file by name.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 import torch.nn as nn
 
@@ -29,12 +31,20 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, multiple: int, opset:
     # that contradict the dynamic batch range, and the export fails
     example = torch.zeros(2, 3, 2 * multiple, 2 * multiple)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    dims = {2: multiple * torch.export.Dim("h_blocks", min=1, max=max(1, 8192 // multiple)),
-            3: multiple * torch.export.Dim("w_blocks", min=1, max=max(1, 8192 // multiple))}
+    dims = {
+        2: multiple * torch.export.Dim("h_blocks", min=1, max=max(1, 8192 // multiple)),
+        3: multiple * torch.export.Dim("w_blocks", min=1, max=max(1, 8192 // multiple)),
+    }
     with torch.inference_mode(False), torch.no_grad():
         program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes={"x": {0: batch, **dims}}, verbose=False,
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes={"x": {0: batch, **dims}},
+            verbose=False,
         )
         program.save(str(path), external_data=True)
     onnx.checker.check_model(str(path), full_check=False)
@@ -64,8 +74,6 @@ def onnx_files(path: str | os.PathLike) -> list[Path]:
 
 
 def ort_providers(device: str = "auto") -> list[str]:
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -75,10 +83,14 @@ def ort_providers(device: str = "auto") -> list[str]:
 
 
 class OnnxEngine(Engine):
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None, multiple: int | None = None,
-                 model_hash: str = ""):
-        import onnxruntime as ort
-
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "auto",
+        threads: int | None = None,
+        multiple: int | None = None,
+        model_hash: str = "",
+    ):
         path = Path(path)
         onnx_files(path)
         opts = ort.SessionOptions()
@@ -98,8 +110,13 @@ class OnnxEngine(Engine):
         self.input = self.session.get_inputs()[0].name
         on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.info = EngineInfo(
-            "onnxruntime", "cuda" if on_gpu else "cpu", "fp32", int(multiple or meta.get("multiple", 1)), str(path),
-            model_hash or meta.get("model_hash", ""), {"providers": self.session.get_providers(), "threads": opts.intra_op_num_threads},
+            "onnxruntime",
+            "cuda" if on_gpu else "cpu",
+            "fp32",
+            int(multiple or meta.get("multiple", 1)),
+            str(path),
+            model_hash or meta.get("model_hash", ""),
+            {"providers": self.session.get_providers(), "threads": opts.intra_op_num_threads},
         )
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

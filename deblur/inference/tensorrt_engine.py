@@ -4,6 +4,7 @@ A serialized engine is only valid for the TensorRT version and GPU architecture 
 `engine.plan` travels with `engine.json` (versions, GPU, shapes, precision, source hash) and loading
 checks it first, failing with the reason and the command that rebuilds it instead of a CUDA error.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,15 @@ from .engine import Engine, EngineError, EngineInfo
 from .onnx_engine import INPUT, OUTPUT
 
 PLAN, META, TIMING_CACHE = "engine.plan", "engine.json", "timing.cache"
-REQUIRED_META = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "min_shape", "opt_shape", "max_shape")
+REQUIRED_META = (
+    "tensorrt_version",
+    "gpu_name",
+    "compute_capability",
+    "precision",
+    "min_shape",
+    "opt_shape",
+    "max_shape",
+)
 
 
 def tensorrt_status() -> str | None:
@@ -38,7 +47,11 @@ def current_platform() -> dict[str, Any]:
     import torch
 
     major, minor = torch.cuda.get_device_capability()
-    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": torch.cuda.get_device_name(),
+        "compute_capability": f"{major}.{minor}",
+    }
 
 
 def check_engine_metadata(meta: dict[str, Any], platform: dict[str, Any], where: str) -> None:
@@ -100,8 +113,14 @@ def build_engine(
         raise EngineError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
     (out_dir / PLAN).write_bytes(bytes(plan))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = {**current_platform(), "precision": precision, "min_shape": list(min_shape), "opt_shape": list(opt_shape),
-            "max_shape": list(max_shape), **(extra_meta or {})}
+    meta = {
+        **current_platform(),
+        "precision": precision,
+        "min_shape": list(min_shape),
+        "opt_shape": list(opt_shape),
+        "max_shape": list(max_shape),
+        **(extra_meta or {}),
+    }
     (out_dir / META).write_text(json.dumps(meta, indent=2))
     return out_dir / PLAN
 
@@ -157,8 +176,15 @@ class TensorRTEngine(Engine):
         self.max_hw = (int(max_h), int(max_w))  # beyond the profile on either side, the Engine tiles
         self.tile = profile_tile(self.max_hw, multiple, self.tile)
         self.overlap = min(self.overlap, self.tile // 4)
-        self.info = EngineInfo("tensorrt", meta["gpu_name"], meta["precision"], multiple, str(plan),
-                               model_hash or meta.get("model_hash", ""), {"tensorrt_version": meta["tensorrt_version"]})
+        self.info = EngineInfo(
+            "tensorrt",
+            meta["gpu_name"],
+            meta["precision"],
+            multiple,
+            str(plan),
+            model_hash or meta.get("model_hash", ""),
+            {"tensorrt_version": meta["tensorrt_version"]},
+        )
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -171,8 +197,10 @@ class TensorRTEngine(Engine):
             x = torch.from_numpy(np.ascontiguousarray(batch[k : k + self.max_batch])).cuda()
             y = torch.empty_like(x)
             if not self.context.set_input_shape(INPUT, tuple(x.shape)):
-                raise EngineError(f"{self.info.source}: shape {tuple(x.shape)} is outside the engine's profile "
-                                  f"(max {self.max_batch}×3×{self.max_hw[0]}×{self.max_hw[1]})")
+                raise EngineError(
+                    f"{self.info.source}: shape {tuple(x.shape)} is outside the engine's profile "
+                    f"(max {self.max_batch}×3×{self.max_hw[0]}×{self.max_hw[1]})"
+                )
             self.context.set_tensor_address(INPUT, x.data_ptr())
             self.context.set_tensor_address(OUTPUT, y.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):

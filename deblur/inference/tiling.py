@@ -5,11 +5,14 @@ Backends only ever see batches whose height and width are multiples of the model
 so ONNX graphs and TensorRT profiles need no padding logic of their own and every backend pads the same way
 (reflection, like the models' own forward).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 import numpy as np
+
+from ..images import pad_bottom_right
 
 Infer = Callable[[np.ndarray], np.ndarray]  # float32 N×3×h×w (h, w multiples) → same shape
 
@@ -17,11 +20,7 @@ Infer = Callable[[np.ndarray], np.ndarray]  # float32 N×3×h×w (h, w multiples
 def pad_to_multiple(batch: np.ndarray, multiple: int) -> np.ndarray:
     """Reflect-pad bottom/right to a multiple (edge-replicate when the image is too small to reflect)."""
     h, w = batch.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return batch
-    mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+    return pad_bottom_right(batch, (-h) % multiple, (-w) % multiple, channels_last=False)
 
 
 def run_padded(infer: Infer, batch: np.ndarray, multiple: int) -> np.ndarray:

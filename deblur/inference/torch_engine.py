@@ -1,4 +1,5 @@
 """The PyTorch backend: eager (optionally `torch.compile`d), channels-last, autocast on GPU."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,12 @@ class TorchEngine(Engine):
         self.model = torch.compile(model, dynamic=True) if compile else model
         reported = "tf32" if self.device.type == "cuda" and precision == "fp32" else precision  # tune_cuda allows TF32
         self.info = EngineInfo(
-            "torch", str(self.device), reported, int(getattr(model, "multiple", 1)), source, model_hash,
+            "torch",
+            str(self.device),
+            reported,
+            int(getattr(model, "multiple", 1)),
+            source,
+            model_hash,
             {"compiled": bool(compile), "threads": torch.get_num_threads() if self.device.type == "cpu" else None},
         )
 

@@ -3,6 +3,7 @@
 Parameters, the weights' size in fp32 and fp16, and GFLOPs per megapixel of input (multiply-adds × 2,
 counted by torch's FlopCounterMode on a `--size`² input, so padding to the model's stride is included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="input side for the output-shape and FLOP columns")
     args = parser.parse_args()
-    print(f"{'kind':<10} {'name':<14} {'kwargs':<24} {'parameters':>12} {'fp32 MB':>8} {'fp16 MB':>8} "
-          f"{'GFLOPs/Mpx':>10}  output for {args.size}²")
+    print(
+        f"{'kind':<10} {'name':<14} {'kwargs':<24} {'parameters':>12} {'fp32 MB':>8} {'fp16 MB':>8} "
+        f"{'GFLOPs/Mpx':>10}  output for {args.size}²"
+    )
     for kind, table, build in (("generator", GENERATORS, build_generator), ("critic", CRITICS, build_critic)):
         for name in table:
             for kw in DEFAULT_KWARGS.get(name, [{}]):
                 model = build(name, **kw).eval()
                 shape, gflops = cost(model, args.size)
                 n = count_parameters(model)
-                print(f"{kind:<10} {name:<14} {str(kw):<24} {n:>12,} {n * 4 / 2**20:>8.1f} {n * 2 / 2**20:>8.1f} "
-                      f"{gflops:>10.1f}  {shape}")
+                print(
+                    f"{kind:<10} {name:<14} {str(kw):<24} {n:>12,} {n * 4 / 2**20:>8.1f} {n * 2 / 2**20:>8.1f} "
+                    f"{gflops:>10.1f}  {shape}"
+                )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Three kinds are understood:
 - DeblurGAN-v2's published `fpn_mobilenet.h5`: `{"model": state_dict}` with `module.` prefixes.
 Everything else about the keys is strict. Anything else fails with a one-line `CheckpointError` saying why.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,10 +23,25 @@ import torch
 import torch.nn as nn
 
 from .. import storage
+from .common import unwrap
+from .registry import build_generator
 from .shipped import shipped_path
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "deblur"
+
+
+# A saved checkpoint outlives the constructor signature it was written with, so the generator kwargs it
+# stores pass through these two tables (in `checkpoint_kwargs`, the one place they are read) on loading.
+# generator name → {argument name a checkpoint may store: the constructor's name for it}
+RENAMED_KWARGS: dict[str, dict[str, str]] = {
+    "resnet": {"ngf": "base_channels", "n_blocks": "num_blocks"},
+}
+# generator name → {stored argument the constructor no longer takes: the only value it could have held}
+# (generators take RGB images, so a channel count is always 3)
+FIXED_KWARGS: dict[str, dict[str, Any]] = {
+    "unet_fpn": {"in_channels": 3},
+}
 
 
 class CheckpointError(ValueError):
@@ -34,12 +50,8 @@ class CheckpointError(ValueError):
 
 def generator_checkpoint(model: nn.Module, name: str, kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The dict this project saves for a generator (training adds critic, optimizers, ...)."""
-    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     return {"format": FORMAT, "generator_name": name, "generator_kwargs": dict(kwargs), "generator": state, **extra}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 def resolve_checkpoint(uri: str) -> str:
@@ -89,6 +101,22 @@ def read_checkpoint(uri: str) -> dict[str, Any]:
     return obj
 
 
+def checkpoint_kwargs(name: str, kwargs: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint's stored generator kwargs → the arguments the constructor takes (RENAMED_KWARGS, FIXED_KWARGS)."""
+    renamed, fixed = RENAMED_KWARGS.get(name, {}), FIXED_KWARGS.get(name, {})
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in fixed:
+            if value != fixed[key]:
+                raise CheckpointError(f"{where}: {name} with {key}={value!r} is not supported (only {fixed[key]!r})")
+            continue
+        key = renamed.get(key, key)
+        if key in out:
+            raise CheckpointError(f"{where}: {name} kwargs name {key!r} twice (under its old and its new name)")
+        out[key] = value
+    return out
+
+
 def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module.") :]: v for k, v in state.items()}
@@ -119,15 +147,13 @@ def _published(path_or_uri: str, obj: dict[str, Any]) -> tuple[str, dict[str, An
 
 def load_generator(path_or_uri: str, device: str | torch.device = "cpu") -> nn.Module:
     """Build and load the generator a checkpoint describes, in eval mode, on `device`."""
-    from . import build_generator
-
     obj = read_checkpoint(path_or_uri)
     published = None if obj.get("format") == FORMAT else _published(path_or_uri, obj)
     if obj.get("format") == FORMAT:
         name, kwargs, state = obj.get("generator_name"), obj.get("generator_kwargs", {}), obj.get("generator")
         if not isinstance(state, dict):
             raise CheckpointError(f"{path_or_uri}: deblur checkpoint without a generator state dict")
-        model = build_generator(name, **kwargs)
+        model = build_generator(name, **checkpoint_kwargs(name, kwargs, path_or_uri))
     elif published is not None:
         name, state = published
         model = build_generator(name)

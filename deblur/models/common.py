@@ -1,8 +1,10 @@
 """Shape helpers shared by every generator and by inference (pad to a multiple, crop back), and the CUDA
 settings training and inference share."""
+
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -56,3 +58,8 @@ def tune_cuda(fixed_shapes: bool) -> None:
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device; on a GPU through pinned memory, so the copy runs asynchronously."""
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or any `.module` wrapper), so its state_dict has plain keys."""
+    return getattr(model, "module", model)

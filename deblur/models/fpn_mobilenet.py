@@ -1,5 +1,5 @@
 """DeblurGAN-v2's FPN-MobileNet generator (Kupyn, Martyniuk, Wu and Wang, ICCV 2019), laid out so the
-published `fpn_mobilenet.h5` loads strictly: the article's "light" generator.
+published `fpn_mobilenet.h5` loads strictly: DeblurGAN-v2's "light" generator.
 
 A MobileNetV2 backbone (inverted residuals, BatchNorm, ReLU6) feeds a feature pyramid: lateral 1×1 convs
 on five encoder levels, a top-down path with nearest ×2 upsampling and 3×3 conv + InstanceNorm + ReLU
@@ -24,6 +24,7 @@ BatchNorm's affine), so a picture's output never depends on what else is in the 
 then cropped back;
 the padding enters the norm statistics, so padding differently would change the output.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,15 @@ import torch.nn.functional as F
 from .common import check_image_batch
 
 # MobileNetV2 (Sandler et al., 2018) stages after the stem: (expansion t, output channels c, repeats n, stride s)
-MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2 = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 # which backbone stages form encoder levels 0..4 (strides 2, 4, 8, 16, 32); stages 16-18 are never run
 ENCODER_SLICES = ((0, 2), (2, 4), (4, 7), (7, 11), (11, 16))
 ALIGN = 32
@@ -58,7 +67,8 @@ class ImageStatsInstanceNorm(nn.InstanceNorm2d):
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), ImageStatsBatchNorm(cout)
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        ImageStatsBatchNorm(cout),
     ]
     return layers + [nn.ReLU6(inplace=True)] if act else layers
 

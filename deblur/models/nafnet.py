@@ -8,6 +8,7 @@ LayerNorm → 1×1 → SimpleGate → 1×1 feed-forward; both branches enter the
 per-channel scale that starts at zero, so every block starts as the identity. Downsampling is a 2×2
 stride-2 conv, upsampling a 1×1 conv + pixel shuffle. Global residual: output = clamp(input + tail).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,9 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
 
 
 def simple_gate(x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ pad-conv-IN-ReLU-dropout-pad-conv-IN, two transposed-conv upsamplings, tanh, and
 clamp(input + output). 11,378,179 parameters. The repository's later HEAD has a broken one-conv block
 (6.07 M parameters) that the weights do not fit; it is deliberately not followed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,26 +34,30 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """Inputs of any size are reflect-padded to a multiple of 4 (two stride-2 stages) and cropped back."""
+    """Width `base_channels` (DeblurGAN's ngf), `num_blocks` residual blocks at 4× that width (its n_blocks);
+    inputs of any size are reflect-padded to a multiple of 4 (two stride-2 stages) and cropped back."""
 
     multiple = 4
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, use_dropout: bool = True, learn_residual: bool = True):
+    def __init__(
+        self, base_channels: int = 64, num_blocks: int = 9, use_dropout: bool = True, learn_residual: bool = True
+    ):
         super().__init__()
+        b = base_channels
         self.learn_residual = learn_residual
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), _norm(ngf), nn.ReLU(True)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, b, 7), _norm(b), nn.ReLU(True)]
         for i in range(2):
-            c = ngf * 2**i
+            c = b * 2**i
             layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), _norm(2 * c), nn.ReLU(True)]
-        layers += [ResnetBlock(ngf * 4, use_dropout) for _ in range(n_blocks)]
+        layers += [ResnetBlock(b * 4, use_dropout) for _ in range(num_blocks)]
         for i in range(2):
-            c = ngf * 2 ** (2 - i)
+            c = b * 2 ** (2 - i)
             layers += [
                 nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1),
                 _norm(c // 2),
                 nn.ReLU(True),
             ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(b, 3, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ mean the model `DEFAULT` names; its model card (`weights/<name>.md`) says how it
 scores. A shipped name is only ever looked up here, never on storage, so a folder called `default`
 next to the user's photos cannot be mistaken for it: pass `./default` for that.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,9 +45,17 @@ def package(checkpoint: str, name: str, half: bool = True, folder: Path = WEIGHT
     if obj.get("format") != FORMAT:
         raise ValueError(f"{checkpoint}: not a deblur training checkpoint")
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in obj["generator"].items()}
-    shipped = {"format": FORMAT, "generator_name": obj["generator_name"], "generator_kwargs": obj["generator_kwargs"],
-               "generator": state, "name": name, "epoch": obj.get("epoch"), "step": obj.get("step"),
-               "metrics": obj.get("metrics", {}), "config": obj.get("config", {})}
+    shipped = {
+        "format": FORMAT,
+        "generator_name": obj["generator_name"],
+        "generator_kwargs": obj["generator_kwargs"],
+        "generator": state,
+        "name": name,
+        "epoch": obj.get("epoch"),
+        "step": obj.get("step"),
+        "metrics": obj.get("metrics", {}),
+        "config": obj.get("config", {}),
+    }
     buf = io.BytesIO()
     torch.save(shipped, buf)
     folder.mkdir(parents=True, exist_ok=True)

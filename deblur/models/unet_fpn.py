@@ -1,7 +1,9 @@
-"""The article's generator: a 7-level U-Net with a dilated feature pyramid and a no-checkerboard decoder.
+"""The generator of "DeblurGAN:深度解析与图像去模糊复现实践" (DeblurGAN: an analysis and a reproduction), the
+article this project started from, whose training recipe is jobs/configs/gopro.yaml: a 7-level U-Net with a
+dilated feature pyramid and a no-checkerboard decoder.
 
-Encoder: 7 stride-2 conv+ReLU blocks, widths b, 2b, 4b, 8b, 8b, 8b, 8b (b = base_channels; the article's
-64 gives 64 → 512). A feature pyramid takes levels 3 and 5 through dilated 3×3 convs (dilation 2 and 4),
+Encoder: 7 stride-2 conv+ReLU blocks, widths b, 2b, 4b, 8b, 8b, 8b, 8b (b = base_channels; the
+article's 64 gives 64 → 512). A feature pyramid takes levels 3 and 5 through dilated 3×3 convs (dilation 2 and 4),
 maps both to the level-3 width with lateral 1×1 convs, upsamples level 5 to level-3 size, adds them and
 smooths with a 3×3 conv; the result is added to the level-3 skip. (The article's sketch adds 256- and
 512-channel maps of different sizes, which cannot work; lateral convs are the FPN way to make it consistent.)
@@ -11,6 +13,7 @@ A full-resolution stem conv (on by default) gives the last decoder block image-r
 fuse with, instead of the raw RGB input; without it the finest detail has a single 3×3 conv to go through.
 Global residual: output = clamp(input + tanh(head)), so the network learns the correction, in [-1, 1].
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,7 +68,7 @@ class UNetFPNGenerator(nn.Module):
 
     multiple = 2**LEVELS
 
-    def __init__(self, base_channels: int = 64, in_channels: int = 3, stem: bool = True):
+    def __init__(self, base_channels: int = 64, stem: bool = True):
         super().__init__()
         if base_channels < 1:
             raise ValueError(f"base_channels must be positive, got {base_channels}")
@@ -73,8 +76,8 @@ class UNetFPNGenerator(nn.Module):
         self.widths = [b, 2 * b, 4 * b, 8 * b, 8 * b, 8 * b, 8 * b]
         self.base_channels = b
         # Level 0: full-resolution features (a stem conv) or, without the stem, the input image itself.
-        level0 = b if stem else in_channels
-        self.stem = _conv(in_channels, level0) if stem else nn.Identity()
+        level0 = b if stem else 3
+        self.stem = _conv(3, level0) if stem else nn.Identity()
         cins = [level0] + self.widths[:-1]
         self.encoder = nn.ModuleList(_conv(ci, co, stride=2) for ci, co in zip(cins, self.widths))
         self.pyramid = FeaturePyramid(self.widths[2], self.widths[4])
@@ -84,7 +87,7 @@ class UNetFPNGenerator(nn.Module):
         self.decoder = nn.ModuleList(
             UpBlock(self.widths[k] if k == LEVELS - 1 else outs[k + 1], skips[k], outs[k]) for k in range(LEVELS)
         )
-        self.head = nn.Conv2d(outs[0], in_channels, 3, padding=1)
+        self.head = nn.Conv2d(outs[0], 3, 3, padding=1)
         # Start as the identity map (tanh(0) = 0 residual): training begins at the blurred input's PSNR
         # instead of at noise, which matters for short CPU runs.
         nn.init.zeros_(self.head.weight)

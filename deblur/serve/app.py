@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import Field, model_validator
 from ray import serve
 
-from ..bulk.imagefile import BadImage, decode, encode, output_format
+from ..imagefile import BadImage, decode, encode, output_format
+from ..inference import load_engine
+from ..options import Strict
 from .limits import Limits, RequestError, check_content_type
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -41,15 +44,21 @@ def _error(e: RequestError) -> JSONResponse:
 class DeblurEndpoint:
     """One deployment: the HTTP ingress and the engine in the same replica. Requests are checked (auth, size,
     type, the pixel budget from the header) before any pixel is decoded; decoding and encoding run in threads
-    beside the engine; `@serve.batch` gathers concurrent requests into one engine call. One replica is one
-    actor hop from Serve's proxy (a separate ingress deployment added a second hop and a second process
-    competing for the cores); replicas scale on ongoing requests like any Serve deployment."""
+    beside the engine; `@serve.batch` gathers concurrent requests into one engine call. Ingress and engine share
+    the replica so that a request is one hop from Serve's proxy and one process owns the cores; replicas scale
+    on ongoing requests like any Serve deployment."""
 
-    def __init__(self, model: str, engine: str = "auto", max_batch_size: int = 1, batch_wait_timeout_s: float = 0.05,
-                 threads: int | None = None, max_bytes: int | None = None, max_pixels: int | None = None,
-                 token_file: str | None = None):
-        from ..inference import load_engine
-
+    def __init__(
+        self,
+        model: str,
+        engine: str = "auto",
+        max_batch_size: int = 1,
+        batch_wait_timeout_s: float = 0.05,
+        threads: int | None = None,
+        max_bytes: int | None = None,
+        max_pixels: int | None = None,
+        token_file: str | None = None,
+    ):
         self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
         self.engine = load_engine(model, engine, threads=threads)
         self.model = model
@@ -64,9 +73,15 @@ class DeblurEndpoint:
 
     def info(self) -> dict[str, Any]:
         i = self.engine.info
-        return {"model": self.model, "engine": i.backend, "device": i.device, "precision": i.precision,
-                "checkpoint_hash": i.model_hash, "threads": i.extra.get("threads"),
-                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+        return {
+            "model": self.model,
+            "engine": i.backend,
+            "device": i.device,
+            "precision": i.precision,
+            "checkpoint_hash": i.model_hash,
+            "threads": i.extra.get("threads"),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
 
     async def _body(self, request: Request) -> bytes:
         self.limits.check_length(request.headers.get("content-length"))
@@ -112,14 +127,16 @@ class DeblurEndpoint:
                 raise RequestError(400, "not an image", reason) from None
         except RequestError as e:
             return _error(e)
-        rgb = img.rgb if img.rgb.dtype == np.uint8 else (img.rgb >> 8).astype(np.uint8)
         fmt = output_format(format or "same", img.format if img.format in MEDIA_TYPES else "PNG")
         t0 = time.perf_counter()
-        out = await self._batched(rgb)
+        out = await self._batched(img.rgb)  # 16-bit files stay 16-bit, as in the bulk job
         ms = (time.perf_counter() - t0) * 1000
         payload = await asyncio.to_thread(encode, out, img, fmt, quality)
-        return Response(payload, media_type=MEDIA_TYPES[fmt],
-                        headers={"X-Model-Id": self.engine.info.model_hash, "X-Inference-Ms": f"{ms:.1f}"})
+        return Response(
+            payload,
+            media_type=MEDIA_TYPES[fmt],
+            headers={"X-Model-Id": self.engine.info.model_hash, "X-Inference-Ms": f"{ms:.1f}"},
+        )
 
     @api.get("/healthz", summary="Ready when the model is loaded")
     async def healthz(self) -> JSONResponse:
@@ -137,11 +154,9 @@ class DeblurEndpoint:
         return HTMLResponse(PAGE.read_text())
 
 
-class AppArgs(BaseModel):
+class AppArgs(Strict):
     """What `serve run`/`serve deploy` (cluster/serve.yaml's `args`) and jobs/serve.py may set: typed and
     strict, so a typo is refused when the app is built instead of silently falling back to a default."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))
     engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
@@ -164,41 +179,31 @@ class AppArgs(BaseModel):
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self
 
-    @classmethod
-    def parse(cls, args: "AppArgs | dict[str, Any]") -> "AppArgs":
-        """Validated arguments, or a one-line ValueError naming the argument."""
-        if isinstance(args, cls):
-            return args
-        try:
-            return cls.model_validate(args or {})
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "args"
-            msg = "unknown argument (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            raise ValueError(f"deblur Serve app: {where}: {msg}") from None
-
 
 #: Serve's proxy reaches replicas over gRPC instead of Ray actor calls (Ray's performance guide, "interdeployment
-#: gRPC transport"): measured here, a request's round trip without the model fell from ~12 ms to ~7 ms. The
-#: proxy reads it from its environment, so it travels in the controller's runtime env (proxies inherit it);
-#: on a cluster the container images set it too (infra/docker).
+#: gRPC transport"), which shortens every request's round trip (README, Serve numbers). The proxy reads it from
+#: its environment, so it travels in the controller's runtime env (proxies inherit it); on a cluster the
+#: container images set it too (infra/docker).
 SERVE_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
 def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 60.0) -> None:
     """`serve.start` with the HTTP options and the proxy transport above; a running Serve is joined as it is."""
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
-                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+    serve.start(
+        http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
+        controller_options={"runtime_env": {"env_vars": SERVE_ENV}},
+    )
 
 
 def node_resources() -> list[dict[str, float]]:
     """CPUs and GPUs of each live node of the Ray cluster the app is built in (`serve deploy` builds it there),
     else of this machine (`serve run` builds it before starting Ray)."""
-    import ray
-
     if ray.is_initialized():
-        return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
-                for n in ray.nodes() if n["Alive"]]
+        return [
+            {"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+            for n in ray.nodes()
+            if n["Alive"]
+        ]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return [{"CPU": float(cpus), "GPU": 0.0}]  # GPUs unknown here: see sized_to_nodes
 
@@ -206,15 +211,17 @@ def node_resources() -> list[dict[str, float]]:
 def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
     """`num_cpus` and `max_replicas` where they were left unset. A replica takes a whole node's CPUs (a GPU
     replica its share of them), so its engine runs on every core the way the in-process engine does: Ray sets
-    OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads. A 1-CPU replica on a
-    2-core machine served at half the engine's speed. `max_replicas` is then how many such replicas the nodes
+    OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads (a 1-CPU replica would leave
+    the other cores idle). `max_replicas` is then how many such replicas the nodes
     hold. Nodes whose GPUs are unknown (no Ray running yet) count as holding one GPU replica each. Set both
     explicitly for a cluster that autoscales nodes, and for `serve run --address` to a remote cluster, which
     builds the app on the laptop before it connects (cluster/serve.yaml sets them)."""
     if a.num_gpus and any(n["GPU"] >= a.num_gpus for n in nodes):
         nodes = [n for n in nodes if n["GPU"] >= a.num_gpus]
     per_gpu = bool(a.num_gpus) and all(n["GPU"] for n in nodes)
-    cpus = a.num_cpus or max(1, int(max((n["CPU"] * (a.num_gpus / n["GPU"] if per_gpu else 1) for n in nodes), default=1)))
+    cpus = a.num_cpus or max(
+        1, int(max((n["CPU"] * (a.num_gpus / n["GPU"] if per_gpu else 1) for n in nodes), default=1))
+    )
     fits = sum(min(n["CPU"] // cpus, n["GPU"] // a.num_gpus if per_gpu else float("inf")) for n in nodes)
     replicas = a.max_replicas or max(1, a.min_replicas, int(fits))
     return a.model_copy(update={"num_cpus": cpus, "max_replicas": replicas})
@@ -225,12 +232,15 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
 
     Batching defaults to 8 on a GPU and to 1 (off) on CPU: there one image already keeps every core busy, so
     waiting `batch_wait_timeout_s` for company only adds latency (benchmarks/serve.py measures both)."""
-    a = sized_to_nodes(AppArgs.parse(args), node_resources())
+    a = sized_to_nodes(AppArgs.parse(args, "deblur Serve app"), node_resources())
     batch = a.max_batch_size or (8 if a.num_gpus else 1)
     return DeblurEndpoint.options(
         ray_actor_options={"num_cpus": a.num_cpus, "num_gpus": a.num_gpus},
-        autoscaling_config={"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
-                            "target_ongoing_requests": a.target_ongoing_requests},
+        autoscaling_config={
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+        },
         max_ongoing_requests=a.max_ongoing_requests,
     ).bind(a.model, a.engine, batch, a.batch_wait_timeout_s, a.threads, a.max_bytes, a.max_pixels, a.token_file)
 

@@ -4,6 +4,7 @@ Kept free of Ray and FastAPI so the rules read in one place: body size, content 
 (checked from the image header before any decoding), and the optional bearer token (constant-time
 comparison; the token is never logged or echoed).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -33,7 +34,9 @@ class Limits:
         return self.token is not None
 
     @classmethod
-    def from_env(cls, max_bytes: int | None = None, max_pixels: int | None = None, token_file: str | None = None) -> "Limits":
+    def from_env(
+        cls, max_bytes: int | None = None, max_pixels: int | None = None, token_file: str | None = None
+    ) -> "Limits":
         """Token from $DEBLUR_API_TOKEN, or a file (`token_file`, else $DEBLUR_API_TOKEN_FILE); neither set →
         auth off. A source that is set but missing, unreadable or empty is an AuthConfigError (one line): it
         never turns auth off silently."""
@@ -48,8 +51,10 @@ class Limits:
         try:
             token = Path(token_file).read_text().strip()
         except OSError as e:
-            raise AuthConfigError(f"API token file {token_file}: {e.strerror or type(e).__name__}; the endpoint will "
-                                  "not start without it (mount the secret, or unset DEBLUR_API_TOKEN_FILE)") from None
+            raise AuthConfigError(
+                f"API token file {token_file}: {e.strerror or type(e).__name__}; the endpoint will "
+                "not start without it (mount the secret, or unset DEBLUR_API_TOKEN_FILE)"
+            ) from None
         except UnicodeDecodeError:
             raise AuthConfigError(f"API token file {token_file}: not text") from None
         if not token:
@@ -78,5 +83,8 @@ def check_content_type(content_type: str) -> str:
         return "raw"
     if kind == "multipart/form-data":
         return "multipart"
-    raise RequestError(415, "unsupported media type",
-                       f"got {kind or 'no Content-Type'}; send the image as the body (image/*) or as multipart 'file'")
+    raise RequestError(
+        415,
+        "unsupported media type",
+        f"got {kind or 'no Content-Type'}; send the image as the body (image/*) or as multipart 'file'",
+    )

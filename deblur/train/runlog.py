@@ -3,6 +3,7 @@
 They are written to a local staging folder and copied to the run folder in storage (local or S3) after
 every epoch, so a user can point TensorBoard at the run and `jobs/evaluate.py` can draw the curves.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ class RunLog:
         storage.write_bytes(storage.join(self.run_uri, METRICS_FILE), open(self.metrics_path, "rb").read())
         tb_local = os.path.join(self.local, TB_DIR)
         for name in os.listdir(tb_local):
-            storage.write_bytes(storage.join(self.run_uri, TB_DIR, name), open(os.path.join(tb_local, name), "rb").read())
+            storage.write_bytes(
+                storage.join(self.run_uri, TB_DIR, name), open(os.path.join(tb_local, name), "rb").read()
+            )
 
     def close(self) -> None:
         self.tb.close()

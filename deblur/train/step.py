@@ -9,6 +9,7 @@ batching the three does not mix them.
 Generator update: the critic is frozen and called without its DDP wrapper (no gradients for it, no
 reducer bookkeeping), and the generator loss is λ_adv·adversarial + λ_per·perceptual + λ_l1·L1 + λ_fft·FFT.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +21,15 @@ import torch.nn as nn
 
 from ..config import Config
 from ..losses import (
-    PerceptualLoss, content_loss, critic_loss, frequency_loss, generator_adversarial_loss, interpolate, penalty_from_scores,
+    PerceptualLoss,
+    content_loss,
+    critic_loss,
+    frequency_loss,
+    generator_adversarial_loss,
+    interpolate,
+    penalty_from_scores,
 )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+from ..models.common import unwrap
 
 
 def cpu_has_native_bf16() -> bool:
@@ -75,7 +79,9 @@ class GANStep:
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
         lc = cfg.loss
         self.perceptual = (
-            PerceptualLoss(lc.perceptual_layer, lc.perceptual_distance, lc.vgg_weights_path, lc.allow_random_vgg).to(device)
+            PerceptualLoss(lc.perceptual_layer, lc.perceptual_distance, lc.vgg_weights_path, lc.allow_random_vgg).to(
+                device
+            )
             if lc.lambda_per > 0
             else None
         )
@@ -171,7 +177,13 @@ class GANStep:
         finally:
             critic.requires_grad_(True)
         return StepOutput(
-            loss_d, gp, float(loss_g.detach()), float(adv.detach()), float(per.detach()), float(l1.detach()), float(fft.detach())
+            loss_d,
+            gp,
+            float(loss_g.detach()),
+            float(adv.detach()),
+            float(per.detach()),
+            float(l1.detach()),
+            float(fft.detach()),
         )
 
     def state_dict(self) -> dict:

@@ -1,4 +1,5 @@
 """Build and run the Ray Train `TorchTrainer` for a config; record the best checkpoint in `best.json`."""
+
 from __future__ import annotations
 
 import json
@@ -52,11 +53,15 @@ def check_data(cfg: Config) -> dict[str, Any]:
 
 
 def build_trainer(cfg: Config, log_level: str = "WARNING") -> TorchTrainer:
-    """`log_level` is Ray Train's own (checkpoint and report lines, a metrics dict each); the loop's per-epoch
-    lines print whatever it is."""
+    """`log_level` is Ray Train's own (checkpoint and report lines, a metrics dict each); rank 0's epoch
+    lines print whatever it is.
+
+    Ray Data's progress in the workers (the val split, every epoch) would otherwise be distributed tqdm
+    bars that the driver redraws between the epoch lines; as plain progress it is INFO log lines there
+    (shown with `--verbose`, like Ray's other INFO lines). It stays on rather than off: turned off, Ray Data
+    warns that it is."""
     check_data(cfg)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # per-epoch lines from rank 0 say more than a bar per dataset op
+    ray.data.DataContext.get_current().use_ray_tqdm = False  # captured by the datasets made below
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
@@ -64,16 +69,26 @@ def build_trainer(cfg: Config, log_level: str = "WARNING") -> TorchTrainer:
     threads = s.torch_threads or max(1, round(s.cpus_per_worker))
     path, fs = _storage(cfg)
     datasets = {
-        "train": train_dataset(cfg.data.uri, crop=cfg.data.crop, split=cfg.data.train_split, seed=None,
-                               batch_size=cfg.data.batch_size, crops_per_pair=cfg.data.crops_per_pair, cache=cfg.data.cache,
-                               blur=cfg.data.blur),
+        "train": train_dataset(
+            cfg.data.uri,
+            crop=cfg.data.crop,
+            split=cfg.data.train_split,
+            seed=None,
+            batch_size=cfg.data.batch_size,
+            crops_per_pair=cfg.data.crops_per_pair,
+            cache=cfg.data.cache,
+            blur=cfg.data.blur,
+        ),
         "val": eval_dataset(cfg.data.uri, split=cfg.data.val_split, center_crop=cfg.data.val_center_crop),
     }
     return TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri(cfg), "threads": threads},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources, placement_strategy=s.placement_strategy
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=s.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,

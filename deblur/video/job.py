@@ -10,6 +10,7 @@ that shaped it (the source's geometry and length, model, codec, quality, tempora
 with other settings or another split never reuses a segment that does not fit. A video that fails is
 reported with its reason and the run goes on. Memory is a few frames per actor and a few packets per join.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,12 +21,32 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from fractions import Fraction
 from typing import Any
 
+import ray
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
 from .. import storage
-from .media import CODECS, PRESETS, VIDEO_SUFFIXES, BadVideo, SegmentWriter, VideoInfo, boundaries, frames, join, open_source, probe, video_stream
+from ..inference import load_engine
+from ..options import Strict
+from .media import (
+    CODECS,
+    PRESETS,
+    VIDEO_SUFFIXES,
+    BadVideo,
+    SegmentWriter,
+    VideoInfo,
+    boundaries,
+    frames,
+    join,
+    open_source,
+    probe,
+    video_stream,
+)
+from .temporal import Stabiliser
 
 SEGMENTS = "_segments"
 #: a video is split into at most this long segments, and into one per worker when shorter, but never below
@@ -36,29 +57,27 @@ SEGMENT_SECONDS, MIN_SEGMENT_SECONDS = 10.0, 4.0
 TRUNCATED_SECONDS, TRUNCATED_SHARE = 1.0, 0.05
 
 
-@dataclass
-class VideoOptions:
+class VideoOptions(Strict):
+    """How videos are deblurred and encoded; checked when built (`VideoOptions.parse` for a one-line error)."""
+
     temporal: bool = True  # stabilise with optical flow (False: each frame deblurred on its own)
-    codec: str = "h264"
-    crf: int = 18  # constant-quality factor of the encoder (lower: better and larger)
-    preset: str = "medium"  # x264/x265 speed preset (VP9 uses its own speed setting)
-    segment_seconds: float = SEGMENT_SECONDS
+    codec: str = Field("h264", description="one of media.CODECS: h264/hevc in MP4, vp9 in WebM")
+    crf: int = Field(18, ge=0, description="constant-quality factor of the encoder (lower: better and larger)")
+    preset: str = Field("medium", description="x264/x265 speed preset (VP9 uses its own speed setting)")
+    segment_seconds: float = Field(SEGMENT_SECONDS, ge=MIN_SEGMENT_SECONDS)
     #: frames decoded before each segment for the temporal state, then dropped: the stabiliser's memory
     #: fades as alpha^n (0.8^12 ≈ 7 % after 12 frames, less where its weights are below alpha)
-    warmup: int = 12
+    warmup: int = Field(12, ge=0)
 
-    def check(self) -> "VideoOptions":
+    @model_validator(mode="after")
+    def _codec_settings(self) -> "VideoOptions":
         if self.codec not in CODECS:
             raise ValueError(f"video codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         top = 63 if self.codec == "vp9" else 51
-        if not 0 <= self.crf <= top:
+        if self.crf > top:
             raise ValueError(f"video crf must be within 0..{top} for {self.codec}, got {self.crf}")
         if self.preset not in PRESETS:
             raise ValueError(f"video preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if self.segment_seconds < MIN_SEGMENT_SECONDS:
-            raise ValueError(f"segments must be at least {MIN_SEGMENT_SECONDS} s, got {self.segment_seconds}")
-        if self.warmup < 0:
-            raise ValueError(f"warm-up frames cannot be negative, got {self.warmup}")
         return self
 
 
@@ -84,12 +103,32 @@ def segments_folder(output: str, out: str) -> str:
     return storage.join(output, SEGMENTS, out)
 
 
-def _segment_uri(output: str, item: dict[str, Any], info: VideoInfo, options: VideoOptions, model: str,
-                 start: int | None, end: int | None) -> str:
-    shaped_by = json.dumps([item["uri"], item["offset"], item["size"], _info_json(info), model, asdict(options) | {"segment_seconds": 0}])
+def _segment_uri(
+    output: str,
+    item: dict[str, Any],
+    info: VideoInfo,
+    options: VideoOptions,
+    model: str,
+    start: int | None,
+    end: int | None,
+) -> str:
+    shaped_by = json.dumps(
+        [
+            item["uri"],
+            item["offset"],
+            item["size"],
+            _info_json(info),
+            model,
+            options.model_dump() | {"segment_seconds": 0},
+        ]
+    )
     key = hashlib.sha256(shaped_by.encode()).hexdigest()[:12]
     ext = CODECS[options.codec][1]
-    return storage.join(segments_folder(output, item["out"]), key, f"{'start' if start is None else start}-{'end' if end is None else end}.{ext}")
+    return storage.join(
+        segments_folder(output, item["out"]),
+        key,
+        f"{'start' if start is None else start}-{'end' if end is None else end}.{ext}",
+    )
 
 
 def plan(item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str) -> list[dict[str, Any]]:
@@ -104,9 +143,21 @@ def plan(item: dict[str, Any], options: VideoOptions, workers: int, model: str, 
     length = max(MIN_SEGMENT_SECONDS, min(options.segment_seconds, info.seconds / max(1, workers)))
     starts = boundaries(info, length)
     bounds = list(zip([None] + starts[1:], starts[1:] + [None]))  # None: from the video's start, to its end
-    return [{**base, "error": "", "k": k, "n": len(bounds), "start": -1 if s is None else s, "end": -1 if e is None else e,
-             "open_start": s is None, "open_end": e is None, "info": _info_json(info),
-             "segment": _segment_uri(output, item, info, options, model, s, e)} for k, (s, e) in enumerate(bounds)]
+    return [
+        {
+            **base,
+            "error": "",
+            "k": k,
+            "n": len(bounds),
+            "start": -1 if s is None else s,
+            "end": -1 if e is None else e,
+            "open_start": s is None,
+            "open_end": e is None,
+            "info": _info_json(info),
+            "segment": _segment_uri(output, item, info, options, model, s, e),
+        }
+        for k, (s, e) in enumerate(bounds)
+    ]
 
 
 def _reason(e: Exception) -> str:
@@ -117,8 +168,6 @@ class SegmentDeblurrer:
     """One per actor: the engine (and a stabiliser) loaded once, then segments one after another."""
 
     def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions):
-        from ..inference import load_engine
-        from .temporal import Stabiliser
 
         self.options = options
         self.engine = load_engine(model, engine, threads=threads)
@@ -126,8 +175,19 @@ class SegmentDeblurrer:
         self.threads = threads or 0
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        result = {"rel": row["rel"], "k": row["k"], "n": row["n"], "status": "done", "reason": "", "frames": 0,
-                  "last": -1.0, "seconds": 0.0, "segment": row["segment"], "info": row["info"], "out": row["out"]}
+        result = {
+            "rel": row["rel"],
+            "k": row["k"],
+            "n": row["n"],
+            "status": "done",
+            "reason": "",
+            "frames": 0,
+            "last": -1.0,
+            "seconds": 0.0,
+            "segment": row["segment"],
+            "info": row["info"],
+            "out": row["out"],
+        }
         t0 = time.perf_counter()
         try:
             reused = _finished(row["segment"], _info_from(row).rate)
@@ -162,7 +222,9 @@ class SegmentDeblurrer:
                     if warming:
                         continue
                     if writer is None:
-                        writer = SegmentWriter(local, info, self.options.codec, self.options.crf, self.options.preset, self.threads)
+                        writer = SegmentWriter(
+                            local, info, self.options.codec, self.options.crf, self.options.preset, self.threads
+                        )
                     writer.write(pts, out)
                     count, last = count + 1, float(pts * info.time_base + 1 / info.rate)
             finally:
@@ -224,7 +286,9 @@ def join_video(rows: list[dict[str, Any]], source: dict[str, Any], output: str, 
             return {"rel": rel, "status": "failed", "reason": f"{rel}: {problem}"}
         dest = storage.join(output, rows[0]["out"])
         with tempfile.TemporaryDirectory(prefix="deblur-join-") as tmp:
-            target = os.path.join(tmp, posixpath.basename(dest)) if storage.is_remote(dest) else storage.filesystem(dest)[1]
+            target = (
+                os.path.join(tmp, posixpath.basename(dest)) if storage.is_remote(dest) else storage.filesystem(dest)[1]
+            )
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             join([r["segment"] for r in written], source, info, target, codec)
             if storage.is_remote(dest):  # the MP4 index goes to the front after writing: a local file, then one upload
@@ -259,21 +323,30 @@ def drop_leftovers(output: str, finished: set[str]) -> None:
                 pass  # holds a failed video's segments, kept for the next run
 
 
-def run(videos: list[dict[str, Any]], output: str, model: str, engine: str, options: VideoOptions, workers: int = 1,
-        gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, threads: int | None = None,
-        progress: bool = True) -> dict[str, Any]:
+def deblur_videos(
+    videos: list[dict[str, Any]],
+    output: str,
+    model: str,
+    engine: str,
+    options: VideoOptions,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures."""
-    import ray
-    from tqdm import tqdm
 
-    options.check()
     report = {"videos": len(videos), "done": 0, "failed": 0, "frames": 0, "segments": 0, "seconds": 0.0, "errors": []}
     if not videos:
         return report
     # probing is small parallel work; its rows come back so that every segment becomes its own block (a
     # fused flat_map would hand all of a video's segments to one actor)
-    planned = ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000))).flat_map(
-        plan, fn_args=(options, workers, model, output)).take_all()
+    planned = (
+        ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000)))
+        .flat_map(plan, fn_args=(options, workers, model, output))
+        .take_all()
+    )
     failed: dict[str, str] = {r["rel"]: r["error"] for r in planned if r["error"]}
     segments = [r for r in planned if not r["error"]]
     report["segments"] = len(segments)
@@ -300,10 +373,15 @@ def run(videos: list[dict[str, Any]], output: str, model: str, engine: str, opti
     finished: dict[str, dict[int, dict[str, Any]]] = {}
     if segments:
         ds = ray.data.from_items(segments, override_num_blocks=min(len(segments), 10_000)).map(
-            SegmentDeblurrer, fn_constructor_args=(model, engine, threads, options),
+            SegmentDeblurrer,
+            fn_constructor_args=(model, engine, threads, options),
             # one segment at a time per actor: a queued segment waits for a free actor, not behind a busy one
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(segments))), max_tasks_in_flight_per_actor=1),
-            num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker)
+            compute=ray.data.ActorPoolStrategy(
+                size=max(1, min(workers, len(segments))), max_tasks_in_flight_per_actor=1
+            ),
+            num_gpus=gpus_per_worker or None,
+            num_cpus=cpus_per_worker,
+        )
         with tqdm(total=len(segments), desc="video segments", unit="seg", disable=not progress) as bar:
             for row in ds.iter_rows():
                 bar.update(1)
@@ -317,7 +395,9 @@ def run(videos: list[dict[str, Any]], output: str, model: str, engine: str, opti
                 parts[int(row["k"])] = row
                 if set(parts) == set(range(int(row["n"]))) and rel not in failed:
                     settle(max_joins - 1)
-                    pending_joins[joiner.remote(list(finished.pop(rel).values()), sources[rel], output, options.codec)] = rel
+                    pending_joins[
+                        joiner.remote(list(finished.pop(rel).values()), sources[rel], output, options.codec)
+                    ] = rel
     settle(0)
     drop_leftovers(output, set())  # the segments folder, once empty
     report["failed"] = len(failed)

@@ -6,6 +6,7 @@ counting: a segment is the frames with `start <= pts < end`, so segments decoded
 partition the video exactly (no frame twice, none missing) and keep the source's own timing, variable frame
 rates included. Everything streams: a worker holds a few frames, the join holds a few packets.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -25,7 +26,11 @@ from .. import storage
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 #: output codecs people can choose (`--video-codec`): FFmpeg encoder, container, pixel format for even sizes
-CODECS = {"h264": ("libx264", "mp4", "yuv420p"), "hevc": ("libx265", "mp4", "yuv420p"), "vp9": ("libvpx-vp9", "webm", "yuv420p")}
+CODECS = {
+    "h264": ("libx264", "mp4", "yuv420p"),
+    "hevc": ("libx265", "mp4", "yuv420p"),
+    "vp9": ("libvpx-vp9", "webm", "yuv420p"),
+}
 #: audio codecs each container takes as they are; anything else is re-encoded (AAC in MP4, Opus in WebM)
 AUDIO_COPY = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}, "webm": {"opus", "vorbis"}}
 AUDIO_ENCODER = {"mp4": "aac", "webm": "libopus"}
@@ -156,12 +161,21 @@ def probe(item: dict[str, Any]) -> VideoInfo:
         a = audio_stream(c)
         audio = a.codec_context.name if a is not None else ""
         return VideoInfo(
-            width=first.width, height=first.height, rate=Fraction(rate), time_base=Fraction(tb), start=int(first.pts),
-            duration=duration, frames=int(vs.frames or 0), rotation=int(round(first.rotation or 0)) % 360,
+            width=first.width,
+            height=first.height,
+            rate=Fraction(rate),
+            time_base=Fraction(tb),
+            start=int(first.pts),
+            duration=duration,
+            frames=int(vs.frames or 0),
+            rotation=int(round(first.rotation or 0)) % 360,
             pix_fmt=cc.pix_fmt or first.format.name,
             # RGB sources (matrix 0) come out YUV: their matrix is the encoder's default, not "RGB"
-            colour={k: int(getattr(first, k)) for k in ("colorspace", "color_range", "color_primaries", "color_trc")
-                    if k != "colorspace" or int(first.colorspace) != 0},
+            colour={
+                k: int(getattr(first, k))
+                for k in ("colorspace", "color_range", "color_primaries", "color_trc")
+                if k != "colorspace" or int(first.colorspace) != 0
+            },
             audio=audio,
         )
 
@@ -176,14 +190,15 @@ def boundaries(info: VideoInfo, segment_seconds: float) -> list[int]:
     return [info.start + int(info.duration * k / n) for k in range(n)]
 
 
-def frames(item: dict[str, Any], info: VideoInfo, start: int | None, end: int | None, warmup: int,
-           threads: int = 0) -> Iterator[tuple[int, np.ndarray, bool]]:
+def frames(
+    item: dict[str, Any], info: VideoInfo, start: int | None, end: int | None, warmup: int, threads: int = 0
+) -> Iterator[tuple[int, np.ndarray, bool]]:
     """(pts, RGB uint8 frame, is_warmup) for the frames with start <= pts < end, preceded by up to `warmup`
-    earlier frames (for the temporal state; the caller drops them). None means the video's own start or end.
-`threads` caps the decoder's threads (0: FFmpeg's choice), so one actor per core does not run cores² threads.
+        earlier frames (for the temporal state; the caller drops them). None means the video's own start or end.
+    `threads` caps the decoder's threads (0: FFmpeg's choice), so one actor per core does not run cores² threads.
 
-    Seeks to the keyframe before the warm-up; if the seek lands past the start (some containers index
-    coarsely), decodes from the beginning instead, so no frame of the range is ever lost.
+        Seeks to the keyframe before the warm-up; if the seek lands past the start (some containers index
+        coarsely), decodes from the beginning instead, so no frame of the range is ever lost.
     """
     name = item.get("rel", item["uri"])
     for seek in (start is not None and start > info.start, False):
@@ -225,8 +240,9 @@ def frames(item: dict[str, Any], info: VideoInfo, start: int | None, end: int | 
 class SegmentWriter:
     """Encodes RGB frames at the source's pts into one segment file (local path), H.264 by default."""
 
-    def __init__(self, path: str, info: VideoInfo, codec: str = "h264", crf: int = 18, preset: str = "medium",
-                 threads: int = 0):
+    def __init__(
+        self, path: str, info: VideoInfo, codec: str = "h264", crf: int = 18, preset: str = "medium", threads: int = 0
+    ):
         encoder, fmt, pix_fmt = CODECS[codec]
         self.info, self.container = info, av.open(path, "w", format=fmt)
         s = self.stream = self.container.add_stream(encoder, rate=info.rate)
@@ -241,16 +257,21 @@ class SegmentWriter:
             s.codec_tag = "hvc1"  # what Apple's players require of HEVC in MP4 (FFmpeg's default is hev1)
         # parameter sets in every keyframe, not only in the container's header: the join takes the header
         # from the first segment, and a segment whose encoder chose other parameters must still decode
-        per_codec = {"libx264": {"preset": preset, "x264-params": "repeat-headers=1"},
-                     "libx265": {"preset": preset, "x265-params": "repeat-headers=1:log-level=error"},
-                     "libvpx-vp9": {"b:v": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"}}
+        per_codec = {
+            "libx264": {"preset": preset, "x264-params": "repeat-headers=1"},
+            "libx265": {"preset": preset, "x265-params": "repeat-headers=1:log-level=error"},
+            "libvpx-vp9": {"b:v": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"},
+        }
         s.options = {"crf": str(crf), **per_codec[encoder]}
         s.thread_count = threads
 
     def write(self, pts: int, rgb: np.ndarray) -> None:
         f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        f = f.reformat(format=self.stream.pix_fmt, dst_colorspace=self.info.colour.get("colorspace") or None,
-                       dst_color_range=self.info.colour.get("color_range") or None)
+        f = f.reformat(
+            format=self.stream.pix_fmt,
+            dst_colorspace=self.info.colour.get("colorspace") or None,
+            dst_color_range=self.info.colour.get("color_range") or None,
+        )
         f.pts, f.time_base = pts, self.info.time_base
         for p in self.stream.encode(f):
             self.container.mux(p)

@@ -5,11 +5,14 @@ is the crop window at the middle of its exposure (the sharp truth) and, blurred,
 along the path while the shutter is open, so every frame carries the blur of its own motion and the blur
 changes from frame to frame as it does in handheld footage.
 """
+
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 
@@ -36,19 +39,35 @@ class CameraPath:
         return x, y, angle
 
 
-def random_path(rng: np.random.Generator, photo_hw: tuple[int, int], frame_hw: tuple[int, int], seconds: float,
-                shake_px: float = 6.0) -> CameraPath:
+def random_path(
+    rng: np.random.Generator,
+    photo_hw: tuple[int, int],
+    frame_hw: tuple[int, int],
+    seconds: float,
+    shake_px: float = 6.0,
+) -> CameraPath:
     """A handheld-looking path that keeps the whole window inside the photo."""
     (H, W), (h, w) = photo_hw, frame_hw
-    shakes = tuple((float(rng.uniform(0.5, 1.0) * shake_px), float(rng.uniform(2.0, 8.0)),
-                    float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0, 2 * np.pi))) for _ in range(3))
+    shakes = tuple(
+        (
+            float(rng.uniform(0.5, 1.0) * shake_px),
+            float(rng.uniform(2.0, 8.0)),
+            float(rng.uniform(0, 2 * np.pi)),
+            float(rng.uniform(0, 2 * np.pi)),
+        )
+        for _ in range(3)
+    )
     roll = (float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.5, 2.0)), float(rng.uniform(0, 2 * np.pi)))
     diag = np.hypot(h, w) / 2 * np.sin(np.radians(roll[0])) + 2  # how far a corner moves under the roll
     room = np.array([(W - w) / 2, (H - h) / 2]) - sum(s[0] for s in shakes) - diag
     if (room <= 0).any():
         raise ValueError(f"a {W}×{H} photo is too small for {w}×{h} frames with {shake_px} px of shake")
-    drift = (float(room[0] * rng.uniform(0.5, 0.9)), float(room[1] * rng.uniform(0.5, 0.9)),
-             float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0, 2 * np.pi)))
+    drift = (
+        float(room[0] * rng.uniform(0.5, 0.9)),
+        float(room[1] * rng.uniform(0.5, 0.9)),
+        float(rng.uniform(0, 2 * np.pi)),
+        float(rng.uniform(0, 2 * np.pi)),
+    )
     return CameraPath((W / 2, H / 2), drift, shakes, roll, period=seconds)
 
 
@@ -60,8 +79,15 @@ def _window(photo: np.ndarray, x: float, y: float, angle: float, hw: tuple[int, 
     return cv2.warpAffine(photo, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
-def render_clip(photo: np.ndarray, path: CameraPath, frame_hw: tuple[int, int], frames: int, fps: float = 24.0,
-                exposure: float = 0.5, samples_per_px: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+def render_clip(
+    photo: np.ndarray,
+    path: CameraPath,
+    frame_hw: tuple[int, int],
+    frames: int,
+    fps: float = 24.0,
+    exposure: float = 0.5,
+    samples_per_px: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(blurred, sharp) uint8 clips, frames×h×w×3; `exposure` is the shutter's fraction of the frame time."""
     src = photo.astype(np.float32)
     blurred, sharp = [], []
@@ -78,20 +104,29 @@ def render_clip(photo: np.ndarray, path: CameraPath, frame_hw: tuple[int, int], 
         for xi, yi, ai in zip(x, y, a):
             acc += _window(src, xi, yi, ai, frame_hw)
         blurred.append(acc / n)
-    as_u8 = lambda frames_: np.clip(np.rint(np.stack(frames_)), 0, 255).astype(np.uint8)  # noqa: E731
+
+    def as_u8(frames_: list[np.ndarray]) -> np.ndarray:
+        return np.clip(np.rint(np.stack(frames_)), 0, 255).astype(np.uint8)
+
     return as_u8(blurred), as_u8(sharp)
 
 
-def write_video(path: str, frames, fps: float = 24.0, codec: str = "libx264", pix_fmt: str = "yuv420p",
-                crf: int = 12, audio_seconds: float = 0.0, pts: list[int] | None = None, time_base=None,
-                rotation: int = 0, audio_rate: int = 48000) -> None:
+def write_video(
+    path: str,
+    frames,
+    fps: float = 24.0,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    crf: int = 12,
+    audio_seconds: float = 0.0,
+    pts: list[int] | None = None,
+    time_base=None,
+    rotation: int = 0,
+    audio_rate: int = 48000,
+) -> None:
     """Frames (uint8 RGB, an array or any iterable: long clips need not fit in memory) to a video file, for
     test clips: any codec and pixel format FFmpeg has, an optional 440 Hz tone as the audio track, explicit
     pts for variable frame rates, a display rotation."""
-    from fractions import Fraction
-
-    import av
-
     frames = iter(frames)
     first = next(frames)
     with av.open(path, "w") as c:
@@ -114,7 +149,9 @@ def write_video(path: str, frames, fps: float = 24.0, codec: str = "libx264", pi
         if a is not None:
             for k in range(0, int(audio_rate * audio_seconds), 1024):
                 t = np.arange(k, k + 1024) / audio_rate
-                af = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp", layout="mono")
+                af = av.AudioFrame.from_ndarray(
+                    (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp", layout="mono"
+                )
                 af.sample_rate = audio_rate
                 c.mux(a.encode(af))
             c.mux(a.encode(None))

@@ -12,6 +12,7 @@ warped along the flow, weighted per pixel by how far that can be trusted:
 The same flow machinery measures the result (`temporal_error`): the error between consecutive frames after
 warping one onto the other along the *sharp* video's flow.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,7 +42,9 @@ class Flow:
         if scale == 1.0:
             return self.dis.calc(a, b, None)
         size = (max(8, round(w * scale)), max(8, round(h * scale)))
-        small = self.dis.calc(cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA), None)
+        small = self.dis.calc(
+            cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA), None
+        )
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(w / size[0])
 
 

@@ -7,6 +7,7 @@ to sRGB through its ICC profile (a CMYK profile says nothing true about RGB pixe
 palette images to RGB. `encode` puts it back together: the same mode, the alpha channel untouched, ICC
 profile and EXIF copied where the output format carries them, 16-bit files included.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,20 +17,23 @@ from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+import tifffile
+from PIL import Image, ImageCms, ImageOps
+
+from .images import IMAGE_SUFFIXES, ImageError
 
 Image.MAX_IMAGE_PIXELS = None  # the pixel budget below is checked from the header instead
 
-FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
+#: Pillow's format for each suffix in images.IMAGE_SUFFIXES ("jpg" → "JPEG"), and the suffix each is written with
+FORMATS = {s[1:]: Image.registered_extensions()[s] for s in IMAGE_SUFFIXES}
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
-IMAGE_SUFFIXES = tuple(f".{k}" for k in FORMATS)
 #: zlib level for PNG outputs: 1 writes with zlib's RLE strategy (see `_png`), ~7x faster than Pillow's
 #: default level 6 for about the same bytes on photos; 2-9 use the standard strategy at that level.
 PNG_COMPRESSION = 1
 
 
-class BadImage(ValueError):
-    """An input that cannot be deblurred; the reason goes to _errors.jsonl."""
+class BadImage(ImageError):
+    """An input that cannot be deblurred; the caller adds the file's name (bulk: _errors.jsonl, Serve: a 4xx)."""
 
 
 @dataclass
@@ -52,8 +56,10 @@ def _header(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise BadImage(f"not an image ({type(e).__name__}: {str(e)[:120]})") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise BadImage(f"{w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the pixel budget of {max_pixels / 1e6:.0f} Mpx "
-                       "(refused before decoding; raise --max-megapixels if it is real)")
+        raise BadImage(
+            f"{w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the pixel budget of {max_pixels / 1e6:.0f} Mpx "
+            "(refused before decoding; raise --max-megapixels if it is real)"
+        )
     if img.format not in EXTENSIONS:
         raise BadImage(f"unsupported format {img.format}")
     return img
@@ -103,8 +109,6 @@ def decode(data: bytes, name: str = "<bytes>", max_pixels: int = 100_000_000) ->
 def _cmyk_to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     """CMYK → RGB through the image's own profile when it has one (Pillow's naive conversion otherwise)."""
     if icc:
-        from PIL import ImageCms
-
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
@@ -137,13 +141,17 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 
 
 def _tiff16(arr: np.ndarray, icc: bytes | None) -> bytes:
-    import tifffile
-
     buf = io.BytesIO()
     extratags = [(34675, 7, len(icc), icc, True)] if icc else []  # InterColorProfile
     photometric = "minisblack" if arr.ndim == 2 else "rgb"
-    tifffile.imwrite(buf, arr, photometric=photometric, extrasamples=["unassalpha"] if arr.ndim == 3 and arr.shape[2] in (2, 4) else None,
-                     extratags=extratags, compression="zlib")
+    tifffile.imwrite(
+        buf,
+        arr,
+        photometric=photometric,
+        extrasamples=["unassalpha"] if arr.ndim == 3 and arr.shape[2] in (2, 4) else None,
+        extratags=extratags,
+        compression="zlib",
+    )
     return buf.getvalue()
 
 
@@ -162,10 +170,12 @@ def output_format(requested: str, source: str) -> str:
     return FORMATS[requested]
 
 
-def encode(rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95, png_compression: int = PNG_COMPRESSION) -> bytes:
+def encode(
+    rgb: np.ndarray, like: Decoded, fmt: str, quality: int = 95, png_compression: int = PNG_COMPRESSION
+) -> bytes:
     """The deblurred colour + the source's gray/alpha/metadata → file bytes in `fmt`."""
     deep = rgb.dtype == np.uint16
-    if like.alpha is not None and like.alpha.dtype != rgb.dtype:  # Serve feeds 16-bit sources to the model as 8-bit
+    if like.alpha is not None and like.alpha.dtype != rgb.dtype:  # colour and alpha of different depths
         like = replace(like, alpha=like.alpha.astype(np.uint16) * 257 if deep else (like.alpha >> 8).astype(np.uint8))
     if fmt == "TIFF" and deep:
         out = rgb.mean(axis=2).round().astype(np.uint16) if like.gray else rgb

@@ -1,10 +1,11 @@
 """Deblur one video: the archive job's video path (segments in parallel on Ray, optical-flow stabilisation,
 the source's frame rate, size, rotation and audio kept) on a single file.
 
-  python jobs/deblur_video.py shaky.mp4 sharp.mp4                       # the shipped model, H.264 MP4
-  python jobs/deblur_video.py s3://b/in.mov s3://b/out.mp4 --model s3://b/models/gopro --temporal off
-  ray job submit --working-dir . -- python jobs/deblur_video.py s3://... s3://... --gpus-per-worker 1
+  python jobs/video.py shaky.mp4 sharp.mp4                       # the shipped model, H.264 MP4
+  python jobs/video.py s3://b/in.mov s3://b/out.mp4 --model s3://b/models/gopro --temporal off
+  ray job submit --working-dir . -- python jobs/video.py s3://... s3://... --gpus-per-worker 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ import os
 import posixpath
 
 import _common
-from deblur_archive import add_video_arguments, default_workers, video_options
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -24,15 +24,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("output", help="where the deblurred video goes (.mp4 for h264/hevc, .webm for vp9)")
     p.add_argument("--model", default="default", help="checkpoint, run dir, compiled folder or shipped model name")
     p.add_argument("--engine", default="auto", choices=BACKENDS)
-    add_video_arguments(p)
+    _common.add_video_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    args.video = video_options(args, p)
-    from deblur.video import CODECS, is_video
+    from deblur.options import ConfigError
+    from deblur.video import CODECS, VideoOptions, is_video
+
+    try:  # checked here, before Ray starts
+        args.video = VideoOptions.parse(_common.video_options(args), "video options")
+    except ConfigError as e:
+        p.error(str(e))
 
     if not is_video(args.input):
         p.error(f"{args.input}: not a video name (expected one of .mp4 .mov .mkv .avi .webm .m4v)")
@@ -63,8 +68,18 @@ def main(argv: list[str] | None) -> int:
         return 0
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
-    r = deblur_file(args.input, args.output, args.model, args.engine, args.video, default_workers(args),
-                    args.gpus_per_worker, args.cpus_per_worker, max(1, int(args.cpus_per_worker)), not args.no_progress)
+    r = deblur_file(
+        args.input,
+        args.output,
+        args.model,
+        args.engine,
+        args.video,
+        _common.default_workers(args),
+        args.gpus_per_worker,
+        args.cpus_per_worker,
+        max(1, int(args.cpus_per_worker)),
+        not args.no_progress,
+    )
     if r["failed"]:
         print(f"error: {r['errors'][0]['reason']}")
         return 1
@@ -73,4 +88,4 @@ def main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    _common.run(main)
+    _common.entry_point(main)

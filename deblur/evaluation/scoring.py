@@ -4,20 +4,29 @@ Each pair is deblurred at full resolution through an `Engine` (the same code the
 use), scored under a protocol, and its output written to `<out>/outputs/<key>.png`, so the report can
 show any image later without holding them all in memory.
 """
+
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import storage
 from ..images import decode_image, encode_png
+from ..metrics import PSNR_CAP, score_methods
 from .baselines import unsharp, wiener_deconvolve
 from .protocols import score
 
 METHODS = ("input", "unsharp", "wiener", "output")  # wiener only where the pair's kernel is known
-METHOD_NAMES = {"input": "blurred input", "unsharp": "unsharp mask", "wiener": "Wiener (known kernel)", "output": "model output"}
+METHOD_NAMES = {
+    "input": "blurred input",
+    "unsharp": "unsharp mask",
+    "wiener": "Wiener (known kernel)",
+    "output": "model output",
+}
 
 
 def output_name(key: str) -> str:
@@ -27,8 +36,14 @@ def output_name(key: str) -> str:
 class Scorer:
     """Deblur and score one shard row; holds the engine and LPIPS (one per process or Ray actor)."""
 
-    def __init__(self, engine_factory: Callable[[], Any], out: str, protocol: str = "gopro", lpips: Any = None,
-                 baseline: bool = True):
+    def __init__(
+        self,
+        engine_factory: Callable[[], Any],
+        out: str,
+        protocol: str = "gopro",
+        lpips: Any = None,
+        baseline: bool = True,
+    ):
         self.engine = engine_factory()
         self.out, self.protocol, self.lpips, self.baseline = out, protocol, lpips, baseline
 
@@ -44,11 +59,9 @@ class Scorer:
             kernel = row.get("kernel")
             if kernel is not None and len(kernel):
                 images["wiener"] = wiener_deconvolve(blur, np.stack([np.asarray(r, np.float32) for r in kernel]))
-        for method, img in images.items():
-            record[f"{method}_psnr"], record[f"{method}_ssim"] = score(img, sharp, self.protocol)
-            if self.lpips is not None:
-                record[f"{method}_lpips"] = float(self.lpips(img, sharp))
-        record["gain_psnr"] = record["output_psnr"] - record["input_psnr"]
+        record.update(score_methods(images, sharp, partial(score, protocol=self.protocol)))
+        if self.lpips is not None:
+            record.update({f"{method}_lpips": float(self.lpips(img, sharp)) for method, img in images.items()})
         return record
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -57,15 +70,11 @@ class Scorer:
 
 
 def score_locally(scorer: Scorer, rows: Iterable[dict[str, Any]], total: int, progress: bool = True) -> list[dict]:
-    from tqdm import tqdm
-
     return [scorer.score_row(r) for r in tqdm(rows, total=total, desc="evaluating", unit="img", disable=not progress)]
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Means per method and metric, plus how many PSNRs hit the cap (identical images)."""
-    from ..metrics import PSNR_CAP
-
     summary: dict[str, Any] = {"images": len(records)}
     for method in METHODS:
         for metric in ("psnr", "ssim", "lpips"):

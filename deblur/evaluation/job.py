@@ -1,0 +1,122 @@
+"""`evaluate()`: score a model on pairs (locally or over a Ray actor pool) and write the report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import partial
+from typing import Any, Callable, Literal
+
+import ray.data
+from pydantic import Field, model_validator
+
+from .. import storage
+from ..inference import BACKENDS, load_engine
+from ..metrics import LPIPS, describe_convention
+from ..models.checkpoint import resolve_checkpoint
+from ..options import Strict
+from ..pretrained import PretrainedWeightsMissing
+from ..ray_env import init_ray
+from .protocols import PROTOCOLS, describe
+from .report import keys_to_show, real_photo_grids, training_curves, write_report
+from .scoring import Scorer, score_locally, summarise
+from .sources import open_source
+
+
+def _run_dir(model_uri: str) -> str | None:
+    """The training run a checkpoint came from (for its curves), when it came from one."""
+    try:
+        path = resolve_checkpoint(model_uri)
+    except Exception:  # a compiled folder: its compile.json names the checkpoint
+        return None
+    for candidate in (path.rsplit("/", 2)[0], path.rsplit("/", 3)[0]):
+        if storage.exists(storage.join(candidate, "metrics.jsonl")):
+            return candidate
+    return None
+
+
+class EvalOptions(Strict):
+    """What an evaluation scores and how; checked before any model loads or Ray starts."""
+
+    model: str = Field("default", description="checkpoint, run dir, compiled folder or shipped model name")
+    out: str = Field("report", description="report folder (local or s3://)")
+    data: str | None = Field(None, description="prepared shards or a paired blur/ sharp/ folder")
+    dataset: Literal["gopro", "realblur", "paired"] | None = None
+    root: str | None = Field(None, description="the dataset folder for `dataset`")
+    variant: Literal["J", "R"] = Field("J", description="RealBlur-J or RealBlur-R")
+    split: str | None = Field(None, description="default: test, else val")
+    protocol: Literal[PROTOCOLS] = "gopro"
+    engine: Literal[BACKENDS] = "auto"
+    lpips: bool = True
+    lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
+    lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")
+    workers: int = Field(0, ge=0, description="N > 0: score on N Ray actors")
+    limit: int | None = Field(None, ge=1)
+    progress: bool = True
+    real: str | None = Field(None, description="real blurred photos without a sharp truth, shown in the report")
+    real_limit: int = Field(12, ge=1)
+
+    @model_validator(mode="after")
+    def _has_data(self) -> "EvalOptions":
+        if not self.data and not (self.dataset and self.root):
+            raise ValueError("give data (shards or a paired folder), or dataset with root")
+        return self
+
+
+def evaluate(
+    model: str = "default", out: str = "report", engine_factory: Callable[[], Any] | None = None, **options: Any
+) -> dict[str, Any]:
+    """Score `model` on the pairs and write the report under `out`; returns metrics.json's content.
+
+    `options` are EvalOptions' fields; `engine_factory` replaces `load_engine` (tests score reference engines)."""
+    o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
+    factory = engine_factory or partial(load_engine, o.model, o.engine)
+    probe = factory()  # fail fast (and once) on a model that does not load
+    folder_options = {"variant": o.variant} if o.dataset == "realblur" else {}
+    source = open_source(o.data, o.dataset, o.root, o.split, o.limit, **folder_options)
+    try:
+        metric = LPIPS("alex", o.lpips_weights, allow_random_weights=o.lpips_random) if o.lpips else None
+    except PretrainedWeightsMissing as e:
+        raise PretrainedWeightsMissing(
+            f"{e} For evaluation: --lpips-weights FILE, --no-lpips, or --lpips-random "
+            "(random AlexNet features, labelled as such)"
+        ) from None
+    if o.workers > 0:
+        records = _score_with_ray(factory, source, o)
+    else:
+        scorer = Scorer(lambda: probe, o.out, o.protocol, metric)
+        records = score_locally(scorer, source.rows(), source.total, o.progress)
+    summary = summarise(records)
+    header = {
+        "model": o.model,
+        "engine": f"{probe.info.backend} ({probe.info.device}, {probe.info.precision})",
+        "model hash": probe.info.model_hash,
+        "data": o.data or f"{o.dataset} at {o.root}",
+        "images": len(records),
+        "protocol": o.protocol,
+        "convention": describe(o.protocol) if o.protocol == "realblur" else describe_convention(o.protocol),
+        "LPIPS": metric.label if metric else "not computed",
+        "baselines": "unsharp mask (x + 0.6 (x - G_2 x)); Wiener with the true kernel where the data records it",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    run_dir = _run_dir(o.model)
+    curves = training_curves(storage.join(run_dir, "metrics.jsonl")) if run_dir else None
+    real_grids = real_photo_grids(probe, o.real, o.out, o.real_limit) if o.real else []
+    shown = keys_to_show(records)
+    files = write_report(
+        o.out, header, records, summary, source.rows_for(set(shown)), curves, real=real_grids, shown=shown
+    )
+    return {"header": header, "summary": summary, "images": records, "files": files}
+
+
+def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> list[dict[str, Any]]:
+    """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
+    init_ray()
+
+    class RayScorer(Scorer):
+        def __init__(self):
+            metric = LPIPS("alex", o.lpips_weights, allow_random_weights=o.lpips_random) if o.lpips else None
+            super().__init__(factory, o.out, o.protocol, metric)
+
+    ds = source.ray_dataset().map(RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers))
+    records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
+    return sorted(records, key=lambda r: str(r["key"]))

@@ -1,0 +1,127 @@
+"""Deblur every image and video under a folder, an s3:// prefix or inside a .tar archive, at full resolution,
+keeping relative names (videos come out as H.264 MP4 unless --video-codec says otherwise, with their frame
+rate, size, rotation and audio). Resumable (finished outputs are skipped), and one bad file never stops the
+run: it is listed in <output>/_errors.jsonl.
+
+  python jobs/bulk.py --input photos/ --output deblurred/                 # the shipped model
+  python jobs/bulk.py --input photos/ --output deblurred/ --model runs/sample
+  python jobs/bulk.py --input s3://b/raw --output s3://b/sharp --model s3://b/models/gopro --workers 8 --gpus-per-worker 1
+  ray job submit --working-dir . -- python jobs/bulk.py --input s3://... --output s3://... --model ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _common
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    from deblur.bulk import SHARP_BELOW
+    from deblur.imagefile import PNG_COMPRESSION
+    from deblur.inference import BACKENDS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="folder, s3://bucket/prefix or archive.tar")
+    p.add_argument("--output", required=True, help="folder or s3://bucket/prefix")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)",
+    )
+    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    p.add_argument(
+        "--png-compression",
+        type=int,
+        default=PNG_COMPRESSION,
+        choices=range(10),
+        metavar="0-9",
+        help="zlib level of PNG outputs (default 1: zlib's RLE strategy, fastest and on photos about as "
+        "small as level 6; 2-9: the standard strategy at that level)",
+    )
+    p.add_argument(
+        "--only-blurred",
+        type=float,
+        nargs="?",
+        const=SHARP_BELOW,
+        metavar="THRESHOLD",
+        help=f"deblur only images whose blur score (0 sharp .. 1 flat) reaches THRESHOLD (default "
+        f"{SHARP_BELOW}) and copy the sharper ones through as they are (re-encoded only when --format "
+        f"changes it); every score goes to _blur.jsonl",
+    )
+    _common.add_video_arguments(p)
+    p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger images (decompression bombs)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from deblur.bulk import Options
+    from deblur.options import ConfigError
+
+    try:  # every option checked here, before Ray starts
+        args.options = Options.parse(
+            {
+                "model": args.model,
+                "engine": args.engine,
+                "format": args.format,
+                "quality": args.quality,
+                "max_pixels": int(args.max_megapixels * 1e6),
+                "threads": max(1, int(args.cpus_per_worker)),
+                "only_blurred": args.only_blurred,
+                "png_compression": args.png_compression,
+                "video": _common.video_options(args),
+            },
+            "bulk options",
+        )
+    except ConfigError as e:
+        p.error(str(e))
+    return args
+
+
+def main(argv: list[str] | None) -> int:
+    args = parse(argv)
+    import ray
+
+    from deblur import storage
+    from deblur.bulk import deblur_archive
+    from deblur.bulk.sources import check_input
+    from deblur.ray_env import init_ray
+
+    storage.set_s3_endpoint(args.s3_endpoint)
+    check_input(args.input)
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
+    s = deblur_archive(
+        args.input,
+        args.output,
+        args.options,
+        _common.default_workers(args),
+        args.gpus_per_worker,
+        args.cpus_per_worker,
+        progress=not args.no_progress,
+    )
+    copied = f", {s['copied_sharp']} sharp ones copied" if args.only_blurred is not None else ""
+    v = s["videos"]
+    image_failures = s["failed"] - v["failed"]
+    if s["images"] or not v["listed"]:
+        print(
+            f"{s['done']} done{copied}, {s['skipped']} skipped, {image_failures} failed of {s['images']} images; "
+            f"{s['bytes_in'] / 1e6:.1f} MB in, {s['bytes_out'] / 1e6:.1f} MB out; {s['wall_seconds']:.1f} s, "
+            f"{s['images_per_second']:.2f} images/s"
+        )
+    if v["listed"]:
+        print(
+            f"{v['done']} done, {v['skipped']} skipped, {v['failed']} failed of {v['listed']} videos; "
+            f"{v['frames']} frames in {v['segments']} segments; {s['wall_seconds']:.1f} s"
+        )
+    if s["failed"]:
+        print(f"failures listed in {s['errors_file']}")
+    return 1 if s["failed"] else 0
+
+
+if __name__ == "__main__":
+    _common.entry_point(main)
