@@ -1,5 +1,5 @@
-"""Inference engines side by side: torch eager, torch.compile, ONNX Runtime (and on a GPU torch fp16 and
-TensorRT fp16) at 256², 1280×720 and 1920×1080, batch 1 and 4, in one run; plus the generator's GFLOPs per
+"""Inference engines side by side: torch eager, torch.compile, ONNX Runtime (its CUDA provider on a GPU; there
+also torch fp16 and bf16 and TensorRT fp16) at 256², 1280×720 and 1920×1080, batch 1 and 4, in one run; plus the generator's GFLOPs per
 megapixel and the achieved GFLOP/s against a large matmul on the same device.
 
   python benchmarks/engines.py                  # unet_fpn base 16 (the sample model)
@@ -84,6 +84,8 @@ def main() -> None:
     engines["onnxruntime fp32"] = OnnxEngine(folder / "model.onnx", "auto")
     if gpu:
         engines["torch fp16"] = TorchEngine(model, device="cuda", precision="fp16")
+        if torch.cuda.is_bf16_supported():
+            engines["torch bf16"] = TorchEngine(model, device="cuda", precision="bf16")
         if tensorrt_status() is None:
             build_engine(folder / "model.onnx", folder, (1, 3, 256, 256), (1, 3, 768, 1280), (4, 3, 1152, 1920), "fp16")
             engines["tensorrt fp16"] = TensorRTEngine(folder / "engine.plan", multiple)

@@ -127,5 +127,8 @@ def test_the_archive_job_uses_the_default_when_no_model_is_named(ray_cluster, tm
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     given = read_image(str(src / "coffee.png"))
     got = read_image(str(out / "coffee.png"))
-    assert np.array_equal(got, load_engine("default", "torch").deblur_image(given))  # PNG: exactly the model's output
+    # PNG is lossless: the model's output, up to a rounding step where the actor's thread count (1) and this
+    # process's sum the convolutions in another order
+    diff = np.abs(got.astype(np.int16) - load_engine("default", "torch").deblur_image(given))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert np.abs(got.astype(np.int16) - given).mean() > 1.0  # and not the input passed through
