@@ -8,7 +8,7 @@ many of the real-blur photos score below that threshold (they would be copied th
 `--repeat N` adds rows for each archive copied N times (as distinct files): the job's fixed start-up (actors importing and
 loading the engine, a few seconds) weighs on a short archive and fades on the long ones the job is for.
 
-  python benchmarks/bulk.py [--model runs/sample] [--limit 24] [--repeat 4]
+  python benchmarks/bulk.py [--model default|runs/sample|s3://…] [--limit 24] [--repeat 4]
 """
 
 from __future__ import annotations
@@ -20,27 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from deblur.bulk import SHARP_BELOW
 
 import _common
-
-
-def model_path(arg: str | None) -> str:
-    """The given checkpoint, else runs/sample's best, else a random-weight base-16 unet_fpn (same compute)."""
-    from deblur.models import build_generator, generator_checkpoint
-
-    if arg:
-        return arg
-    if (_common.ROOT / "runs" / "sample" / "best.json").exists():
-        return str(_common.ROOT / "runs" / "sample")
-    torch.manual_seed(0)
-    g = build_generator("unet_fpn", base_channels=16)
-    torch.nn.init.normal_(g.head.weight, std=1e-3)
-    path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
-    torch.save(generator_checkpoint(g, "unet_fpn", {"base_channels": 16}), path)
-    return str(path)
 
 
 def bare_loop(files: list[Path], out: Path, engine) -> tuple[float, float]:
@@ -67,7 +49,7 @@ def main() -> None:
     from deblur.bulk import Options, deblur_archive
     from deblur.inference import load_engine
 
-    model = model_path(args.model)
+    model = args.model
     cores = os.cpu_count() or 1
     engine = load_engine(model, args.engine, threads=cores)
     _common.start_ray()

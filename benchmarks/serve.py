@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
-from bulk import model_path
 from PIL import Image
 
 import _common
@@ -61,7 +60,7 @@ def main() -> None:
     from deblur.inference import load_engine
     from deblur.serve.app import build_app, start
 
-    model = model_path(args.model)
+    model = args.model
     _common.start_ray()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
