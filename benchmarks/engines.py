@@ -2,7 +2,7 @@
 also torch fp16 and bf16 and TensorRT fp16) at 256², 1280×720 and 1920×1080, batch 1 and 4, in one run; plus the generator's GFLOPs per
 megapixel and the achieved GFLOP/s against a large matmul on the same device.
 
-  python benchmarks/engines.py                  # unet_fpn base 16 (the sample model)
+  python benchmarks/engines.py                  # unet_fpn base 16 (a quarter of the GoPro recipe's width)
   python benchmarks/engines.py --base 64        # unet_fpn's full width
 """
 
