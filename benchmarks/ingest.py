@@ -1,5 +1,7 @@
 """Ingest throughput: pairs/s through the Ray Data training pipeline (local shards, S3 shards) vs a plain
 Python loop decoding the same PNGs with the same crop/normalise code, all in one run on the same cores.
+The same pairs packed into one shard show what splitting a shard into batch-sized blocks (which
+`train_dataset` does when a split has fewer shards than the cluster has CPUs) buys and costs.
 
   python benchmarks/ingest.py [--photos 68] [--epochs 3] [--crop 256]
 """
@@ -66,20 +68,22 @@ def main() -> None:
         pairs = [
             p for p in layouts.synthetic(str(src), val_fraction=0.0, variants=args.variants, synth={"max_len": 30})
         ][: args.photos * args.variants]
-        local = f"{tmp}/shards"
+        local, single = f"{tmp}/shards", f"{tmp}/one-shard"
         shards.prepare(pairs, local, {}, shard_mb=args.shard_mb, progress=False)
+        shards.prepare(pairs, single, {}, shard_mb=1024, progress=False)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
         fs, _ = storage.filesystem("s3://bench")
         fs.put(local, "bench/shards", recursive=True)
         s3 = "s3://bench/shards"
+        n_shards = len(shards.split_uris(local, "train"))
 
         results = {}
         ray_stream(local, args.crop, 1)  # warm-up: worker processes, imports
         results["plain loop (1 process)"] = plain_loop(local, args.crop, args.epochs)
-        results["Ray Data, local shards"] = ray_stream(local, args.crop, args.epochs)
-        results["Ray Data, local, read blocks as is"] = ray_stream(local, args.crop, args.epochs, small_blocks=False)
-        results["Ray Data, S3 shards"] = ray_stream(s3, args.crop, args.epochs)
-        results["Ray Data, S3, read blocks as is"] = ray_stream(s3, args.crop, args.epochs, small_blocks=False)
+        results[f"Ray Data, {n_shards} local shards"] = ray_stream(local, args.crop, args.epochs)
+        results[f"Ray Data, {n_shards} S3 shards"] = ray_stream(s3, args.crop, args.epochs)
+        results["Ray Data, 1 local shard, split in blocks"] = ray_stream(single, args.crop, args.epochs)
+        results["Ray Data, 1 local shard, one block"] = ray_stream(single, args.crop, args.epochs, small_blocks=False)
     server.stop()
     base = results["plain loop (1 process)"]
     base_rate = base[0] / base[1]

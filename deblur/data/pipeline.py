@@ -9,6 +9,7 @@ decoded once and cached in the object store (`train_dataset(cache=True)`).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import zlib
@@ -27,17 +28,38 @@ from .shards import split_uris
 COLUMNS = ["key", "blur", "sharp"]
 
 
+def _shard_paths(uri: str, split: str):
+    """The split's shards as one pyarrow filesystem and its paths (S3 endpoint from the environment)."""
+    uris = split_uris(uri, split)
+    fs, _ = storage.pyarrow_filesystem(uris[0])
+    return fs, [storage.pyarrow_filesystem(u)[1] for u in uris]
+
+
 def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) -> ray.data.Dataset:
-    """The shards of one split, read lazily with pyarrow (S3 endpoint from the environment).
+    """The shards of one split, read lazily with pyarrow, one block per shard.
 
     `shuffle_seed` other than False shuffles the shard order anew each epoch (None: unseeded). That is
     Ray Data's streaming-friendly shuffle; a block-level shuffle would hold the whole split at once.
+
+    Read through Ray Data's first Parquet datasource, not the default of Ray 2.60 (`use_datasource_v2`),
+    measured on 272 pairs in 9 shards: the new one lists the files again at every epoch through a fresh pool
+    of footer-reading actors (~3 s an epoch) and packs small shards into one read task, which leaves the
+    cores idle while it runs; together 0.4x the pairs/s of a plain decode loop, against 0.85x here. The
+    datasource is chosen when the read is planned, so the switch is set just around this call.
     """
-    uris = split_uris(uri, split)
-    fs, _ = storage.pyarrow_filesystem(uris[0])
-    paths = [storage.pyarrow_filesystem(u)[1] for u in uris]
+    fs, paths = _shard_paths(uri, split)
     shuffle = None if shuffle_seed is False else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    return ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle).select_columns(COLUMNS)
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, override_num_blocks=len(paths))
+    finally:
+        ctx.use_datasource_v2 = v2
+    return ds.select_columns(COLUMNS)
+
+
+def _cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
 
 
 def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
@@ -149,9 +171,11 @@ def train_dataset(
         return cached_split(uri, split, batch_size if small_blocks else None)
     kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair, "blur": blur}
     ds = read_split(uri, split, shuffle_seed=seed)
-    if small_blocks:
-        # Streaming split into batch-sized blocks (not an all-to-all repartition): Ray Data reads up to
-        # 128 MB of shards into one block, and one block is decoded by one task on one CPU.
+    if small_blocks and len(_shard_paths(uri, split)[1]) < _cluster_cpus():
+        # Fewer shards than CPUs: one block per shard would leave CPUs without a shard to decode, so split
+        # them into batch-sized blocks (a streaming split, not an all-to-all repartition). With enough
+        # shards each is read and decoded by one fused task, which spares the scheduler ~15 tasks a shard
+        # (1.3x the pairs/s measured with 9 shards on 2 CPUs).
         ds = ds.repartition(target_num_rows_per_block=batch_size)
     return ds.map_batches(augment_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy")
 
