@@ -2,7 +2,9 @@
 for 1, 8 and 32 concurrent clients, for the app as jobs/serve.py builds it (defaults) and with batching on
 (max batch 8), next to calling the same engine in-process on the same cores (its median time per image).
 "p50 added" is the HTTP path's p50 minus the in-process engine's, the two alternating request by request (the
-machine's speed drifts by more than the difference): what Serve, HTTP and the PNG codecs cost.
+machine's speed drifts by more than the difference): what Serve, HTTP and the PNG codecs cost, split by the
+replica's Server-Timing header into the engine running slower there, the replica's body read and codecs,
+and the rest (HTTP and Serve's proxy).
 
   python benchmarks/serve.py [--model default] [--engine auto] [--requests 32]
 """
@@ -34,14 +36,16 @@ def png(size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-def load(url: str, body: bytes, clients: int, total: int) -> tuple[float, list[float], list[float]]:
-    """(images/s, each request's seconds, each request's engine milliseconds inside the replica)."""
+def load(url: str, body: bytes, clients: int, total: int) -> tuple[float, list[float], list[dict[str, float]]]:
+    """(images/s, each request's seconds, each request's milliseconds by step inside the replica: its
+    Server-Timing header, read / decode / infer / encode)."""
 
     def one(_):
         t0 = time.perf_counter()
         res = requests.post(url, data=body, headers={"Content-Type": "image/png"}, timeout=600)
         res.raise_for_status()
-        return time.perf_counter() - t0, float(res.headers["X-Inference-Ms"])
+        spans = (span.strip().split(";dur=") for span in res.headers["Server-Timing"].split(","))
+        return time.perf_counter() - t0, {k: float(v) for k, v in spans}
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -123,8 +127,12 @@ def main() -> None:
                     base = direct[(w, h)]
                 p50, p95, p99 = (round(float(np.percentile(lat, q)) * 1000) for q in (50, 95, 99))
                 added = round(p50 - base * 1000) if clients == 1 else "-"
-                # of what is added, the part the engine itself runs slower inside the replica (its own timing)
-                slower = round(float(np.median(inside)) - base * 1000) if clients == 1 else "-"
+                # what is added, by where it goes: the engine itself running slower inside the replica, the
+                # replica reading the body and running the codecs, and the rest (HTTP, Serve's proxy, hops)
+                step = {k: float(np.median([s[k] for s in inside])) for k in inside[0]}
+                slower = round(step["infer"] - base * 1000) if clients == 1 else "-"
+                codecs = round(step["read"] + step["decode"] + step["encode"]) if clients == 1 else "-"
+                outside = round(p50 - sum(step.values())) if clients == 1 else "-"
                 ratio = rate * float(np.mean(own)) if clients == 1 else rate * base
                 rows.append(
                     [
@@ -135,6 +143,8 @@ def main() -> None:
                         p50,
                         added,
                         slower,
+                        codecs,
+                        outside,
                         p95,
                         p99,
                         round(ratio, 2),
@@ -152,7 +162,9 @@ def main() -> None:
             "img/s",
             "p50 ms",
             "p50 added ms (1 client)",
-            "of it, engine slower in replica ms",
+            "of it: engine slower in replica ms",
+            "replica's body read + codecs ms",
+            "HTTP + proxy ms",
             "p95 ms",
             "p99 ms",
             "vs in-process",
