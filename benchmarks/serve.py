@@ -94,10 +94,13 @@ def main() -> None:
             "-",
             "-",
             "-",
+            "-",
+            "-",
             1.0,
         ]
         for w, h in SIZES
     ]
+    steps: dict[str, dict[str, float]] = {}  # 1 client: the replica's median milliseconds by step
     # the app as jobs/serve.py builds it (replica sized to the node, CPU batching off), then with batching on;
     # one at a time, as each replica takes every core
     for label, extra in (
@@ -133,6 +136,8 @@ def main() -> None:
                 slower = round(step["infer"] - base * 1000) if clients == 1 else "-"
                 codecs = round(step["read"] + step["decode"] + step["encode"]) if clients == 1 else "-"
                 outside = round(p50 - sum(step.values())) if clients == 1 else "-"
+                if clients == 1:
+                    steps[f"{w}x{h}, {label}"] = {k: round(v, 1) for k, v in step.items()}
                 ratio = rate * float(np.mean(own)) if clients == 1 else rate * base
                 rows.append(
                     [
@@ -170,7 +175,7 @@ def main() -> None:
             "vs in-process",
         ],
         rows,
-        {"model": model, "engine": args.engine},
+        {"model": model, "engine": args.engine, "replica_ms_by_step_1_client": steps},
     )
 
 
