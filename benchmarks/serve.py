@@ -1,10 +1,10 @@
 """The HTTP endpoint under load, side by side in one run: images/s and p50/p95/p99 latency at 256² and 1280×720
 for 1, 8 and 32 concurrent clients, for the app as jobs/serve.py builds it (defaults) and with batching on
 (max batch 8), next to calling the same engine in-process on the same cores (its median time per image).
-"p50 added" is the HTTP path's p50 minus the in-process engine's, the two alternating request by request (the
+"added" is the median of the HTTP request's time minus the in-process engine call's, the two alternating (the
 machine's speed drifts by more than the difference): what Serve, HTTP and the PNG codecs cost, split by the
-replica's Server-Timing header into the engine running slower there, the replica's body read and codecs,
-and the rest (HTTP and Serve's proxy).
+replica's Server-Timing header into the engine running slower there, waiting for a batch, the replica's body
+read and codecs, and the rest (HTTP and Serve's proxy); each a median over the requests, so they need not sum.
 
   python benchmarks/serve.py [--model default] [--engine auto] [--requests 32]
 """
@@ -38,7 +38,7 @@ def png(size: tuple[int, int]) -> bytes:
 
 def load(url: str, body: bytes, clients: int, total: int) -> tuple[float, list[float], list[dict[str, float]]]:
     """(images/s, each request's seconds, each request's milliseconds by step inside the replica: its
-    Server-Timing header, read / decode / infer / encode)."""
+    Server-Timing header, read / decode / queue / infer / encode)."""
 
     def one(_):
         t0 = time.perf_counter()
@@ -96,6 +96,7 @@ def main() -> None:
             "-",
             "-",
             "-",
+            "-",
             1.0,
         ]
         for w, h in SIZES
@@ -129,15 +130,21 @@ def main() -> None:
                     rate, lat, inside = load(url, body, clients, max(total, clients))
                     base = direct[(w, h)]
                 p50, p95, p99 = (round(float(np.percentile(lat, q)) * 1000) for q in (50, 95, 99))
-                added = round(p50 - base * 1000) if clients == 1 else "-"
-                # what is added, by where it goes: the engine itself running slower inside the replica, the
-                # replica reading the body and running the codecs, and the rest (HTTP, Serve's proxy, hops)
-                step = {k: float(np.median([s[k] for s in inside])) for k in inside[0]}
-                slower = round(step["infer"] - base * 1000) if clients == 1 else "-"
-                codecs = round(step["read"] + step["decode"] + step["encode"]) if clients == 1 else "-"
-                outside = round(p50 - sum(step.values())) if clients == 1 else "-"
+                added = slower = queued = codecs = outside = "-"
                 if clients == 1:
-                    steps[f"{w}x{h}, {label}"] = {k: round(v, 1) for k, v in step.items()}
+                    # what is added, request by request (each paired with the engine call before it), and by
+                    # where it goes: the engine itself running slower inside the replica, waiting for a batch,
+                    # the replica reading the body and running the codecs, and the rest (HTTP, Serve's proxy)
+                    def median_ms(values) -> int:
+                        return round(float(np.median(list(values))))
+
+                    pairs = list(zip(lat, own, inside))
+                    added = median_ms((t - o) * 1000 for t, o, _ in pairs)
+                    slower = median_ms(s["infer"] - o * 1000 for _, o, s in pairs)
+                    queued = median_ms(s["queue"] for s in inside)
+                    codecs = median_ms(s["read"] + s["decode"] + s["encode"] for s in inside)
+                    outside = median_ms(t * 1000 - sum(s.values()) for t, _, s in pairs)
+                    steps[f"{w}x{h}, {label}"] = {k: median_ms(s[k] for s in inside) for k in inside[0]}
                 ratio = rate * float(np.mean(own)) if clients == 1 else rate * base
                 rows.append(
                     [
@@ -148,6 +155,7 @@ def main() -> None:
                         p50,
                         added,
                         slower,
+                        queued,
                         codecs,
                         outside,
                         p95,
@@ -166,8 +174,9 @@ def main() -> None:
             "path",
             "img/s",
             "p50 ms",
-            "p50 added ms (1 client)",
+            "added ms (1 client, median of pairs)",
             "of it: engine slower in replica ms",
+            "batch queue ms",
             "replica's body read + codecs ms",
             "HTTP + proxy ms",
             "p95 ms",

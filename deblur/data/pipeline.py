@@ -9,6 +9,7 @@ decoded once and cached in the object store (`train_dataset(cache=True)`).
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -23,7 +24,7 @@ from ray.data.datasource import FileShuffleConfig
 from .. import storage
 from ..images import decode_image, pad_bottom_right, to_chw_uint8, to_model_input
 from . import synth
-from .shards import split_uris
+from .shards import read_manifest, split_uris
 
 COLUMNS = ["key", "blur", "sharp"]
 
@@ -35,8 +36,12 @@ def _shard_paths(uri: str, split: str):
     return fs, [storage.pyarrow_filesystem(u)[1] for u in uris]
 
 
+# `DataContext` is one object per process: two reads swapping its datasource switch at once must not interleave
+_DATASOURCE_SWITCH = threading.Lock()
+
+
 def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) -> ray.data.Dataset:
-    """The shards of one split, read lazily with pyarrow, one block per shard.
+    """The shards of one split, read lazily with pyarrow, one read task per shard.
 
     `shuffle_seed` other than False shuffles the shard order anew each epoch (None: unseeded). That is
     Ray Data's streaming-friendly shuffle; a block-level shuffle would hold the whole split at once.
@@ -44,22 +49,33 @@ def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) ->
     Read through Ray Data's first Parquet datasource, not the default of Ray 2.60 (`use_datasource_v2`),
     measured on 272 pairs in 9 shards: the new one lists the files again at every epoch through a fresh pool
     of footer-reading actors (~3 s an epoch) and packs small shards into one read task, which leaves the
-    cores idle while it runs; together 0.4x the pairs/s of a plain decode loop, against 0.85x here. The
-    datasource is chosen when the read is planned, so the switch is set just around this call.
+    cores idle while it runs; with the batch-sized blocks the pipeline then cut, 0.46x the pairs/s of a plain
+    decode loop, against 0.86x now (README, ingest.py). The datasource is chosen when `read_parquet` is
+    called, so the switch is set just around that call (Ray releases without the switch have only the first).
     """
     fs, paths = _shard_paths(uri, split)
     shuffle = None if shuffle_seed is False else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, override_num_blocks=len(paths))
-    finally:
-        ctx.use_datasource_v2 = v2
+    with _DATASOURCE_SWITCH:
+        v2 = getattr(ctx, "use_datasource_v2", None)
+        if v2 is not None:
+            ctx.use_datasource_v2 = False
+        try:
+            ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, override_num_blocks=len(paths))
+        finally:
+            if v2 is not None:
+                ctx.use_datasource_v2 = v2
     return ds.select_columns(COLUMNS)
 
 
 def _cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
+
+
+def _split_size(uri: str, split: str) -> tuple[int, int]:
+    """(shards, rows) of a split, as its manifest lists them."""
+    entries = [e for e in read_manifest(uri)["shards"] if e["split"] == split]
+    return len(entries), sum(e["rows"] for e in entries)
 
 
 def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
@@ -163,6 +179,7 @@ def train_dataset(
     Shards come in a new random order each epoch; consumers add a local shuffle buffer
     (`iter_torch_batches(local_shuffle_buffer_size=...)`) to mix pairs across shards.
 
+    `small_blocks` lets a split of fewer shards than the cluster has CPUs be cut into blocks for all of them.
     `cache=True` returns the decoded split instead (`cached_split`), for the training workers to cut their
     crops from (`CropStream`); without it nothing is materialised: shards stream from storage each epoch,
     for splits of any size.
@@ -171,12 +188,13 @@ def train_dataset(
         return cached_split(uri, split, batch_size if small_blocks else None)
     kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair, "blur": blur}
     ds = read_split(uri, split, shuffle_seed=seed)
-    if small_blocks and len(_shard_paths(uri, split)[1]) < _cluster_cpus():
-        # Fewer shards than CPUs: one block per shard would leave CPUs without a shard to decode, so split
-        # them into batch-sized blocks (a streaming split, not an all-to-all repartition). With enough
-        # shards each is read and decoded by one fused task, which spares the scheduler ~15 tasks a shard
-        # (1.3x the pairs/s measured with 9 shards on 2 CPUs).
-        ds = ds.repartition(target_num_rows_per_block=batch_size)
+    shards, rows = _split_size(uri, split) if small_blocks else (0, 0)
+    if small_blocks and shards < (cpus := _cluster_cpus()):
+        # Fewer shards than CPUs: with a block per shard, CPUs would sit idle, so the blocks are cut (a
+        # streaming split, not an all-to-all repartition) to about one per CPU. Not into batch-sized ones:
+        # each block is a task to schedule, and 34 of them cost more than the second CPU gave (ingest.py on
+        # 2 CPUs, 272 pairs in 1 shard: batch-sized blocks 0.64x the plain loop, the shard as one block 0.78x).
+        ds = ds.repartition(target_num_rows_per_block=max(batch_size, math.ceil(rows / cpus)))
     return ds.map_batches(augment_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy")
 
 

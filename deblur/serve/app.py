@@ -67,9 +67,12 @@ class DeblurEndpoint:
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    async def _batched(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """Each deblurred image with the moment its batch reached the engine (what it waited is `queue`)."""
         self.batch_sizes[len(images)] += 1
-        return await asyncio.get_running_loop().run_in_executor(None, self.engine.deblur_images, images)
+        started = time.perf_counter()
+        outs = await asyncio.get_running_loop().run_in_executor(None, self.engine.deblur_images, images)
+        return [(out, started) for out in outs]
 
     def info(self) -> dict[str, Any]:
         i = self.engine.info
@@ -131,11 +134,11 @@ class DeblurEndpoint:
             return _error(e)
         fmt = output_format(format or "same", img.format if img.format in MEDIA_TYPES else "PNG")
         t_decoded = time.perf_counter()
-        out = await self._batched(img.rgb)  # 16-bit files stay 16-bit, as in the bulk job
+        out, t_engine = await self._batched(img.rgb)  # 16-bit files stay 16-bit, as in the bulk job
         t_inferred = time.perf_counter()
         payload = await asyncio.to_thread(encode, out, img, fmt, quality)
-        spans = {"read": t_read - t_start, "decode": t_decoded - t_read, "infer": t_inferred - t_decoded}
-        spans["encode"] = time.perf_counter() - t_inferred
+        spans = {"read": t_read - t_start, "decode": t_decoded - t_read, "queue": t_engine - t_decoded}
+        spans["infer"], spans["encode"] = t_inferred - t_engine, time.perf_counter() - t_inferred
         return Response(
             payload,
             media_type=MEDIA_TYPES[fmt],
