@@ -130,7 +130,7 @@ def main() -> None:
                         own.append(time.perf_counter() - t0)
                         _, one_lat, one_ms = load(url, body, 1, 1)
                         lat, inside = lat + one_lat, inside + one_ms
-                    rate, base = 1 / float(np.mean(lat)), float(np.median(own))
+                    rate = 1 / float(np.mean(lat))
                 else:  # the engine timed just before and just after, as the machine's speed drifts
                     calls = 3 if w * h < 500_000 else 2
                     before = engine_seconds(img, calls)
