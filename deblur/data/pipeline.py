@@ -29,13 +29,6 @@ from .shards import read_manifest, split_uris
 COLUMNS = ["key", "blur", "sharp"]
 
 
-def _shard_paths(uri: str, split: str):
-    """The split's shards as one pyarrow filesystem and its paths (S3 endpoint from the environment)."""
-    uris = split_uris(uri, split)
-    fs, _ = storage.pyarrow_filesystem(uris[0])
-    return fs, [storage.pyarrow_filesystem(u)[1] for u in uris]
-
-
 # `DataContext` is one object per process: two reads swapping its datasource switch at once must not interleave
 _DATASOURCE_SWITCH = threading.Lock()
 
@@ -53,7 +46,9 @@ def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) ->
     decode loop, against 0.86x now (README, ingest.py). The datasource is chosen when `read_parquet` is
     called, so the switch is set just around that call (Ray releases without the switch have only the first).
     """
-    fs, paths = _shard_paths(uri, split)
+    uris = split_uris(uri, split)
+    fs, _ = storage.pyarrow_filesystem(uris[0])
+    paths = [storage.pyarrow_filesystem(u)[1] for u in uris]
     shuffle = None if shuffle_seed is False else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     ctx = ray.data.DataContext.get_current()
     with _DATASOURCE_SWITCH:
@@ -188,13 +183,15 @@ def train_dataset(
         return cached_split(uri, split, batch_size if small_blocks else None)
     kwargs = {"crop": crop, "flips": flips, "seed": seed, "crops_per_pair": crops_per_pair, "blur": blur}
     ds = read_split(uri, split, shuffle_seed=seed)
-    shards, rows = _split_size(uri, split) if small_blocks else (0, 0)
-    if small_blocks and shards < (cpus := _cluster_cpus()):
-        # Fewer shards than CPUs: with a block per shard, CPUs would sit idle, so the blocks are cut (a
-        # streaming split, not an all-to-all repartition) to about one per CPU. Not into batch-sized ones:
-        # each block is a task to schedule, and 34 of them cost more than the second CPU gave (ingest.py on
-        # 2 CPUs, 272 pairs in 1 shard: batch-sized blocks 0.64x the plain loop, the shard as one block 0.78x).
-        ds = ds.repartition(target_num_rows_per_block=max(batch_size, math.ceil(rows / cpus)))
+    if small_blocks:
+        shards, rows = _split_size(uri, split)
+        cpus = _cluster_cpus()
+        if shards < cpus:
+            # Fewer shards than CPUs: with a block per shard, CPUs would sit idle, so the blocks are cut (a
+            # streaming split, not an all-to-all repartition) to about one per CPU. Not into batch-sized ones:
+            # each block is a task to schedule, and 34 of them cost more than the second CPU gave (ingest.py on
+            # 2 CPUs, 272 pairs in 1 shard: batch-sized blocks 0.64x the plain loop, the shard as one block 0.78x).
+            ds = ds.repartition(target_num_rows_per_block=max(batch_size, math.ceil(rows / cpus)))
     return ds.map_batches(augment_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy")
 
 
