@@ -7,11 +7,15 @@ quarter of float32's bytes through Ray's object store and over PCIe.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 
 from . import storage
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the ONNX engines' processes never load it
+    import torch
 
 #: the image files every stage reads (datasets, archives, report pictures, Serve uploads)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -87,7 +91,7 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
 
 def to_image(x: torch.Tensor | np.ndarray, dtype: type = np.uint8) -> np.ndarray:
     """float [-1, 1] (N×)3×H×W → (N×)H×W×3 uint8 (or uint16), rounded to nearest: `to_model_input` undone."""
-    if isinstance(x, torch.Tensor):
+    if not isinstance(x, np.ndarray):  # a torch tensor
         x = x.detach().float().cpu().numpy()
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
         raise ValueError(f"expected 3×H×W or N×3×H×W in [-1, 1], got shape {x.shape}")
@@ -98,6 +102,8 @@ def to_image(x: torch.Tensor | np.ndarray, dtype: type = np.uint8) -> np.ndarray
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 RGB H×W×3 (or a batch) → float32 torch tensor in [-1, 1]: `to_model_input` as a tensor."""
+    import torch
+
     return torch.from_numpy(to_model_input(img))
 
 
@@ -110,6 +116,8 @@ def to_chw_uint8(img: np.ndarray) -> np.ndarray:
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 (N×)3×H×W → float32 in [-1, 1] on x's device: the same normalisation for batches that crossed
     to the device as uint8 (training)."""
+    import torch
+
     if x.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 batch, got {x.dtype}")
     return x.float().div_(127.5).sub_(1.0)

@@ -18,13 +18,9 @@ import warnings
 from typing import Any, Callable
 
 import cv2
-import lpips
 import numpy as np
-import torch
-from torchvision import models as tvm
 
 from .images import to_image, to_tensor
-from .pretrained import load_state
 
 CONVENTIONS = ("gopro", "basicsr")
 PSNR_CAP = 100.0  # what reports show for identical images (PSNR = inf), always labelled as capped
@@ -42,7 +38,7 @@ def _pairs(output: Any, target: Any) -> tuple[list[np.ndarray], list[np.ndarray]
 
 
 def _as_uint8_list(x: Any, name: str) -> tuple[list[np.ndarray], bool]:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "numel"):  # a torch tensor (torch itself is imported only where LPIPS needs it)
         if x.ndim not in (3, 4) or x.shape[-3] != 3:
             raise ValueError(f"{name}: expected 3×H×W or N×3×H×W RGB in [-1, 1], got shape {tuple(x.shape)}")
         if x.numel() == 0:
@@ -199,6 +195,11 @@ class LPIPS:
         allow_random_weights: bool = False,
         device: str = "cpu",
     ):
+        import lpips  # here, not at the top: importing torchvision's models costs every Ray actor ~1.4 s
+        import torch
+        from torchvision import models as tvm
+
+        from .pretrained import load_state
 
         tv_weights = {
             "alex": tvm.AlexNet_Weights.IMAGENET1K_V1,
@@ -227,17 +228,19 @@ class LPIPS:
             f"LPIPS ({self.net_name}, {'ImageNet backbone' if self.pretrained else 'RANDOM backbone: not comparable'})"
         )
 
-    @torch.no_grad()
     def __call__(self, output: Any, target: Any) -> float | np.ndarray:
+        import torch
+
         outs, tgts, batched = _pairs(output, target)
         values = []
         for o, t in zip(outs, tgts):
             a, b = to_tensor(o)[None].to(self.device), to_tensor(t)[None].to(self.device)
-            values.append(float(self.model(a, b).item()))
+            with torch.no_grad():
+                values.append(float(self.model(a, b).item()))
         return _reduce(values, batched)
 
 
-def _copy_backbone(lpips_net: torch.nn.Module, features: torch.nn.Module) -> None:
+def _copy_backbone(lpips_net: Any, features: Any) -> None:
     """lpips splits torchvision's `features` into slices that keep the original indices as names."""
     feats = dict(features.named_children())
     for slice_ in (m for n, m in lpips_net.named_children() if n.startswith("slice")):

@@ -41,7 +41,7 @@ def main(argv: list[str] | None) -> int:
     from ray import serve
 
     from deblur import storage
-    from deblur.models.checkpoint import resolve_checkpoint
+    from deblur.models.reference import resolve_checkpoint
     from deblur.ray_env import init_ray
     from deblur.serve.app import build_app, start
     from deblur.serve.limits import Limits

@@ -59,7 +59,7 @@ def test_torch_engine_matches_the_model_at_any_size(trained_checkpoint, real_pho
 def test_compile_job_writes_a_verified_onnx_folder(compiled, trained_checkpoint):
     summary = json.loads((compiled / "compile.json").read_text())
     assert {"model.onnx", "compile.json"} <= set(summary["files"]) <= {p.name for p in compiled.iterdir()}
-    from deblur.models.checkpoint import checkpoint_hash
+    from deblur.models.reference import checkpoint_hash
 
     assert summary["model_hash"] == checkpoint_hash(str(trained_checkpoint))  # names what it was compiled from
     assert any("333x517" in k for k in summary["onnx"]["errors"])  # verified at an odd size too
@@ -76,6 +76,31 @@ def test_onnxruntime_agrees_with_torch(source, compiled, trained_checkpoint, rea
     for h, w in SIZES:
         x = photo_batch(real_photo, h, w)
         assert np.abs(engine.deblur_batch(x) - reference.deblur_batch(x)).max() <= 1e-4, (h, w)
+
+
+def test_a_cached_export_runs_in_a_process_that_never_imports_torch(
+    trained_checkpoint, real_photo, tmp_path, monkeypatch
+):
+    """What each bulk/video actor does: once a checkpoint's ONNX export is cached, importing the job and
+    loading its engine ("auto" too, on a machine without CUDA) leave torch unimported (~1.6 s per actor)."""
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path))
+    first = load_engine(str(trained_checkpoint), "onnxruntime", threads=1)  # exports into the cache
+    np.save(tmp_path / "photo.npy", real_photo[:96, :128])
+    code = f"""
+import sys, numpy as np
+import deblur.bulk.job
+from deblur.inference import load_engine
+from deblur.inference.load import cuda_available
+engine = load_engine({str(trained_checkpoint)!r}, "auto" if not cuda_available() else "onnxruntime", threads=1)
+np.save({str(tmp_path / "out.npy")!r}, engine.deblur_image(np.load({str(tmp_path / "photo.npy")!r})))
+print(engine.info.backend, engine.info.multiple, engine.info.model_hash, "torch" in sys.modules)
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    backend, multiple, model_hash, torch_imported = res.stdout.split()
+    assert (backend, int(multiple), model_hash) == ("onnxruntime", first.info.multiple, first.info.model_hash)
+    assert torch_imported == "False"
+    assert np.array_equal(np.load(tmp_path / "out.npy"), first.deblur_image(real_photo[:96, :128]))
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from .. import storage
 from ..inference import BACKENDS, load_engine
 from ..metrics import LPIPS, describe_convention
-from ..models.checkpoint import resolve_checkpoint
+from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
 from ..ray_env import init_ray

@@ -18,7 +18,8 @@ import torch
 
 from .. import storage
 from ..images import to_model_input
-from ..models.checkpoint import checkpoint_hash, load_generator, resolve_checkpoint
+from ..models.checkpoint import load_generator
+from ..models.reference import checkpoint_hash, resolve_checkpoint
 from .engine import Engine, EngineError
 from .load import COMPILE_FILE, ONNX_FILE
 from .onnx_engine import OPSET, OnnxEngine, add_metadata, export_onnx

@@ -4,23 +4,26 @@ A reference is a checkpoint (file, Ray checkpoint directory, run directory with 
 name; local or s3://) or a compiled directory (`compile.json` + `model.onnx` [+ `engine.plan`]). The order of
 preference is tensorrt > onnxruntime-cuda > torch-cuda > onnxruntime-cpu (> torch-cpu when only a checkpoint
 is given): ONNX Runtime beats eager torch on CPU, and a checkpoint is exported to ONNX once, then reused.
+A checkpoint whose export is cached runs on ONNX Runtime without importing torch (~1.6 s that every Ray
+actor of the bulk and video jobs would pay), so torch is imported only where a model is built or run by it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
-import torch
 
 from .. import storage
-from ..models.checkpoint import CheckpointError, checkpoint_hash, load_generator
+from ..models.reference import CheckpointError, checkpoint_hash
 from .engine import Engine, EngineError
 from .onnx_engine import OnnxEngine, add_metadata, export_onnx
 from .tensorrt_engine import META, PLAN, TensorRTEngine, tensorrt_status
-from .torch_engine import TorchEngine
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 COMPILE_FILE, ONNX_FILE = "compile.json", "model.onnx"
@@ -69,34 +72,53 @@ def _compiled_engine(model_uri: str, backend: str, device: str | None, threads: 
 
 def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads: int | None, precision: str) -> Engine:
     try:
-        model = load_generator(model_uri)
         model_hash = checkpoint_hash(model_uri)
     except CheckpointError as e:
         raise EngineError(str(e)) from None
     if backend == "auto":
-        cuda = torch.cuda.is_available()
-        backend = "onnxruntime" if "CUDAExecutionProvider" in ort.get_available_providers() or not cuda else "torch"
+        cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
+        backend = "onnxruntime" if cuda_ort or not cuda_available() else "torch"
     if backend == "tensorrt":
         raise EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with jobs/compile.py")
+    onnx_file = Path(storage.cache_dir()) / "onnx" / model_hash / ONNX_FILE
+    if backend == "onnxruntime" and onnx_file.is_file():  # exported before: the graph records the stride
+        return OnnxEngine(onnx_file, device or "auto", threads, model_hash=model_hash)
+    from ..models.checkpoint import load_generator
+    from .torch_engine import TorchEngine
+
+    try:
+        model = load_generator(model_uri)
+    except CheckpointError as e:
+        raise EngineError(str(e)) from None
     if backend == "onnxruntime":
-        onnx_file = _exported(model, model_hash)
+        _export(model, model_hash, onnx_file.parent)
         return OnnxEngine(onnx_file, device or "auto", threads, model.multiple, model_hash)
     return TorchEngine(model, model_uri, device, precision, model_hash=model_hash, threads=threads)
 
 
-def _exported(model: torch.nn.Module, model_hash: str) -> Path:
-    """The checkpoint's ONNX export in the local cache: made once per checkpoint hash, then reused."""
-    folder = Path(storage.cache_dir()) / "onnx" / model_hash
-    if not (folder / ONNX_FILE).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent))
-        export_onnx(model, staging / ONNX_FILE, model.multiple)
-        add_metadata(staging / ONNX_FILE, multiple=model.multiple, model_hash=model_hash)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process exported it first
-            pass
-    return folder / ONNX_FILE
+def cuda_available() -> bool:
+    """`torch.cuda.is_available()`, answered without importing torch where the NVIDIA driver's library is
+    absent (CUDA cannot run without it): a CPU machine's actors then never load torch for the question."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+    except OSError:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _export(model, model_hash: str, folder: Path) -> None:
+    """The checkpoint's ONNX export into the local cache (`folder`, named by the checkpoint's hash), made
+    once per checkpoint and then reused; staged and renamed, so a half-written export is never found."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent))
+    export_onnx(model, staging / ONNX_FILE, model.multiple)
+    add_metadata(staging / ONNX_FILE, multiple=model.multiple, model_hash=model_hash)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process exported it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _local_copy(uri: str, names: list[str]) -> Path:

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
-import torch.nn as nn
 
 from .engine import Engine, EngineError, EngineInfo, cpu_threads
 
 OPSET = 18
 INPUT, OUTPUT = "blurred", "deblurred"
 
+if TYPE_CHECKING:  # only exporting needs torch; running an exported graph does not
+    import torch.nn as nn
+
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, multiple: int, opset: int = OPSET) -> list[Path]:
     """Write `path` (+ `path.data` when the exporter externalises weights); returns the files written."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()

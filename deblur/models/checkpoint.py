@@ -14,9 +14,7 @@ Everything else about the keys is strict. Anything else fails with a one-line `C
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from typing import Any
 
 import torch
@@ -24,10 +22,9 @@ import torch.nn as nn
 
 from .. import storage
 from .common import unwrap
+from .reference import CheckpointError, resolve_checkpoint
 from .registry import build_generator
-from .shipped import shipped_path
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "deblur"
 
 
@@ -44,45 +41,10 @@ FIXED_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
-
-
 def generator_checkpoint(model: nn.Module, name: str, kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The dict this project saves for a generator (training adds critic, optimizers, ...)."""
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     return {"format": FORMAT, "generator_name": name, "generator_kwargs": dict(kwargs), "generator": state, **extra}
-
-
-def resolve_checkpoint(uri: str) -> str:
-    """A shipped model's name, a checkpoint file, a Ray checkpoint directory, or a run directory (its
-    `best.json`) → the file."""
-    uri = str(uri)
-    shipped = shipped_path(uri)
-    if shipped:
-        return shipped
-    fs, path = storage.filesystem(uri)
-    if fs.isdir(path) and fs.exists(storage.join(path, "best.json")):
-        try:
-            best = json.loads(fs.cat_file(storage.join(path, "best.json")))["checkpoint"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{storage.join(uri, 'best.json')}: unreadable ({e})") from None
-        if not best:
-            raise CheckpointError(f"{uri}: the run has no checkpoint yet (best.json names none)")
-        return resolve_checkpoint(best)
-    if fs.isdir(path):
-        for candidate in (CHECKPOINT_FILE, "latest_net_G.pth"):
-            if fs.exists(storage.join(path, candidate)):
-                return storage.join(uri, candidate)
-        raise CheckpointError(f"{uri}: a directory without {CHECKPOINT_FILE} or latest_net_G.pth")
-    if not fs.exists(path):
-        raise CheckpointError(f"{uri}: checkpoint not found")
-    return uri
-
-
-def checkpoint_hash(uri: str) -> str:
-    """sha256 of the checkpoint file (first 16 hex digits): names a model in engine metadata and replies."""
-    return hashlib.sha256(storage.read_bytes(resolve_checkpoint(uri))).hexdigest()[:16]
 
 
 def read_checkpoint(uri: str) -> dict[str, Any]:

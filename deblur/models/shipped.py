@@ -38,7 +38,8 @@ def package(checkpoint: str, name: str, half: bool = True, folder: Path = WEIGHT
 
     import torch
 
-    from .checkpoint import FORMAT, read_checkpoint, resolve_checkpoint
+    from .checkpoint import FORMAT, read_checkpoint
+    from .reference import resolve_checkpoint
 
     source = resolve_checkpoint(checkpoint)
     obj = read_checkpoint(source)

@@ -29,8 +29,8 @@ from .. import metrics
 from ..config import Config
 from ..images import to_image, to_model_range
 from ..models import build_critic, build_generator, generator_checkpoint
-from ..models.checkpoint import CHECKPOINT_FILE
 from ..models.common import to_device, tune_cuda, unwrap
+from ..models.reference import CHECKPOINT_FILE
 from .step import GANStep
 
 PROGRESS_EVERY_S = 120.0
