@@ -6,6 +6,8 @@ again around each many-client row).
 machine's speed drifts by more than the difference): what Serve, HTTP and the PNG codecs cost, split by the
 replica's Server-Timing header into the engine running slower there, waiting for a batch, the replica's body
 read and codecs, and the rest (HTTP and Serve's proxy); each a median over the requests, so they need not sum.
+"floor" is the least any Serve app answering with a PNG can add here: the round trip of an echo deployment (the
+same body back, no engine, no codecs) plus this process's own PNG decode + encode of the same image.
 
   python benchmarks/serve.py [--model default] [--engine auto] [--requests 32]
 """
@@ -52,6 +54,42 @@ def load(url: str, body: bytes, clients: int, total: int) -> tuple[float, list[f
     with ThreadPoolExecutor(clients) as pool:
         timings = list(pool.map(one, range(total)))
     return total / (time.perf_counter() - t0), [t for t, _ in timings], [ms for _, ms in timings]
+
+
+def floor_ms(port: int, bodies: dict, engine, calls: int = 15) -> dict[str, dict[str, float]]:
+    """Median ms, by size: an echo deployment's HTTP round trip with the body, and decode + encode in-process."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from ray import serve
+
+    from deblur.imagefile import decode, encode
+
+    echo_api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(echo_api)
+    class Echo:
+        @echo_api.post("/")
+        async def echo(self, request: Request) -> Response:
+            return Response(await request.body(), media_type="image/png")
+
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    floors = {}
+    for (w, h), body in bodies.items():
+        out = engine.deblur_image(decode(body).rgb)
+        trips, codecs = [], []
+        for _ in range(calls + 2):
+            t0 = time.perf_counter()
+            requests.post(f"http://127.0.0.1:{port}/echo/", data=body, timeout=60).raise_for_status()
+            t1 = time.perf_counter()
+            encode(out, decode(body), "PNG")
+            trips.append(t1 - t0)
+            codecs.append(time.perf_counter() - t1)
+        trip, codec = (round(float(np.median(v[2:])) * 1000, 1) for v in (trips, codecs))
+        floors[f"{w}x{h}"] = {"echo round trip": trip, "decode + encode": codec, "floor": round(trip + codec, 1)}
+        print(f"{w}x{h} floor", floors[f"{w}x{h}"], flush=True)
+    serve.delete("echo")
+    return floors
 
 
 def main() -> None:
@@ -106,6 +144,7 @@ def main() -> None:
         ]
         for w, h in SIZES
     ]
+    floors = floor_ms(port, bodies, engine)
     steps: dict[str, dict[str, float]] = {}  # 1 client: the replica's median milliseconds by step
     # the app as jobs/serve.py builds it (replica sized to the node, CPU batching off), then with batching on;
     # one at a time, as each replica takes every core
@@ -191,7 +230,7 @@ def main() -> None:
             "vs in-process",
         ],
         rows,
-        {"model": model, "engine": args.engine, "replica_ms_by_step_1_client": steps},
+        {"model": model, "engine": args.engine, "replica_ms_by_step_1_client": steps, "floor_ms_1_client": floors},
     )
 
 
