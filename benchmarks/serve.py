@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 from PIL import Image
+from starlette.responses import Response
 
 import _common
 
@@ -58,19 +59,13 @@ def load(url: str, body: bytes, clients: int, total: int) -> tuple[float, list[f
 
 def floor_ms(port: int, bodies: dict, engine, calls: int = 15) -> dict[str, dict[str, float]]:
     """Median ms, by size: an echo deployment's HTTP round trip with the body, and decode + encode in-process."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
     from ray import serve
 
     from deblur.imagefile import decode, encode
 
-    echo_api = FastAPI()
-
     @serve.deployment(ray_actor_options={"num_cpus": 0})
-    @serve.ingress(echo_api)
-    class Echo:
-        @echo_api.post("/")
-        async def echo(self, request: Request) -> Response:
+    class Echo:  # a plain deployment: Serve hands __call__ the starlette request
+        async def __call__(self, request) -> Response:
             return Response(await request.body(), media_type="image/png")
 
     serve.run(Echo.bind(), name="echo", route_prefix="/echo")
