@@ -25,6 +25,20 @@ SMALL = {
 }
 
 
+def test_every_public_name_loads_lazily_from_the_module_that_defines_it():
+    """deblur.models imports its submodules on first use: `__all__` and the lookup table must name the same
+    things, and each name must be what its submodule defines (a stale entry would surface only at a user's import)."""
+    import importlib
+
+    import deblur.models as models
+
+    assert sorted(models.__all__) == sorted(models._WHERE)
+    for name, module in models._WHERE.items():
+        assert getattr(models, name) is getattr(importlib.import_module(f"deblur.models.{module}"), name)
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        models.missing
+
+
 def test_every_generator_has_a_small_test_instance():
     assert set(SMALL) == set(GENERATORS)
 
