@@ -4,6 +4,7 @@ megapixel and the achieved GFLOP/s against a large matmul on the same device.
 
   python benchmarks/engines.py                  # unet_fpn base 16 (a quarter of the GoPro recipe's width)
   python benchmarks/engines.py --base 64        # unet_fpn's full width
+  python benchmarks/engines.py --model default  # a real model: shipped name, checkpoint or run dir (S3 too)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def time_engine(engine, batch: np.ndarray, budget_s: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", type=int, default=16, help="unet_fpn base channels")
+    p.add_argument("--model", help="measure this model instead (its trained weights; results/engines-<name>.json)")
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
     p.add_argument("--batches", default="1,4")
     args = p.parse_args()
@@ -63,11 +65,17 @@ def main() -> None:
     from deblur.inference.onnx_engine import OnnxEngine, add_metadata, export_onnx
     from deblur.inference.tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
     from deblur.inference.torch_engine import TorchEngine
-    from deblur.models import build_generator
+    from deblur.models import build_generator, load_generator
+    from deblur.models.reference import resolve_checkpoint
 
     torch.manual_seed(0)
-    model = build_generator("unet_fpn", base_channels=args.base)
-    torch.nn.init.normal_(model.head.weight, std=1e-3)  # not the identity: every layer really runs
+    if args.model:
+        model = load_generator(resolve_checkpoint(args.model))
+        label = Path(args.model.rstrip("/")).stem.replace(".", "-")
+    else:
+        model = build_generator("unet_fpn", base_channels=args.base)
+        torch.nn.init.normal_(model.head.weight, std=1e-3)  # not the identity: every layer really runs
+        label = f"base{args.base}"
     multiple = model.multiple
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
@@ -120,10 +128,15 @@ def main() -> None:
                 )
                 print(rows[-1], flush=True)
     _common.report(
-        f"engines-base{args.base}",
+        f"engines-{label}",
         ["size", "batch", "engine", "ms/img", "img/s", "speed vs eager", "GFLOP/s", "of matmul peak"],
         rows,
-        {"gflops_per_megapixel": per_mp, "matmul_gflops": peak, "device": device, "base_channels": args.base},
+        {
+            "gflops_per_megapixel": per_mp,
+            "matmul_gflops": peak,
+            "device": device,
+            "model": args.model or f"unet_fpn base {args.base}",
+        },
     )
     print(f"generator: {per_mp:.1f} GFLOPs per megapixel; {device} matmul 2048²: {peak:.0f} GFLOP/s")
 

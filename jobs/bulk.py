@@ -112,6 +112,7 @@ def main(argv: list[str] | None) -> int:
             f"{s['done']} done{copied}, {s['skipped']} skipped, {image_failures} failed of {s['images']} images; "
             f"{s['bytes_in'] / 1e6:.1f} MB in, {s['bytes_out'] / 1e6:.1f} MB out; {s['wall_seconds']:.1f} s, "
             f"{s['images_per_second']:.2f} images/s"
+            + (f" (the first began after {s['start_up_seconds']:.1f} s)" if s["start_up_seconds"] else "")
         )
     if v["listed"]:
         print(
