@@ -10,6 +10,7 @@ megapixel and the achieved GFLOP/s against a large matmul on the same device.
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def main() -> None:
     torch.manual_seed(0)
     if args.model:
         model = load_generator(resolve_checkpoint(args.model))
-        label = Path(args.model.rstrip("/")).stem.replace(".", "-")
+        label = re.sub(r"[^A-Za-z0-9]+", "-", args.model).strip("-")  # runs/a/best.pt → runs-a-best-pt
     else:
         model = build_generator("unet_fpn", base_channels=args.base)
         torch.nn.init.normal_(model.head.weight, std=1e-3)  # not the identity: every layer really runs

@@ -110,6 +110,7 @@ class ImageDeblurrer:
             "bytes_out": 0,
             "seconds": 0.0,
             "blur": -1.0,
+            "started": time.time(),  # when this image's work began (the job's start-up ends at the earliest)
         }
         t0 = time.perf_counter()
         try:
@@ -199,8 +200,9 @@ def deblur_archive(
         "wall_seconds": round(wall, 2),
         "images_per_second": round(tally["done"] / wall, 3) if wall else 0.0,
         "worker_seconds": round(tally["seconds"], 2),
-        # listing, Ray Data's plan and the actors' start (process, imports, engine): the fixed cost of a run,
-        # which weighs on a short archive and fades on a long one
+        # until the first image began: clearing partial writes, listing the input and the output, Ray Data's
+        # plan and the actors' start (process, imports, engine); the fixed cost of a run, which weighs on a
+        # short archive and fades on a long one
         "start_up_seconds": round(tally["first_started"] - t0, 2) if tally["first_started"] else None,
         "errors_file": storage.join(output, ERRORS) if errors else None,
         "blur": {
@@ -238,7 +240,7 @@ def _deblur_images(
         "seconds": 0.0,
         "errors": [],
         "scores": [],
-        "first_started": None,  # when the first image to finish began (its arrival less its own seconds)
+        "first_started": None,  # when the earliest image began (rows carry their start; a block may hold many)
     }
     if not todo:
         return tally
@@ -252,8 +254,8 @@ def _deblur_images(
     )
     with tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar:
         for row in ds.iter_rows():
-            if tally["first_started"] is None:
-                tally["first_started"] = time.time() - float(row["seconds"])
+            started = float(row["started"])
+            tally["first_started"] = min(tally["first_started"] or started, started)
             tally[row["status"]] += 1
             tally["bytes_in"] += int(row["bytes_in"])
             tally["bytes_out"] += int(row["bytes_out"])
