@@ -42,15 +42,13 @@ def main(argv: list[str] | None) -> int:
 
     from deblur import storage
     from deblur.models.reference import resolve_checkpoint
-    from deblur.ray_env import init_ray
     from deblur.serve.app import build_app, start
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
     if not storage.exists(storage.join(args.model, "compile.json")):
         resolve_checkpoint(args.model)  # and so is a wrong model path
-    init_ray()
-    start(args.host, args.port, args.request_timeout_s)
+    env = start(args.host, args.port, args.request_timeout_s)
     app = build_app(
         {
             "model": args.model,
@@ -64,14 +62,16 @@ def main(argv: list[str] | None) -> int:
         }
     )
     serve.run(app, name="deblur", route_prefix="/")
-    print(f"serving {args.model} at http://{args.host}:{args.port}/ (docs at /docs); Ctrl-C stops")
+    haproxy = env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ingress = "HAProxy" if haproxy else "Serve's proxy"
+    print(f"serving {args.model} at http://{args.host}:{args.port}/ through {ingress} (docs at /docs); Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         # behind HAProxy a replica stays reachable for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (Ray's
-        # default 30 s) before it stops, so that no balancer still routing to it sees a refused connection
-        print("stopping: the replica drains first (up to 30 s)", flush=True)
+        # default 30 s) before it stops, so that no HAProxy still routing to it sees a refused connection
+        print("stopping" + (": the replica drains first (30 s)" if haproxy else ""), flush=True)
         serve.shutdown()
     return 0
 

