@@ -3,7 +3,8 @@
   - the Ray Data job (jobs/bulk.py's `run`), actors holding the same engine,
   - engine-only compute time (what the loop spent inside the engine): pipeline efficiency = that / job wall.
 The loop runs just before and just after the job and the ratio divides by their mean (the machine's speed drifts
-by more than the differences measured); the job's start-up is the summary's `start_up_seconds`.
+by more than the differences measured); the job's start-up is the summary's `start_up_seconds`. Ray is joined
+or started as `jobs/bulk.py` does it (`deblur.ray_env.init_ray`: a local Ray on this machine's cores).
 On ../shared/data/realblur/kohler (800×800 PNG) and lai-real (JPEG, up to 1200×900). Then an archive of
 mostly sharp photos (CBSD68) with some blurred ones (Köhler), deblurred whole and with --only-blurred, and how
 many of the real-blur photos score below that threshold (they would be copied through, not deblurred).
@@ -51,9 +52,14 @@ def main() -> None:
     from deblur.bulk import Options, deblur_archive
     from deblur.inference import load_engine
 
+    import ray
+
+    from deblur.ray_env import init_ray
+
     model = args.model
     cores = os.cpu_count() or 1
-    _common.start_ray()
+    init_ray()  # as jobs/bulk.py starts Ray, so the job's start-up is the one a user's run has
+    ray.data.DataContext.get_current().enable_progress_bars = False
     rows, missed = [], {}
     for name, repeat in [(a, r) for a in ("kohler", "lai-real") for r in sorted({1, args.repeat})]:
         folder = _common.SHARED_DATA / "realblur" / name
