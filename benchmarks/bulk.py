@@ -49,11 +49,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=4, help="also measure each archive copied this often (a longer run)")
     args = p.parse_args()
 
-    from deblur.bulk import Options, deblur_archive
-    from deblur.inference import load_engine
-
     import ray
 
+    from deblur.bulk import Options, deblur_archive
+    from deblur.inference import load_engine
     from deblur.ray_env import init_ray
 
     model = args.model

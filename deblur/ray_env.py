@@ -61,7 +61,7 @@ def job_runtime_env(*, joining: bool, quiet_workers: bool, log_level: str = "WAR
 
     None matters: Ray starts one idle worker per CPU ahead of time, and those serve only jobs without a
     runtime env; with one, every actor and task of the job waits for a new worker process (on 2 cores the
-    bulk job's first image began 1.4 s later). Joining a cluster, the workers on other machines need the S3
+    bulk job's first image began ~1.5 s later). Joining a cluster, the workers on other machines need the S3
     endpoint variables; a local Ray started by this process inherits them. `quiet_workers` runs
     `quiet_ray_libraries` in every worker, for jobs whose workers run Ray Train and Ray Data's executor
     themselves (training), where their INFO lines would otherwise reach the driver each epoch."""
