@@ -26,7 +26,7 @@ def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
 
 def test_a_job_gets_a_runtime_env_only_where_its_workers_need_one(monkeypatch):
     """Ray's idle workers, started ahead of time, serve only jobs without a runtime env: a job that needs none
-    must get none (the bulk job's first image began 1.4 s later with one, on 2 cores)."""
+    must get none (the bulk job's first image began ~1.5 s later with one, on 2 cores)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
     # a local Ray started by the job: its workers inherit the endpoint from this process
