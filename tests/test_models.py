@@ -150,6 +150,26 @@ def test_zero_initialised_generators_start_as_the_identity(name):
         assert torch.equal(g(x), x)
 
 
+def test_nafnet_for_inference_computes_the_same_image_with_what_onnx_runtime_runs_well():
+    """The export's rewrite (LayerNorm affines and β, γ folded into convs, SimpleGate's halves as two convs,
+    the normalisation spelled out): every weight random, so a fold that drops or misplaces one shows."""
+    from deblur.models.nafnet import InferenceNAFBlock, LayerNorm2d, NAFBlock
+
+    torch.manual_seed(0)
+    g = build_generator("nafnet", **SMALL["nafnet"]).eval()
+    for p in g.parameters():
+        torch.nn.init.normal_(p, mean=0.5 if p.ndim == 1 else 0.0, std=0.2)  # LayerNorm weights around 0.5
+    fast = g.for_inference()
+    assert not any(isinstance(m, (NAFBlock, LayerNorm2d)) for m in fast.modules())
+    assert sum(isinstance(m, InferenceNAFBlock) for m in fast.modules()) == 5
+    x = torch.rand(2, 3, 40, 56) * 2 - 1
+    with torch.no_grad():
+        expected = g(x)
+        assert (expected - x).abs().mean() > 0.05  # the blocks do something
+        assert torch.allclose(fast(x), expected, atol=1e-5)
+    assert any(isinstance(m, NAFBlock) for m in g.modules())  # the original is left as it was
+
+
 def test_unet_fpn_has_article_widths_and_a_checkerboard_free_decoder():
     g = build_generator("unet_fpn", base_channels=64).eval()
     assert g.widths == [64, 128, 256, 512, 512, 512, 512]

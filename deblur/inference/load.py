@@ -22,7 +22,7 @@ import onnxruntime as ort
 from .. import storage
 from ..models.reference import CheckpointError, checkpoint_hash
 from .engine import Engine, EngineError
-from .onnx_engine import OnnxEngine, add_metadata, export_onnx
+from .onnx_engine import EXPORT_VERSION, OnnxEngine, add_metadata, export_onnx
 from .tensorrt_engine import META, PLAN, TensorRTEngine, tensorrt_status
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -80,7 +80,7 @@ def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads
         backend = "onnxruntime" if cuda_ort or not cuda_available() else "torch"
     if backend == "tensorrt":
         raise EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with jobs/compile.py")
-    onnx_file = Path(storage.cache_dir()) / "onnx" / model_hash / ONNX_FILE
+    onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE
     if backend == "onnxruntime" and onnx_file.is_file():  # exported before: the graph records the stride
         return OnnxEngine(onnx_file, device or "auto", threads, model_hash=model_hash)
     from ..models.checkpoint import load_generator
@@ -109,8 +109,9 @@ def cuda_available() -> bool:
 
 
 def _export(model, model_hash: str, folder: Path) -> None:
-    """The checkpoint's ONNX export into the local cache (`folder`, named by the checkpoint's hash), made
-    once per checkpoint and then reused; staged and renamed, so a half-written export is never found."""
+    """The checkpoint's ONNX export into the local cache (`folder`, named by the checkpoint's hash and
+    EXPORT_VERSION), made once per checkpoint and then reused; staged and renamed, so a half-written export
+    is never found."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent))
     export_onnx(model, staging / ONNX_FILE, model.multiple)
