@@ -78,6 +78,53 @@ def test_onnxruntime_agrees_with_torch(source, compiled, trained_checkpoint, rea
         assert np.abs(engine.deblur_batch(x) - reference.deblur_batch(x)).max() <= 1e-4, (h, w)
 
 
+def test_a_nafnet_checkpoint_runs_on_onnx_runtime_through_its_faster_graph(real_photo, tmp_path, monkeypatch):
+    """The shipped model's path: a NAFNet checkpoint exported on the fly (through `for_inference`: no
+    LayerNormalization, no Split) into a cache folder named by its hash and EXPORT_VERSION, agreeing with
+    torch."""
+    import onnx
+    from test_models import SMALL
+
+    from deblur.inference.onnx_engine import EXPORT_VERSION
+    from deblur.models import build_generator, generator_checkpoint
+
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    g = build_generator("nafnet", **SMALL["nafnet"])
+    for p in g.parameters():  # NAFNet starts as the identity; give it weights that do something
+        torch.nn.init.normal_(p, mean=0.5 if p.ndim == 1 else 0.0, std=0.05)
+    path = tmp_path / "nafnet.pt"
+    torch.save(generator_checkpoint(g, "nafnet", SMALL["nafnet"]), path)
+    engine = load_engine(str(path), "onnxruntime", threads=2)
+    assert Path(engine.info.source).parent.name == f"{engine.info.model_hash}-v{EXPORT_VERSION}"
+    ops = {node.op_type for node in onnx.load(engine.info.source, load_external_data=False).graph.node}
+    assert {"Conv", "ReduceMean"} <= ops and not ops & {"LayerNormalization", "Split"}, ops
+    reference = load_engine(str(path), "torch")
+    x = photo_batch(real_photo, 75, 130)
+    expected = reference.deblur_batch(x)
+    assert np.abs(expected - x).mean() > 1e-3  # the model changes the image
+    assert np.abs(engine.deblur_batch(x) - expected).max() <= 1e-4
+
+
+def test_a_tensorrt_engine_whose_output_is_nan_is_refused():
+    """The compile job keeps a reduced-precision engine only within its tolerance of ONNX Runtime; NaN
+    (an fp16 overflow) compares as neither above nor below it and must count as failing."""
+    from deblur.inference.compile import _verify_tensorrt
+    from deblur.inference.engine import Engine, EngineInfo
+
+    class Constant(Engine):  # an engine of this interface that answers one value everywhere
+        def __init__(self, value: float):
+            self.value, self.info = value, EngineInfo("test", "cpu", "fp32", 1, "constant")
+
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            return np.full_like(batch, self.value)
+
+    inputs = {"flat": np.zeros((1, 3, 8, 8), np.float32)}
+    assert _verify_tensorrt(Constant(0.1), Constant(0.1), inputs, "fp16")["built"]
+    with pytest.raises(EngineError, match="differs from ONNX Runtime"):
+        _verify_tensorrt(Constant(0.1), Constant(np.nan), inputs, "fp16")
+
+
 def test_a_cached_export_runs_in_a_process_that_never_imports_torch(
     trained_checkpoint, real_photo, tmp_path, monkeypatch
 ):

@@ -152,22 +152,46 @@ def test_zero_initialised_generators_start_as_the_identity(name):
 
 def test_nafnet_for_inference_computes_the_same_image_with_what_onnx_runtime_runs_well():
     """The export's rewrite (LayerNorm affines and β, γ folded into convs, SimpleGate's halves as two convs,
-    the normalisation spelled out): every weight random, so a fold that drops or misplaces one shows."""
+    the normalisation spelled out): every weight random, so a fold that drops or misplaces one shows; block
+    by block too, where no output clamp can hide a difference."""
     from deblur.models.nafnet import InferenceNAFBlock, LayerNorm2d, NAFBlock
 
     torch.manual_seed(0)
     g = build_generator("nafnet", **SMALL["nafnet"]).eval()
     for p in g.parameters():
         torch.nn.init.normal_(p, mean=0.5 if p.ndim == 1 else 0.0, std=0.2)  # LayerNorm weights around 0.5
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    rng = torch.random.get_rng_state()
     fast = g.for_inference()
-    assert not any(isinstance(m, (NAFBlock, LayerNorm2d)) for m in fast.modules())
-    assert sum(isinstance(m, InferenceNAFBlock) for m in fast.modules()) == 5
-    x = torch.rand(2, 3, 40, 56) * 2 - 1
+    assert torch.equal(torch.random.get_rng_state(), rng)  # building it draws no random numbers
+    assert all(torch.equal(v, before[k]) for k, v in g.state_dict().items())  # the original is untouched
+    assert not fast.training and not any(isinstance(m, (NAFBlock, LayerNorm2d)) for m in fast.modules())
+    pairs = list(
+        zip(
+            [m for m in g.modules() if isinstance(m, NAFBlock)],
+            [m for m in fast.modules() if isinstance(m, InferenceNAFBlock)],
+        )
+    )
+    assert len(pairs) == 5
     with torch.no_grad():
+        for block, rewritten in pairs:
+            assert (rewritten.norm1.eps, rewritten.norm2.eps) == (block.norm1.eps, block.norm2.eps)
+            h = torch.randn(2, block.conv1.in_channels, 12, 20)
+            torch.testing.assert_close(rewritten(h), block(h), rtol=1e-5, atol=1e-5)
+        x = torch.rand(2, 3, 40, 56) * 2 - 1
         expected = g(x)
         assert (expected - x).abs().mean() > 0.05  # the blocks do something
         assert torch.allclose(fast(x), expected, atol=1e-5)
-    assert any(isinstance(m, NAFBlock) for m in g.modules())  # the original is left as it was
+
+
+def test_nafnet_for_inference_keeps_device_and_dtype_and_never_divides_zero_by_zero():
+    from deblur.models.nafnet import ChannelNorm
+
+    half = build_generator("nafnet", **SMALL["nafnet"]).half().for_inference()
+    assert {(p.dtype, p.device.type) for p in half.parameters()} == {(torch.float16, "cpu")}
+    # a pixel whose channels are equal, where eps underflows (fp16 flushes 1e-9 to 0): 0, not 0 * inf = NaN
+    flat = ChannelNorm(1e-9)(torch.full((1, 4, 2, 2), 0.3, dtype=torch.float16))
+    assert torch.equal(flat, torch.zeros_like(flat))
 
 
 def test_unet_fpn_has_article_widths_and_a_checkerboard_free_decoder():

@@ -22,7 +22,7 @@ from ..models.checkpoint import load_generator
 from ..models.reference import checkpoint_hash, resolve_checkpoint
 from .engine import Engine, EngineError
 from .load import COMPILE_FILE, ONNX_FILE
-from .onnx_engine import OPSET, OnnxEngine, add_metadata, export_onnx
+from .onnx_engine import EXPORT_VERSION, OPSET, OnnxEngine, add_metadata, export_onnx
 from .tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
 from .torch_engine import TorchEngine
 
@@ -128,9 +128,15 @@ def _verify_onnx(reference: Engine, ort_engine: Engine, inputs: dict[str, np.nda
     """ONNX Runtime must match torch to FP32_TOLERANCE on every input, else the export is refused."""
     errors = compare(reference, ort_engine, inputs)
     worst = max(e["max_abs"] for e in errors.values())
-    if worst > FP32_TOLERANCE:
+    if not worst <= FP32_TOLERANCE:  # NaN included
         raise EngineError(f"ONNX Runtime differs from torch by {worst:.2e} (> {FP32_TOLERANCE:.0e}): {errors}")
-    return {"opset": OPSET, "tolerance_max_abs": FP32_TOLERANCE, "max_abs_error": worst, "errors": errors}
+    return {
+        "opset": OPSET,
+        "export_version": EXPORT_VERSION,
+        "tolerance_max_abs": FP32_TOLERANCE,
+        "max_abs_error": worst,
+        "errors": errors,
+    }
 
 
 def _verify_tensorrt(
@@ -139,7 +145,7 @@ def _verify_tensorrt(
     """A reduced-precision engine is judged by its mean error against ONNX Runtime (fp32)."""
     errors = compare(ort_engine, trt_engine, inputs)
     mean = max(e["mean_abs"] for e in errors.values())
-    if mean > REDUCED_TOLERANCE[precision]:
+    if not mean <= REDUCED_TOLERANCE[precision]:  # NaN included: an engine that overflows must not pass
         raise EngineError(
             f"TensorRT {precision} differs from ONNX Runtime by mean {mean:.2e} "
             f"(> {REDUCED_TOLERANCE[precision]:.0e}): {errors}"

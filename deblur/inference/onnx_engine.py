@@ -34,8 +34,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, multiple: int, opset:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    if hasattr(model, "for_inference"):  # an equivalent graph that ONNX Runtime runs faster (NAFNet)
-        model = model.for_inference()
     # a batch of 2: from a batch of 1 the tracer can derive guards that contradict the dynamic batch range
     # (NAFNet's channels-last layer_norm did: batch <= 2), and the export fails
     example = torch.zeros(2, 3, 2 * multiple, 2 * multiple)
@@ -45,6 +43,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, multiple: int, opset:
         3: multiple * torch.export.Dim("w_blocks", min=1, max=max(1, 8192 // multiple)),
     }
     with torch.inference_mode(False), torch.no_grad():
+        if hasattr(model, "for_inference"):  # an equivalent graph that ONNX Runtime runs faster (NAFNet)
+            model = model.for_inference()
         program = torch.onnx.export(
             model,
             (example,),

@@ -126,25 +126,28 @@ class NAFNetGenerator(nn.Module):
         ONNX export uses; training and the torch engine keep the blocks as they are.
 
         Each block is rewritten by `InferenceNAFBlock`. Measured on the shipped model, one 800×800 image on
-        this 2-core machine (ONNX Runtime 1.32, side by side): 0.85-0.87 s → 0.58-0.61 s with two threads,
-        1.13 s → 1.05-1.06 s with one. The two-thread gain is mostly the LayerNorm: ONNX Runtime's
+        this 2-core machine (ONNX Runtime 1.32, side by side): 0.85-0.87 s → 0.57-0.61 s with two threads,
+        1.13 s → 0.97-1.06 s with one. The two-thread gain is mostly the LayerNorm: ONNX Runtime's
         LayerNormalization kernel over NAFNet's short rows (16-128 channels per pixel) gets *slower* with a
         second thread (25 ms → 40-50 ms on 800×800×16), so a multi-threaded engine spent 30 % of its time
         there.
         """
-        model = copy.deepcopy(self).eval()
+        model = copy.deepcopy(self)
         for stage in [*model.encoders, model.middle, *model.decoders]:
             for i, block in enumerate(stage):
                 stage[i] = InferenceNAFBlock(block)
-        return model
+        return model.eval()
 
 
 class ChannelNorm(nn.Module):
     """LayerNorm2d's normalisation without its affine, spelled as mean and variance over the channel axis
     of the N×C×H×W map: elementwise passes and reductions that ONNX Runtime spreads over its threads,
-    where its fused LayerNormalization kernel does not (see `NAFNetGenerator.for_inference`). Safe in fp16
-    (TensorRT) for the shipped model: on real photos |x − mean| stays below 2.5, so the squares are far from
-    fp16's limit; `jobs/compile.py` checks a TensorRT engine against ONNX Runtime fp32 in any case."""
+    where its fused LayerNormalization kernel does not (see `NAFNetGenerator.for_inference`).
+
+    For fp16 (TensorRT): the scale is capped at 1/√eps, which it never exceeds in fp32, so a pixel whose
+    channels are all equal gives 0, not 0·∞ = NaN, where eps (1e-6) flushes to zero; and the shipped model's
+    |x − mean| stayed below 2.5 on real photos (3 Köhler, 3 Lai), so the squares are far from fp16's limit.
+    `jobs/compile.py` checks a TensorRT engine against ONNX Runtime fp32 before keeping it."""
 
     def __init__(self, eps: float):
         super().__init__()
@@ -152,11 +155,23 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - x.mean(1, keepdim=True)
-        return centred * torch.rsqrt((centred * centred).mean(1, keepdim=True) + self.eps)
+        scale = torch.rsqrt((centred * centred).mean(1, keepdim=True) + self.eps)
+        return centred * scale.clamp(max=self.eps**-0.5)
 
 
 def _conv_from(weight: torch.Tensor, bias: torch.Tensor, like: nn.Conv2d, groups: int = 1) -> nn.Conv2d:
-    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], like.kernel_size, padding=like.padding, groups=groups)
+    """A conv holding `weight` and `bias`, on their device and dtype; built on the meta device, so no
+    random initialisation runs (an export leaves torch's random state as it found it)."""
+    in_channels = weight.shape[1] * groups
+    conv = nn.Conv2d(
+        in_channels,
+        weight.shape[0],
+        like.kernel_size,
+        padding=like.padding,
+        groups=groups,
+        device="meta",
+        dtype=weight.dtype,
+    ).to_empty(device=weight.device)
     with torch.no_grad():
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
