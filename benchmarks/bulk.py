@@ -11,7 +11,7 @@ many of the real-blur photos score below that threshold (they would be copied th
 `--repeat N` adds rows for each archive copied N times (as distinct files): the job's fixed start-up (actors importing and
 loading the engine, a few seconds) weighs on a short archive and fades on the long ones the job is for.
 
-  python benchmarks/bulk.py [--model default|runs/sample|s3://…] [--limit 24] [--repeat 4]
+  python benchmarks/bulk.py [--model default|runs/sample|s3://…] [--limit 24] [--repeat 4] [--engine torch --precision bf16]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="a checkpoint or compiled folder (default: the shipped model)")
     p.add_argument("--engine", default="onnxruntime")
+    p.add_argument("--precision", default="fp32", help="bf16: torch on a CPU with AMX (results/bulk-bf16.json)")
     p.add_argument("--limit", type=int, default=24, help="images per archive")
     p.add_argument("--repeat", type=int, default=4, help="also measure each archive copied this often (a longer run)")
     args = p.parse_args()
@@ -69,15 +70,19 @@ def main() -> None:
                 (src / f"{copy}-{f.name}").write_bytes(f.read_bytes())
         copies = sorted(src.iterdir())
         # a fresh engine for each loop: cold at each image size, as the job's actors are
-        before = bare_loop(copies, Path(tempfile.mkdtemp()), load_engine(model, args.engine, threads=cores))
+        before = bare_loop(
+            copies, Path(tempfile.mkdtemp()), load_engine(model, args.engine, threads=cores, precision=args.precision)
+        )
         # the same cores for the job: one single-threaded actor per core, so one actor's decode/encode
         # overlaps another's inference (the loop leaves cores idle while it decodes and encodes)
-        options = Options(model=model, engine=args.engine, threads=1)
+        options = Options(model=model, engine=args.engine, threads=1, precision=args.precision)
         summary = deblur_archive(
             str(src), tempfile.mkdtemp(), options, workers=cores, cpus_per_worker=1, progress=False
         )
         # the machine's speed drifts: bracket the job
-        after = bare_loop(copies, Path(tempfile.mkdtemp()), load_engine(model, args.engine, threads=cores))
+        after = bare_loop(
+            copies, Path(tempfile.mkdtemp()), load_engine(model, args.engine, threads=cores, precision=args.precision)
+        )
         loop_s, engine_s = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
         job_s = summary["wall_seconds"]
         n = len(copies)
@@ -109,7 +114,7 @@ def main() -> None:
         summary = deblur_archive(
             str(mixed),
             tempfile.mkdtemp(),
-            Options(model=model, engine=args.engine, threads=1, only_blurred=threshold),
+            Options(model=model, engine=args.engine, threads=1, only_blurred=threshold, precision=args.precision),
             workers=cores,
             cpus_per_worker=1,
             progress=False,
@@ -125,7 +130,7 @@ def main() -> None:
         )
         print(mixed_rows[-1], flush=True)
     _common.report(
-        "bulk",
+        "bulk" if args.precision == "fp32" else f"bulk-{args.precision}",
         [
             "archive",
             "images",
@@ -141,6 +146,7 @@ def main() -> None:
         {
             "model": model,
             "engine": args.engine,
+            "precision": args.precision,
             "cores": cores,
             "repeat": args.repeat,
             "only_blurred": {"columns": ["archive", "mode", "deblurred", "copied", "img/s"], "rows": mixed_rows},

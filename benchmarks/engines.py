@@ -1,10 +1,12 @@
 """Inference engines side by side: torch eager, torch.compile, ONNX Runtime (its CUDA provider on a GPU; there
-also torch fp16 and bf16 and TensorRT fp16) at 256², 1280×720 and 1920×1080, batch 1 and 4, in one run; plus the generator's GFLOPs per
-megapixel and the achieved GFLOP/s against a large matmul on the same device.
+also torch fp16 and bf16 and TensorRT fp16; on a CPU with AMX or AVX512-BF16 torch bf16) at 256², 1280×720 and
+1920×1080, batch 1 and 4, in one run; plus the generator's GFLOPs per megapixel and the achieved GFLOP/s against
+a large matmul on the same device in the engine's precision.
 
   python benchmarks/engines.py                  # unet_fpn base 16 (a quarter of the GoPro recipe's width)
   python benchmarks/engines.py --base 64        # unet_fpn's full width
   python benchmarks/engines.py --model default  # a real model: shipped name, checkpoint or run dir (S3 too)
+  python benchmarks/engines.py --model default --sizes 800x800 --batches 1 --threads 1  # one bulk actor's engine
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def gflops_per_megapixel(model: torch.nn.Module, multiple: int) -> float:
     return counter.get_total_flops() / 1e9 / (x.shape[2] * x.shape[3] / 1e6)
 
 
-def matmul_gflops(device: str, n: int = 2048) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < 1.0:
@@ -61,12 +63,18 @@ def main() -> None:
     p.add_argument("--model", help="measure this model instead (its trained weights; results/engines-<name>.json)")
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
     p.add_argument("--batches", default="1,4")
+    p.add_argument("--sizes", default=",".join(f"{w}x{h}" for h, w in SIZES), help="WIDTHxHEIGHT,...")
+    p.add_argument(
+        "--threads", type=int, help="CPU engine threads (default: every core); results/engines-<model>-t<N>.json"
+    )
     args = p.parse_args()
+    sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
 
     from deblur.inference.onnx_engine import OnnxEngine, add_metadata, export_onnx
     from deblur.inference.tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
     from deblur.inference.torch_engine import TorchEngine
     from deblur.models import build_generator, load_generator
+    from deblur.models.common import cpu_has_native_bf16
     from deblur.models.reference import resolve_checkpoint
 
     torch.manual_seed(0)
@@ -77,20 +85,26 @@ def main() -> None:
         model = build_generator("unet_fpn", base_channels=args.base)
         torch.nn.init.normal_(model.head.weight, std=1e-3)  # not the identity: every layer really runs
         label = f"base{args.base}"
+    if args.threads:
+        torch.set_num_threads(args.threads)  # matmul peak and FLOP count on the same threads
+        label += f"-t{args.threads}"
     multiple = model.multiple
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     folder = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     export_onnx(model, folder / "model.onnx", multiple)
     add_metadata(folder / "model.onnx", multiple=multiple)
-    engines = {"torch eager fp32": TorchEngine(model, device=device)}
+    threads = args.threads
+    engines = {"torch eager fp32": TorchEngine(model, device=device, threads=threads)}
     try:
-        compiled = TorchEngine(model, device=device, compile=True)
+        compiled = TorchEngine(model, device=device, compile=True, threads=threads)
         compiled.deblur_batch(np.zeros((1, 3, 256, 256), np.float32))
         engines["torch compile fp32"] = compiled
     except Exception as e:  # inductor needs a C++ compiler on CPU; report instead of failing the run
         print(f"torch.compile unavailable: {str(e).splitlines()[0][:120]}")
-    engines["onnxruntime fp32"] = OnnxEngine(folder / "model.onnx", "auto")
+    engines["onnxruntime fp32"] = OnnxEngine(folder / "model.onnx", "auto", threads)
+    if not gpu and cpu_has_native_bf16():
+        engines["torch bf16"] = TorchEngine(model, device="cpu", precision="bf16", threads=threads)
     if gpu:
         engines["torch fp16"] = TorchEngine(model, device="cuda", precision="fp16")
         if torch.cuda.is_bf16_supported():
@@ -102,9 +116,10 @@ def main() -> None:
             print(f"TensorRT not measured: {tensorrt_status()}")
 
     per_mp = gflops_per_megapixel(model, multiple)
-    peak = matmul_gflops(device)
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    peaks = {p: matmul_gflops(device, dtypes.get(p, torch.float32)) for p in {n.split()[-1] for n in engines}}
     rows, baseline = [], {}
-    for h, w in SIZES:
+    for h, w in sizes:
         for n in (int(b) for b in args.batches.split(",")):
             batch = np.random.default_rng(0).uniform(-1, 1, (n, 3, h, w)).astype(np.float32)
             for name, engine in engines.items():
@@ -124,7 +139,7 @@ def main() -> None:
                         round(1000 / ms, 2),
                         round(baseline[key] / ms, 2),
                         round(achieved, 1),
-                        round(achieved / peak, 3),
+                        round(achieved / peaks[name.split()[-1]], 3),
                     ]
                 )
                 print(rows[-1], flush=True)
@@ -134,12 +149,18 @@ def main() -> None:
         rows,
         {
             "gflops_per_megapixel": per_mp,
-            "matmul_gflops": peak,
+            "matmul_gflops": peaks.get("fp32"),
+            "matmul_gflops_by_precision": peaks,
+            "threads": threads or torch.get_num_threads(),
             "device": device,
             "model": args.model or f"unet_fpn base {args.base}",
         },
     )
-    print(f"generator: {per_mp:.1f} GFLOPs per megapixel; {device} matmul 2048²: {peak:.0f} GFLOP/s")
+    print(
+        f"generator: {per_mp:.1f} GFLOPs per megapixel; {device} matmul 2048²: "
+        + ", ".join(f"{p} {g:.0f}" for p, g in sorted(peaks.items()))
+        + " GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@
   - unsharp masking: the fixed one every report shows, and the best of a grid of (σ, amount) chosen on these
     very images (an optimistic classical reference: nobody tunes per test set),
   - Wiener deconvolution with the true kernel (non-blind: a bound no blind method is expected to reach),
-  - each model given with --model (default: the shipped model), through the same engine the jobs use.
+  - each model given with --model (default: the shipped model), through the same engine the jobs use, in each
+    --precision given (default fp32; bf16 runs on torch where the CPU has AMX or AVX512-BF16; results/quality-<them>.json).
 Sets: the sample's test photos (scikit-image's coffee and rocket, always here) and, where ../shared/data is
 present, McMaster18 and CBSD68. Each photo gets --variants kernels (seeded: every run sees the same pairs).
 
-  python benchmarks/quality.py [--model default] [--model runs/sample] [--variants 2]
+  python benchmarks/quality.py [--model default] [--model runs/sample] [--variants 2] [--precision fp32 --precision bf16]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--model", action="append", help="a model (repeatable; default: the shipped model)")
     p.add_argument("--variants", type=int, default=2, help="kernels per McMaster/CBSD68 photo")
     p.add_argument("--engine", default="auto")
+    p.add_argument("--precision", action="append", help="fp32 (default), bf16, fp16; repeatable: side by side")
     args = p.parse_args()
     from deblur import metrics
     from deblur.evaluation.baselines import unsharp, wiener_deconvolve
@@ -46,7 +48,12 @@ def main() -> None:
     from deblur.inference import load_engine
 
     models = args.model or ["default"]
-    engines = {m: load_engine(m, args.engine) for m in models}
+    precisions = args.precision or ["fp32"]
+    engines = {
+        m if len(precisions) == 1 else f"{m} ({prec})": load_engine(m, args.engine, precision=prec)
+        for m in models
+        for prec in precisions
+    }
     rows, details = [], {}
     for set_name, pairs in eval_pairs(args.variants).items():
         psnr: dict[str, list[float]] = {}
@@ -81,10 +88,15 @@ def main() -> None:
             "per_image_psnr": {m: [round(v, 3) for v in vs] for m, vs in psnr.items()},
         }
     _common.report(
-        "quality",
+        "quality" if precisions == ["fp32"] else "quality-" + "-".join(precisions),
         ["set", "pairs", "method", "PSNR dB", "SSIM (gopro)", "gain dB"],
         rows,
-        {"blur": "linear motion 9-21 px, random angle, no noise", "models": models, "details": details},
+        {
+            "blur": "linear motion 9-21 px, random angle, no noise",
+            "models": models,
+            "engines": {name: e.info.as_dict() for name, e in engines.items()},
+            "details": details,
+        },
     )
 
 

@@ -19,7 +19,6 @@ import _common
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from deblur.bulk import SHARP_BELOW
     from deblur.imagefile import PNG_COMPRESSION
-    from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="folder, s3://bucket/prefix or archive.tar")
@@ -29,7 +28,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="default",
         help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)",
     )
-    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    _common.add_engine_arguments(p)
     p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     p.add_argument(
@@ -67,6 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             {
                 "model": args.model,
                 "engine": args.engine,
+                "precision": args.precision,
                 "format": args.format,
                 "quality": args.quality,
                 "max_pixels": int(args.max_megapixels * 1e6),
@@ -89,10 +89,12 @@ def main(argv: list[str] | None) -> int:
     from deblur import storage
     from deblur.bulk import deblur_archive
     from deblur.bulk.sources import check_input
+    from deblur.inference import check_engine_request
     from deblur.ray_env import init_ray
 
     storage.set_s3_endpoint(args.s3_endpoint)
     check_input(args.input)
+    check_engine_request(args.model, args.engine, args.precision)
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     s = deblur_archive(

@@ -19,7 +19,6 @@ import _common
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from deblur.evaluation import PROTOCOLS
-    from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -36,7 +35,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", help="split to score (default: test, else val)")
     p.add_argument("--out", default="report", help="report folder (local or s3://)")
     p.add_argument("--protocol", default="gopro", choices=PROTOCOLS)
-    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    _common.add_engine_arguments(p)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--lpips-weights", help="torchvision AlexNet ImageNet weights file (else the torch hub cache)")
     p.add_argument(
@@ -70,6 +69,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 "split": args.split,
                 "protocol": args.protocol,
                 "engine": args.engine,
+                "precision": args.precision,
                 "lpips": not args.no_lpips,
                 "lpips_weights": args.lpips_weights,
                 "lpips_random": args.lpips_random,

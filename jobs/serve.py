@@ -15,7 +15,6 @@ import _common
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -23,7 +22,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="default",
         help="checkpoint, run dir, compiled folder, or a shipped model's name (default: the shipped default)",
     )
-    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    _common.add_engine_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 only behind a proxy you trust)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-replicas", type=int, default=1)
@@ -40,19 +39,18 @@ def main(argv: list[str] | None) -> int:
     args = parse(argv)
     from ray import serve
 
-    from deblur import storage
-    from deblur.models.reference import resolve_checkpoint
+    from deblur.inference import check_engine_request
     from deblur.serve.app import build_app, start
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
-    if not storage.exists(storage.join(args.model, "compile.json")):
-        resolve_checkpoint(args.model)  # and so is a wrong model path
+    check_engine_request(args.model, args.engine, args.precision)  # and so is a wrong model path
     env = start(args.host, args.port, args.request_timeout_s)
     app = build_app(
         {
             "model": args.model,
             "engine": args.engine,
+            "precision": args.precision,
             "min_replicas": args.min_replicas,
             "max_replicas": args.max_replicas,
             "num_cpus": args.num_cpus,

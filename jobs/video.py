@@ -17,13 +17,12 @@ import _common
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    from deblur.inference import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="video file (local or s3://)")
     p.add_argument("output", help="where the deblurred video goes (.mp4 for h264/hevc, .webm for vp9)")
     p.add_argument("--model", default="default", help="checkpoint, run dir, compiled folder or shipped model name")
-    p.add_argument("--engine", default="auto", choices=BACKENDS)
+    _common.add_engine_arguments(p)
     _common.add_video_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -52,12 +51,14 @@ def main(argv: list[str] | None) -> int:
     import ray
 
     from deblur import storage
+    from deblur.inference import check_engine_request
     from deblur.ray_env import init_ray
     from deblur.video import deblur_file, drop_leftovers
 
     storage.set_s3_endpoint(args.s3_endpoint)
     if not storage.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
+    check_engine_request(args.model, args.engine, args.precision)
     folder, name = posixpath.split(args.output)
     if not storage.is_remote(args.output):  # what a run killed mid-write leaves: never under the final name
         for partial in glob.glob(glob.escape(args.output) + ".tmp-*"):
@@ -79,6 +80,7 @@ def main(argv: list[str] | None) -> int:
         args.cpus_per_worker,
         max(1, int(args.cpus_per_worker)),
         not args.no_progress,
+        precision=args.precision,
     )
     if r["failed"]:
         print(f"error: {r['errors'][0]['reason']}")

@@ -20,6 +20,7 @@ from PIL import Image
 
 from deblur import storage
 from deblur.bulk import Options, deblur_archive
+from deblur.models.common import cpu_has_native_bf16
 
 from conftest import ROOT, check_is_model_output, job_env, write_image
 
@@ -384,31 +385,51 @@ def test_a_killed_actor_leaves_no_partial_output(trained_checkpoint, tmp_path, r
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name], leftovers  # the rerun cleaned any
 
 
-@pytest.mark.parametrize("case", ["missing input", "compressed tar"])
-def test_bad_input_is_one_line(case, trained_checkpoint, tmp_path):
-    target = tmp_path / ("nope" if case == "missing input" else "x.tar.gz")
-    if case == "compressed tar":
+@pytest.mark.parametrize("case", ["missing input", "compressed tar", "missing model", "onnxruntime in bf16"])
+def test_bad_input_is_one_line(case, trained_checkpoint, real_photo, tmp_path):
+    """Refused in the driver before Ray starts: the line names the file (or the choice) and why, where a
+    wrong model used to fail in every actor with Ray's traceback."""
+    folder, model, extra = tmp_path / "in", str(trained_checkpoint), []
+    write_image(folder / "a.png", real_photo[:64, :64])
+    target, expected = folder, None
+    if case == "missing input":
+        target = tmp_path / "nope"
+    elif case == "compressed tar":
+        target = tmp_path / "x.tar.gz"
         with tarfile.open(target, "w:gz"):
             pass
+    elif case == "missing model":
+        model = str(tmp_path / "nope.pt")
+        expected = f"{model}: checkpoint not found"
+    else:
+        extra = ["--engine", "onnxruntime", "--precision", "bf16"]
+        expected = "ONNX Runtime runs the fp32 graph; for bf16 use the torch engine (or TensorRT)"
+    cmd = [sys.executable, "jobs/bulk.py", "--input", str(target), "--output", str(tmp_path / "o"), "--model", model]
     res = subprocess.run(
-        [
-            sys.executable,
-            "jobs/bulk.py",
-            "--input",
-            str(target),
-            "--output",
-            str(tmp_path / "o"),
-            "--model",
-            str(trained_checkpoint),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "RAY_ADDRESS": ""},
+        cmd + extra, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""}
     )
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
-    assert str(target) in res.stderr.strip().splitlines()[-1]
+    if expected:
+        assert res.stderr.strip().splitlines() == [f"error: {expected}"]
+    else:
+        assert str(target) in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(
+    not cpu_has_native_bf16(), reason="bf16 needs a CPU with AMX or AVX512-BF16 (test_inference checks the refusal)"
+)
+def test_bf16_archive_is_the_fp32_image_within_a_few_levels(trained_checkpoint, tmp_path, ray_session):
+    """`precision="bf16"` (a CPU with AMX or AVX512-BF16) runs the actors on torch in bf16; the images are the
+    fp32 engine's within what check_outputs allows for a JPEG re-encode."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for photo in lai_photos(3):
+        shutil.copy(photo, src / photo.name)
+    options = Options(model=str(trained_checkpoint), precision="bf16")
+    summary = deblur_archive(str(src), str(tmp_path / "out"), options, workers=1, progress=False)
+    assert summary["done"] == 3 and summary["failed"] == 0, summary
+    check_outputs(read_tree(src), read_tree(tmp_path / "out"), trained_checkpoint)
 
 
 def test_only_blurred_copies_sharp_photos_through(trained_checkpoint, cbsd68, tmp_path, ray_session):

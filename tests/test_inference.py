@@ -153,19 +153,13 @@ print(engine.info.backend, engine.info.multiple, engine.info.model_hash, "torch"
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet_fpn", "resnet", "fpn_mobilenet", "nafnet"])
 def test_every_generator_exports_to_onnx_with_dynamic_batch_and_size(name, real_photo, tmp_path):
-    from test_models import SMALL
-
     from deblur.inference.compile import FP32_TOLERANCE
     from deblur.inference.onnx_engine import OnnxEngine, export_onnx
     from deblur.inference.torch_engine import TorchEngine
-    from deblur.models import GENERATORS, build_generator
+    from deblur.models import GENERATORS
 
     assert name in GENERATORS
-    torch.manual_seed(0)
-    model = build_generator(name, **SMALL[name]).eval()
-    for p in model.parameters():  # zero-initialised output layers would make every model the identity
-        if p.ndim == 4 and not p.abs().sum():
-            torch.nn.init.normal_(p, std=0.01)
+    model = small_generator(name)
     export_onnx(model, tmp_path / "model.onnx", model.multiple)
     ort, ref = OnnxEngine(tmp_path / "model.onnx", "cpu", 2, model.multiple), TorchEngine(model, threads=2)
     for n, h, w in ((1, 96, 160), (2, 75, 130)):
@@ -173,6 +167,102 @@ def test_every_generator_exports_to_onnx_with_dynamic_batch_and_size(name, real_
         expected = ref.deblur_batch(x)
         assert np.abs(expected - x).mean() > 1e-3  # the model changes the image
         assert np.abs(ort.deblur_batch(x) - expected).max() <= FP32_TOLERANCE, (name, n, h, w)
+
+
+def small_generator(name: str) -> torch.nn.Module:
+    """test_models' small configuration of a generator, its zero-initialised output layers given weights
+    (else every model would be the identity)."""
+    from test_models import SMALL
+
+    from deblur.models import build_generator
+
+    torch.manual_seed(0)
+    model = build_generator(name, **SMALL[name]).eval()
+    for p in model.parameters():
+        if p.ndim == 4 and not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.01)
+    return model
+
+
+@pytest.mark.parametrize("name", ["unet_fpn", "resnet", "nafnet"])
+def test_bf16_on_a_cpu_runs_a_bf16_copy_of_the_weights_where_the_cpu_computes_bf16(name, real_photo):
+    from deblur.inference.compile import REDUCED_TOLERANCE
+    from deblur.inference.torch_engine import TorchEngine
+    from deblur.models.common import cpu_has_native_bf16
+
+    model = small_generator(name)
+    if not cpu_has_native_bf16():  # torch would emulate bf16: slower than fp32, so refused
+        with pytest.raises(EngineError, match="AMX or AVX512-BF16"):
+            TorchEngine(model, device="cpu", precision="bf16")
+        return
+    fp32, bf16 = (
+        TorchEngine(model, device="cpu", threads=2),
+        TorchEngine(model, device="cpu", precision="bf16", threads=2),
+    )
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the caller's model is untouched
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert (bf16.info.backend, bf16.info.precision) == ("torch", "bf16")
+    assert 0 < bf16.info.extra["mean_error_vs_fp32"] <= REDUCED_TOLERANCE["bf16"]
+    x = photo_batch(real_photo, 75, 130)
+    expected, got = fp32.deblur_batch(x), bf16.deblur_batch(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    error = np.abs(got - expected)
+    assert 0 < error.mean() <= REDUCED_TOLERANCE["bf16"] / 4, (name, error.mean())  # really bf16, and close
+    with pytest.raises(EngineError, match="needs a GPU"):
+        TorchEngine(model, device="cpu", precision="fp16")
+
+
+class Cancelling(torch.nn.Module):
+    """x + 300 − 300: exact in fp32, but bf16 has steps of 2 between 256 and 512, so every pixel snaps to −2, 0
+    or 2 (a model whose layers amplify rounding, in one line)."""
+
+    multiple = 1
+
+    def __init__(self):
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.tensor(300.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x + self.offset) - self.offset).clamp(-1, 1)
+
+
+def test_a_model_that_bf16_would_change_is_refused_in_bf16():
+    from deblur.inference.torch_engine import TorchEngine
+    from deblur.models.common import cpu_has_native_bf16
+
+    reason = "changes its output by" if cpu_has_native_bf16() else "AMX or AVX512-BF16"
+    with pytest.raises(EngineError, match=reason):
+        TorchEngine(Cancelling(), "cancelling.pt", device="cpu", precision="bf16")
+    assert TorchEngine(Cancelling(), device="cpu").deblur_batch(np.full((1, 3, 8, 8), 0.3, np.float32)).min() > 0.29
+
+
+def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpoint):
+    from deblur.inference import check_engine_request
+    from deblur.models.common import cpu_has_native_bf16
+
+    checkpoint = str(trained_checkpoint)
+    with pytest.raises(EngineError, match="ONNX Runtime runs the fp32 graph; for bf16 use the torch engine"):
+        load_engine(checkpoint, "onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        load_engine(checkpoint, precision="fp8")
+    for ref in (checkpoint, str(compiled)):  # a compiled folder's torch engine is its source checkpoint's
+        if torch.cuda.is_available() or cpu_has_native_bf16():
+            engine = load_engine(ref, precision="bf16")
+            has_plan = (Path(ref) / "engine.plan").is_file() and tensorrt_status() is None
+            assert (engine.info.backend, engine.info.precision) == (
+                ("tensorrt", engine.info.precision) if has_plan else ("torch", "bf16")
+            )
+            assert engine.info.model_hash == load_engine(ref).info.model_hash
+        else:
+            with pytest.raises(EngineError, match="AMX"):
+                load_engine(ref, precision="bf16")
+    # what a job's driver checks before Ray starts: no model loaded, no hardware asked
+    check_engine_request(checkpoint, "torch", "bf16")
+    check_engine_request(str(compiled), "auto", "fp16")
+    with pytest.raises(EngineError, match="nope.pt: checkpoint not found"):
+        check_engine_request(str(trained_checkpoint.parent / "nope.pt"))
+    with pytest.raises(EngineError, match="ONNX Runtime runs the fp32 graph"):
+        check_engine_request(checkpoint, "onnxruntime", "fp16")
 
 
 def test_auto_picks_what_this_machine_has(compiled):

@@ -43,6 +43,7 @@ class Options(Strict):
 
     model: str = Field("default", description="checkpoint, run dir, compiled folder or shipped model name")
     engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     format: Literal["same", "png", "jpg", "webp"] = "same"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused (decompression bombs)")
@@ -98,7 +99,7 @@ class ImageDeblurrer:
 
     def __init__(self, options: Options, output: str):
         self.options, self.output = options, output
-        self.engine = load_engine(options.model, options.engine, threads=options.threads)
+        self.engine = load_engine(options.model, options.engine, threads=options.threads, precision=options.precision)
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         rel = str(item["rel"])
@@ -293,6 +294,7 @@ def _deblur_videos(
             cpus_per_worker,
             options.threads,
             progress,
+            precision=options.precision,
         )
     except Exception as e:
         return {

@@ -46,6 +46,7 @@ class EvalOptions(Strict):
     split: str | None = Field(None, description="default: test, else val")
     protocol: Literal[PROTOCOLS] = "gopro"
     engine: Literal[BACKENDS] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     lpips: bool = True
     lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
     lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")
@@ -69,7 +70,7 @@ def evaluate(
 
     `options` are EvalOptions' fields; `engine_factory` replaces `load_engine` (tests score reference engines)."""
     o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
-    factory = engine_factory or partial(load_engine, o.model, o.engine)
+    factory = engine_factory or partial(load_engine, o.model, o.engine, precision=o.precision)
     probe = factory()  # fail fast (and once) on a model that does not load
     folder_options = {"variant": o.variant} if o.dataset == "realblur" else {}
     source = open_source(o.data, o.dataset, o.root, o.split, o.limit, **folder_options)

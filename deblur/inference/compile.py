@@ -20,7 +20,7 @@ from .. import storage
 from ..images import to_model_input
 from ..models.checkpoint import load_generator
 from ..models.reference import checkpoint_hash, resolve_checkpoint
-from .engine import Engine, EngineError
+from .engine import REDUCED_TOLERANCE, Engine, EngineError
 from .load import COMPILE_FILE, ONNX_FILE
 from .onnx_engine import EXPORT_VERSION, OPSET, OnnxEngine, add_metadata, export_onnx
 from .tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
@@ -30,9 +30,6 @@ from .torch_engine import TorchEngine
 #: 8-bit level (1/127.5). Generators that normalise with each image's statistics (NAFNet's LayerNorms,
 #: DeblurGAN-v2's instance statistics) amplify float rounding to a few 1e-4 between the two runtimes.
 FP32_TOLERANCE = 1e-3
-#: TensorRT in reduced precision vs ONNX Runtime fp32: mean |error| allowed (max is reported, not bounded:
-#: a handful of saturated pixels differ by more in fp16, which no one can see)
-REDUCED_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3, "bf16": 2e-2}
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -16,6 +16,11 @@ import numpy as np
 from ..images import to_image, to_model_input
 from .tiling import run_padded, run_tiled
 
+#: an engine in reduced precision vs the model in fp32 (TensorRT vs ONNX Runtime; torch bf16/fp16 vs torch
+#: fp32): the mean |error| allowed, in [-1, 1] units. The max is reported, not bounded: a handful of
+#: saturated pixels differ by more in fp16, which no one can see.
+REDUCED_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3, "bf16": 2e-2}
+
 
 class EngineError(ValueError):
     """A model that cannot be loaded or run here; the message says which file and why."""

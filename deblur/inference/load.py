@@ -4,6 +4,9 @@ A reference is a checkpoint (file, Ray checkpoint directory, run directory with 
 name; local or s3://) or a compiled directory (`compile.json` + `model.onnx` [+ `engine.plan`]). The order of
 preference is tensorrt > onnxruntime-cuda > torch-cuda > onnxruntime-cpu (> torch-cpu when only a checkpoint
 is given): ONNX Runtime beats eager torch on CPU, and a checkpoint is exported to ONNX once, then reused.
+ONNX Runtime runs the fp32 graph only, so asking for bf16 or fp16 makes "auto" pick torch (unless a TensorRT
+engine, whose precision was fixed when it was built, is there): on a CPU with AMX that is the fastest engine
+(bf16 weights ~1.3× ONNX Runtime fp32 on the shipped model, images within a few uint8 levels).
 A checkpoint whose export is cached runs on ONNX Runtime without importing torch (~1.6 s that every Ray
 actor of the bulk and video jobs would pay), so torch is imported only where a model is built or run by it.
 """
@@ -20,12 +23,13 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .. import storage
-from ..models.reference import CheckpointError, checkpoint_hash
+from ..models.reference import CheckpointError, checkpoint_hash, resolve_checkpoint
 from .engine import Engine, EngineError
 from .onnx_engine import EXPORT_VERSION, OnnxEngine, add_metadata, export_onnx
 from .tensorrt_engine import META, PLAN, TensorRTEngine, tensorrt_status
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_FILE, ONNX_FILE = "compile.json", "model.onnx"
 
 
@@ -37,25 +41,49 @@ def load_engine(
     precision: str = "fp32",
 ) -> Engine:
     """The engine for a checkpoint or a compiled directory; a clear EngineError when it cannot be had."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown engine {backend!r}; choose one of {BACKENDS}")
+    _check_choice(backend, precision)
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
-        engine = _compiled_engine(model_uri, backend, device, threads)
+        engine = _compiled_engine(model_uri, backend, device, threads, precision)
         if isinstance(engine, Engine):
             return engine
         model_uri, backend = engine  # the torch engine of a compiled folder is its source checkpoint's
     return _checkpoint_engine(model_uri, backend, device, threads, precision)
 
 
-def _compiled_engine(model_uri: str, backend: str, device: str | None, threads: int | None) -> Engine | tuple[str, str]:
+def check_engine_request(model_uri: str, backend: str = "auto", precision: str = "fp32") -> None:
+    """What `load_engine` would refuse that needs neither the model loaded nor the hardware known: unknown
+    names, ONNX Runtime asked for reduced precision, a reference that names no model. The jobs check it in
+    their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts instead
+    of a traceback from every actor."""
+    _check_choice(backend, precision)
+    if not storage.exists(storage.join(str(model_uri), COMPILE_FILE)):
+        try:
+            resolve_checkpoint(model_uri)
+        except CheckpointError as e:
+            raise EngineError(str(e)) from None
+
+
+def _check_choice(backend: str, precision: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown engine {backend!r}; choose one of {BACKENDS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise EngineError(f"ONNX Runtime runs the fp32 graph; for {precision} use the torch engine (or TensorRT)")
+
+
+def _compiled_engine(
+    model_uri: str, backend: str, device: str | None, threads: int | None, precision: str
+) -> Engine | tuple[str, str]:
     """A compiled folder's TensorRT or ONNX Runtime engine, or (source checkpoint, "torch") for the torch one."""
     summary = json.loads(storage.read_text(storage.join(model_uri, COMPILE_FILE)))
     local = _local_copy(model_uri, [COMPILE_FILE, ONNX_FILE, ONNX_FILE + ".data", PLAN, META])
     multiple, model_hash = int(summary["multiple"]), summary.get("model_hash", "")
     has_plan = (local / PLAN).is_file()
     if backend == "auto":
-        backend = "tensorrt" if has_plan and tensorrt_status() is None else "onnxruntime"
+        fallback = "onnxruntime" if precision == "fp32" else "torch"  # ORT runs the fp32 graph only
+        backend = "tensorrt" if has_plan and tensorrt_status() is None else fallback
     if backend == "tensorrt":
         if not has_plan:
             raise EngineError(f"{model_uri}: no {PLAN} was compiled ({summary.get('tensorrt', 'not built')})")
@@ -77,7 +105,7 @@ def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads
         raise EngineError(str(e)) from None
     if backend == "auto":
         cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
-        backend = "onnxruntime" if cuda_ort or not cuda_available() else "torch"
+        backend = "onnxruntime" if (cuda_ort or not cuda_available()) and precision == "fp32" else "torch"
     if backend == "tensorrt":
         raise EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with jobs/compile.py")
     onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE

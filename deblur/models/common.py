@@ -55,6 +55,14 @@ def tune_cuda(fixed_shapes: bool) -> None:
     torch.backends.cudnn.benchmark = fixed_shapes
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16). There bf16 speeds training up 1.6-2×
+    (autocast; measured on the unet_fpn and nafnet steps) and inference ~1.3× (bf16 weights; the shipped model
+    against ONNX Runtime fp32); elsewhere torch emulates bf16 and is slower than fp32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device; on a GPU through pinned memory, so the copy runs asynchronously."""
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)

@@ -59,9 +59,10 @@ class DeblurEndpoint:
         max_bytes: int | None = None,
         max_pixels: int | None = None,
         token_file: str | None = None,
+        precision: str = "fp32",
     ):
         self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
-        self.engine = load_engine(model, engine, threads=threads)
+        self.engine = load_engine(model, engine, threads=threads, precision=precision)
         self.model = model
         self.batch_sizes: Counter = Counter()
         self._batched.set_max_batch_size(max_batch_size)
@@ -173,6 +174,7 @@ class AppArgs(Strict):
 
     model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))
     engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     num_cpus: float | None = Field(None, gt=0, description="per replica; None: a whole node's (see sized_to_nodes)")
     num_gpus: float = Field(0.0, ge=0)
     threads: int | None = Field(None, ge=1, description="engine threads; None: the replica's num_cpus")
@@ -298,7 +300,17 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
             "target_ongoing_requests": a.target_ongoing_requests,
         },
         max_ongoing_requests=a.max_ongoing_requests,
-    ).bind(a.model, a.engine, batch, a.batch_wait_timeout_s, a.threads, a.max_bytes, a.max_pixels, a.token_file)
+    ).bind(
+        a.model,
+        a.engine,
+        batch,
+        a.batch_wait_timeout_s,
+        a.threads,
+        a.max_bytes,
+        a.max_pixels,
+        a.token_file,
+        a.precision,
+    )
 
 
 app = build_app(AppArgs())

@@ -167,10 +167,10 @@ def _reason(e: Exception) -> str:
 class SegmentDeblurrer:
     """One per actor: the engine (and a stabiliser) loaded once, then segments one after another."""
 
-    def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions):
+    def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions, precision: str = "fp32"):
 
         self.options = options
-        self.engine = load_engine(model, engine, threads=threads)
+        self.engine = load_engine(model, engine, threads=threads, precision=precision)
         self.stabiliser = Stabiliser() if options.temporal else None
         self.threads = threads or 0
 
@@ -334,6 +334,7 @@ def deblur_videos(
     cpus_per_worker: float = 1.0,
     threads: int | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures."""
 
@@ -374,7 +375,7 @@ def deblur_videos(
     if segments:
         ds = ray.data.from_items(segments, override_num_blocks=min(len(segments), 10_000)).map(
             SegmentDeblurrer,
-            fn_constructor_args=(model, engine, threads, options),
+            fn_constructor_args=(model, engine, threads, options, precision),
             # one segment at a time per actor: a queued segment waits for a free actor, not behind a busy one
             compute=ray.data.ActorPoolStrategy(
                 size=max(1, min(workers, len(segments))), max_tasks_in_flight_per_actor=1
