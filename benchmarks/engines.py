@@ -70,6 +70,7 @@ def main() -> None:
     args = p.parse_args()
     sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
 
+    from deblur.inference import EngineError
     from deblur.inference.onnx_engine import OnnxEngine, add_metadata, export_onnx
     from deblur.inference.tensorrt_engine import TensorRTEngine, build_engine, tensorrt_status
     from deblur.inference.torch_engine import TorchEngine
@@ -103,12 +104,14 @@ def main() -> None:
     except Exception as e:  # inductor needs a C++ compiler on CPU; report instead of failing the run
         print(f"torch.compile unavailable: {str(e).splitlines()[0][:120]}")
     engines["onnxruntime fp32"] = OnnxEngine(folder / "model.onnx", "auto", threads)
-    if not gpu and cpu_has_native_bf16():
-        engines["torch bf16"] = TorchEngine(model, device="cpu", precision="bf16", threads=threads)
-    if gpu:
-        engines["torch fp16"] = TorchEngine(model, device="cuda", precision="fp16")
-        if torch.cuda.is_bf16_supported():
-            engines["torch bf16"] = TorchEngine(model, device="cuda", precision="bf16")
+    reduced = ["fp16", "bf16"] if gpu else (["bf16"] if cpu_has_native_bf16() else [])
+    if gpu and not torch.cuda.is_bf16_supported():
+        reduced.remove("bf16")
+    for precision in reduced:
+        try:
+            engines[f"torch {precision}"] = TorchEngine(model, device=device, precision=precision, threads=threads)
+        except EngineError as e:  # the engine's own check against fp32 refused this model: say so, go on
+            print(f"torch {precision} not measured: {e}")
         if tensorrt_status() is None:
             build_engine(folder / "model.onnx", folder, (1, 3, 256, 256), (1, 3, 768, 1280), (4, 3, 1152, 1920), "fp16")
             engines["tensorrt fp16"] = TensorRTEngine(folder / "engine.plan", multiple)

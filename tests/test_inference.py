@@ -186,11 +186,13 @@ def small_generator(name: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", ["unet_fpn", "resnet", "nafnet"])
 def test_bf16_on_a_cpu_runs_a_bf16_copy_of_the_weights_where_the_cpu_computes_bf16(name, real_photo):
-    from deblur.inference.compile import REDUCED_TOLERANCE
+    from deblur.inference.engine import REDUCED_TOLERANCE
     from deblur.inference.torch_engine import TorchEngine
     from deblur.models.common import cpu_has_native_bf16
 
     model = small_generator(name)
+    with pytest.raises(EngineError, match="needs a GPU"):
+        TorchEngine(model, device="cpu", precision="fp16")
     if not cpu_has_native_bf16():  # torch would emulate bf16: slower than fp32, so refused
         with pytest.raises(EngineError, match="AMX or AVX512-BF16"):
             TorchEngine(model, device="cpu", precision="bf16")
@@ -208,8 +210,6 @@ def test_bf16_on_a_cpu_runs_a_bf16_copy_of_the_weights_where_the_cpu_computes_bf
     assert got.dtype == np.float32 and got.shape == x.shape
     error = np.abs(got - expected)
     assert 0 < error.mean() <= REDUCED_TOLERANCE["bf16"] / 4, (name, error.mean())  # really bf16, and close
-    with pytest.raises(EngineError, match="needs a GPU"):
-        TorchEngine(model, device="cpu", precision="fp16")
 
 
 class Cancelling(torch.nn.Module):
@@ -236,7 +236,7 @@ def test_a_model_that_bf16_would_change_is_refused_in_bf16():
     assert TorchEngine(Cancelling(), device="cpu").deblur_batch(np.full((1, 3, 8, 8), 0.3, np.float32)).min() > 0.29
 
 
-def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpoint):
+def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpoint, tmp_path):
     from deblur.inference import check_engine_request
     from deblur.models.common import cpu_has_native_bf16
 
@@ -248,10 +248,10 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
     for ref in (checkpoint, str(compiled)):  # a compiled folder's torch engine is its source checkpoint's
         if torch.cuda.is_available() or cpu_has_native_bf16():
             engine = load_engine(ref, precision="bf16")
-            has_plan = (Path(ref) / "engine.plan").is_file() and tensorrt_status() is None
-            assert (engine.info.backend, engine.info.precision) == (
-                ("tensorrt", engine.info.precision) if has_plan else ("torch", "bf16")
-            )
+            if (Path(ref) / "engine.plan").is_file() and tensorrt_status() is None:
+                assert engine.info.backend == "tensorrt"  # a plan keeps the precision it was built with
+            else:
+                assert (engine.info.backend, engine.info.precision) == ("torch", "bf16")
             assert engine.info.model_hash == load_engine(ref).info.model_hash
         else:
             with pytest.raises(EngineError, match="AMX"):
@@ -263,6 +263,22 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
         check_engine_request(str(trained_checkpoint.parent / "nope.pt"))
     with pytest.raises(EngineError, match="ONNX Runtime runs the fp32 graph"):
         check_engine_request(checkpoint, "onnxruntime", "fp16")
+    with pytest.raises(EngineError, match="a checkpoint has no TensorRT engine"):
+        check_engine_request(checkpoint, "tensorrt")
+    # a compiled folder from elsewhere: fine for ONNX Runtime, but its torch engine needs the checkpoint it names
+    moved = tmp_path / "moved"
+    shutil.copytree(compiled, moved)
+    summary = json.loads((moved / "compile.json").read_text())
+    (moved / "compile.json").write_text(json.dumps(summary | {"checkpoint": "/elsewhere/best.pt"}))
+    check_engine_request(str(moved), "onnxruntime")
+    for backend, precision in (("torch", "fp32"), ("auto", "bf16")):
+        if backend == "auto" and (moved / "engine.plan").is_file():
+            continue  # the actors may run its TensorRT plan
+        with pytest.raises(EngineError, match="/elsewhere/best.pt: checkpoint not found"):
+            check_engine_request(str(moved), backend, precision)
+    (moved / "compile.json").write_text("{not json")
+    with pytest.raises(EngineError, match="compile.json: unreadable"):
+        check_engine_request(str(moved))
 
 
 def test_auto_picks_what_this_machine_has(compiled):

@@ -405,6 +405,7 @@ def test_serve_config_is_a_valid_deploy_schema():
         ({"max_replica": 4}, "max_replica: unknown key"),
         ({"engine": "tensorflow"}, "engine: Input should be"),
         ({"precision": "fp8"}, "precision: Input should be"),
+        ({"engine": "onnxruntime", "precision": "bf16"}, "ONNX Runtime runs the fp32 graph; for bf16 use the torch"),
         ({"num_cpus": 0}, "num_cpus: Input should be greater than 0"),
         ({"min_replicas": 3, "max_replicas": 2}, "min_replicas 3 > max_replicas 2"),
     ],

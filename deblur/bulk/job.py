@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 import ray
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from .. import storage, video
 from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, encode, output_format
-from ..inference import load_engine
+from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
 from ..video import VideoOptions
@@ -42,8 +42,8 @@ class Options(Strict):
     """What the archive job does with each file; checked when built (`Options.parse` for a one-line error)."""
 
     model: str = Field("default", description="checkpoint, run dir, compiled folder or shipped model name")
-    engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
+    engine: Literal[BACKENDS] = "auto"
+    precision: Literal[PRECISIONS] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     format: Literal["same", "png", "jpg", "webp"] = "same"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused (decompression bombs)")
@@ -52,6 +52,11 @@ class Options(Strict):
     only_blurred: float | None = Field(None, gt=0, lt=1)
     png_compression: int = Field(PNG_COMPRESSION, ge=0, le=9)
     video: VideoOptions = Field(default_factory=VideoOptions)
+
+    @model_validator(mode="after")
+    def _engine_choice(self):
+        check_engine_choice(self.engine, self.precision)
+        return self
 
 
 def output_rel(rel: str, fmt: str, video_codec: str = "h264") -> str:
@@ -100,6 +105,8 @@ class ImageDeblurrer:
     def __init__(self, options: Options, output: str):
         self.options, self.output = options, output
         self.engine = load_engine(options.model, options.engine, threads=options.threads, precision=options.precision)
+        info = self.engine.info
+        self.engine_name = f"{info.backend} {info.precision} ({info.device})"
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         rel = str(item["rel"])
@@ -111,6 +118,7 @@ class ImageDeblurrer:
             "bytes_out": 0,
             "seconds": 0.0,
             "blur": -1.0,
+            "engine": self.engine_name,
             "started": time.time(),  # when this image's work began (the job's start-up ends at the earliest)
         }
         t0 = time.perf_counter()
@@ -191,6 +199,7 @@ def deblur_archive(
         "input": input_uri,
         "output": output,
         "model": options.model,
+        "engines": sorted(tally["engines"]),
         "images": len(items) + len(rejected) + len(collisions) - listed_videos,
         "done": tally["done"],
         "skipped": skipped - (listed_videos - len(videos)),
@@ -242,6 +251,7 @@ def _deblur_images(
         "errors": [],
         "scores": [],
         "first_started": None,  # when the earliest image began (rows carry their start; a block may hold many)
+        "engines": set(),  # what the actors ran: backend, precision, device
     }
     if not todo:
         return tally
@@ -258,6 +268,7 @@ def _deblur_images(
             started = float(row["started"])
             tally["first_started"] = min(tally["first_started"] or started, started)
             tally[row["status"]] += 1
+            tally["engines"].add(row["engine"])
             tally["bytes_in"] += int(row["bytes_in"])
             tally["bytes_out"] += int(row["bytes_out"])
             tally["seconds"] += float(row["seconds"])

@@ -10,7 +10,7 @@ import ray.data
 from pydantic import Field, model_validator
 
 from .. import storage
-from ..inference import BACKENDS, load_engine
+from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..metrics import LPIPS, describe_convention
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
@@ -46,7 +46,7 @@ class EvalOptions(Strict):
     split: str | None = Field(None, description="default: test, else val")
     protocol: Literal[PROTOCOLS] = "gopro"
     engine: Literal[BACKENDS] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
+    precision: Literal[PRECISIONS] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     lpips: bool = True
     lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
     lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")
@@ -57,7 +57,8 @@ class EvalOptions(Strict):
     real_limit: int = Field(12, ge=1)
 
     @model_validator(mode="after")
-    def _has_data(self) -> "EvalOptions":
+    def _consistent(self) -> "EvalOptions":
+        check_engine_choice(self.engine, self.precision)
         if not self.data and not (self.dataset and self.root):
             raise ValueError("give data (shards or a paired folder), or dataset with root")
         return self

@@ -41,7 +41,7 @@ def load_engine(
     precision: str = "fp32",
 ) -> Engine:
     """The engine for a checkpoint or a compiled directory; a clear EngineError when it cannot be had."""
-    _check_choice(backend, precision)
+    check_engine_choice(backend, precision)
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         engine = _compiled_engine(model_uri, backend, device, threads, precision)
@@ -55,16 +55,27 @@ def check_engine_request(model_uri: str, backend: str = "auto", precision: str =
     """What `load_engine` would refuse that needs neither the model loaded nor the hardware known: unknown
     names, ONNX Runtime asked for reduced precision, a reference that names no model. The jobs check it in
     their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts instead
-    of a traceback from every actor."""
-    _check_choice(backend, precision)
-    if not storage.exists(storage.join(str(model_uri), COMPILE_FILE)):
-        try:
-            resolve_checkpoint(model_uri)
-        except CheckpointError as e:
-            raise EngineError(str(e)) from None
+    of a traceback from every actor. Whether TensorRT or bf16 runs where the actors land is theirs to say."""
+    check_engine_choice(backend, precision)
+    model_uri = str(model_uri)
+    if storage.exists(storage.join(model_uri, COMPILE_FILE)):
+        summary = _compile_summary(model_uri)
+        has_plan = storage.exists(storage.join(model_uri, PLAN))
+        if backend == "tensorrt" and not has_plan:
+            raise _no_plan(model_uri, summary)
+        if not (backend == "torch" or (backend == "auto" and precision != "fp32" and not has_plan)):
+            return
+        model_uri = _source_checkpoint(model_uri, summary)  # the torch engine is its source checkpoint's
+    elif backend == "tensorrt":
+        raise _no_plan_for_checkpoint(model_uri)
+    try:
+        resolve_checkpoint(model_uri)
+    except CheckpointError as e:
+        raise EngineError(str(e)) from None
 
 
-def _check_choice(backend: str, precision: str) -> None:
+def check_engine_choice(backend: str, precision: str) -> None:
+    """Names and combinations an engine can never have, anywhere (the jobs' options check them when parsed)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown engine {backend!r}; choose one of {BACKENDS}")
     if precision not in PRECISIONS:
@@ -77,7 +88,7 @@ def _compiled_engine(
     model_uri: str, backend: str, device: str | None, threads: int | None, precision: str
 ) -> Engine | tuple[str, str]:
     """A compiled folder's TensorRT or ONNX Runtime engine, or (source checkpoint, "torch") for the torch one."""
-    summary = json.loads(storage.read_text(storage.join(model_uri, COMPILE_FILE)))
+    summary = _compile_summary(model_uri)
     local = _local_copy(model_uri, [COMPILE_FILE, ONNX_FILE, ONNX_FILE + ".data", PLAN, META])
     multiple, model_hash = int(summary["multiple"]), summary.get("model_hash", "")
     has_plan = (local / PLAN).is_file()
@@ -86,16 +97,36 @@ def _compiled_engine(
         backend = "tensorrt" if has_plan and tensorrt_status() is None else fallback
     if backend == "tensorrt":
         if not has_plan:
-            raise EngineError(f"{model_uri}: no {PLAN} was compiled ({summary.get('tensorrt', 'not built')})")
+            raise _no_plan(model_uri, summary)
         return TensorRTEngine(local / PLAN, multiple, model_hash)
     if backend == "onnxruntime":
         return OnnxEngine(local / ONNX_FILE, device or "auto", threads, multiple, model_hash)
+    return _source_checkpoint(model_uri, summary), "torch"
+
+
+def _compile_summary(model_uri: str) -> dict:
+    path = storage.join(model_uri, COMPILE_FILE)
+    try:
+        return json.loads(storage.read_text(path))
+    except ValueError as e:
+        raise EngineError(f"{path}: unreadable ({e})") from None
+
+
+def _no_plan(model_uri: str, summary: dict) -> EngineError:
+    return EngineError(f"{model_uri}: no {PLAN} was compiled ({summary.get('tensorrt', 'not built')})")
+
+
+def _no_plan_for_checkpoint(model_uri: str) -> EngineError:
+    return EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with jobs/compile.py")
+
+
+def _source_checkpoint(model_uri: str, summary: dict) -> str:
     source = summary.get("checkpoint")
     if not source:
         raise EngineError(
             f"{model_uri}: the torch engine needs the source checkpoint, which compile.json does not name"
         )
-    return source, "torch"
+    return source
 
 
 def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads: int | None, precision: str) -> Engine:
@@ -107,7 +138,7 @@ def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads
         cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
         backend = "onnxruntime" if (cuda_ort or not cuda_available()) and precision == "fp32" else "torch"
     if backend == "tensorrt":
-        raise EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with jobs/compile.py")
+        raise _no_plan_for_checkpoint(model_uri)
     onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE
     if backend == "onnxruntime" and onnx_file.is_file():  # exported before: the graph records the stride
         return OnnxEngine(onnx_file, device or "auto", threads, model_hash=model_hash)

@@ -3,6 +3,7 @@ fp32, or bf16 where the CPU computes it in hardware (AMX / AVX512-BF16)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -13,7 +14,7 @@ from ..images import to_model_input
 from ..models.common import cpu_has_native_bf16, to_device, tune_cuda
 from .engine import REDUCED_TOLERANCE, Engine, EngineError, EngineInfo, cpu_threads
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchEngine(Engine):
@@ -27,23 +28,28 @@ class TorchEngine(Engine):
         model_hash: str = "",
         threads: int | None = None,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+        if precision not in DTYPES:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(DTYPES)}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        #: on a CPU, reduced precision is a bf16 copy of the model's weights: autocast would cast every
-        #: activation twice and ran slower than fp32 (the shipped model at 800²: 0.90 s vs 0.64 s, 1 thread)
+        self.dtype = DTYPES[precision]
+        #: on a CPU, reduced precision is a bf16 copy of the model's weights: autocast, which would cast every
+        #: activation on the way in and out, took 0.90 s against the copy's 0.64 s (the shipped model, 800²,
+        #: 1 thread; a scratch timing)
         self.cast_weights = self.device.type == "cpu" and precision != "fp32"
+        #: NHWC: the GPU's tensor cores, and oneDNN's AMX kernels on a CPU
+        self.channels_last = self.device.type == "cuda" or self.cast_weights
         if self.device.type == "cpu":
             check_cpu_precision(precision)
             torch.set_num_threads(threads or cpu_threads())
+        else:
+            if precision == "bf16" and not torch.cuda.is_bf16_supported():
+                raise EngineError(f"{torch.cuda.get_device_name(self.device)} has no bf16; use fp16 or fp32")
+            tune_cuda(fixed_shapes=False)
         model = fp32_model = model.eval().to(self.device)
         if self.cast_weights:
-            model = copy.deepcopy(model).to(PRECISIONS[precision])  # the caller's model stays fp32
-        else:
-            tune_cuda(fixed_shapes=False)
-        if self.device.type == "cuda" or self.cast_weights:  # NHWC: tensor cores, and oneDNN's AMX kernels
+            model = copy.deepcopy(model).to(self.dtype)  # the caller's model stays fp32
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.dtype = PRECISIONS[precision]
         self.model = torch.compile(model, dynamic=True) if compile else model
         reported = "tf32" if self.device.type == "cuda" and precision == "fp32" else precision  # tune_cuda allows TF32
         self.info = EngineInfo(
@@ -64,7 +70,8 @@ class TorchEngine(Engine):
         REDUCED_TOLERANCE, the bound compile.py holds TensorRT to. A model whose layers amplify rounding
         (a random-weight DeblurGAN-v2 MobileNet drifts by ~0.08) is refused instead of running subtly wrong."""
         probe = probe_photo(self.info.multiple)
-        expected = fp32_model(to_device(torch.from_numpy(probe), self.device)).float().cpu().numpy()
+        with strict_fp32():  # the reference is fp32 itself, not TF32
+            expected = fp32_model(to_device(torch.from_numpy(probe), self.device)).float().cpu().numpy()
         error = float(np.abs(self._infer(probe) - expected).mean())
         if not error <= REDUCED_TOLERANCE[precision]:  # NaN included
             raise EngineError(
@@ -76,13 +83,24 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         x = to_device(torch.from_numpy(batch), self.device)
-        if self.device.type == "cuda" or self.cast_weights:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.cast_weights:
-            return self.model(x.to(self.dtype)).float().numpy()
+            return self.model(x.to(self.dtype, memory_format=torch.channels_last)).float().numpy()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             y = self.model(x)
         return y.float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """TF32 off for the duration (tune_cuda turns it on for speed); a no-op on a CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def probe_photo(multiple: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from ray import serve
 
 from ..imagefile import BadImage, decode, encode, output_format
-from ..inference import load_engine
+from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..options import Strict
 from .limits import Limits, RequestError, check_content_type
 
@@ -173,8 +173,8 @@ class AppArgs(Strict):
     strict, so a typo is refused when the app is built instead of silently falling back to a default."""
 
     model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))
-    engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
+    engine: Literal[BACKENDS] = "auto"
+    precision: Literal[PRECISIONS] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     num_cpus: float | None = Field(None, gt=0, description="per replica; None: a whole node's (see sized_to_nodes)")
     num_gpus: float = Field(0.0, ge=0)
     threads: int | None = Field(None, ge=1, description="engine threads; None: the replica's num_cpus")
@@ -189,7 +189,8 @@ class AppArgs(Strict):
     token_file: str | None = None
 
     @model_validator(mode="after")
-    def _replicas(self) -> "AppArgs":
+    def _consistent(self) -> "AppArgs":
+        check_engine_choice(self.engine, self.precision)
         if self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self

@@ -111,17 +111,19 @@ def _segment_uri(
     model: str,
     start: int | None,
     end: int | None,
+    precision: str = "fp32",
 ) -> str:
-    shaped_by = json.dumps(
-        [
-            item["uri"],
-            item["offset"],
-            item["size"],
-            _info_json(info),
-            model,
-            options.model_dump() | {"segment_seconds": 0},
-        ]
-    )
+    shaped_by = [
+        item["uri"],
+        item["offset"],
+        item["size"],
+        _info_json(info),
+        model,
+        options.model_dump() | {"segment_seconds": 0},
+    ]
+    if precision != "fp32":  # fp32's key as before, so segments kept by earlier runs stay valid
+        shaped_by.append(precision)
+    shaped_by = json.dumps(shaped_by)
     key = hashlib.sha256(shaped_by.encode()).hexdigest()[:12]
     ext = CODECS[options.codec][1]
     return storage.join(
@@ -131,8 +133,11 @@ def _segment_uri(
     )
 
 
-def plan(item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str) -> list[dict[str, Any]]:
-    """One row per segment of a video (or one row with the reason it cannot be read)."""
+def plan(
+    item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str, precision: str = "fp32"
+) -> list[dict[str, Any]]:
+    """One row per segment of a video (or one row with the reason it cannot be read); a segment's file is named
+    by everything that shapes its frames, so a resumed run reuses only segments made the way it would make them."""
     base = {"rel": item["rel"], "uri": item["uri"], "offset": item["offset"], "size": item["size"], "out": item["out"]}
     try:
         info = probe(item)
@@ -154,7 +159,7 @@ def plan(item: dict[str, Any], options: VideoOptions, workers: int, model: str, 
             "open_start": s is None,
             "open_end": e is None,
             "info": _info_json(info),
-            "segment": _segment_uri(output, item, info, options, model, s, e),
+            "segment": _segment_uri(output, item, info, options, model, s, e, precision),
         }
         for k, (s, e) in enumerate(bounds)
     ]
@@ -345,7 +350,7 @@ def deblur_videos(
     # fused flat_map would hand all of a video's segments to one actor)
     planned = (
         ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000)))
-        .flat_map(plan, fn_args=(options, workers, model, output))
+        .flat_map(plan, fn_args=(options, workers, model, output, precision))
         .take_all()
     )
     failed: dict[str, str] = {r["rel"]: r["error"] for r in planned if r["error"]}
