@@ -259,7 +259,8 @@ def _deblur_images(
     ds = ds.map(
         ImageDeblurrer,
         fn_constructor_args=(options, output),
-        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+        # no more actors than images: each would start a process and load the engine for nothing
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(todo)))),
         num_gpus=gpus_per_worker or None,
         num_cpus=cpus_per_worker,
     )
