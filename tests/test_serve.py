@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -343,8 +345,18 @@ def test_upload_page_in_headless_chromium(endpoint, real_photo, trained_checkpoi
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
     try:
-        driver.get(f"{endpoint}/open/")
-        assert driver.title == "deblur"
+        # a loaded 2-core CI machine once gave an untitled page here (an ingress error page, as far as can be told):
+        # a user would reload, so the test does too, twice at most, and says what it got
+        got = []
+        for _ in range(3):
+            driver.get(f"{endpoint}/open/")
+            if driver.title == "deblur":
+                break
+            got.append(driver.page_source[:300])
+            time.sleep(2)
+        assert driver.title == "deblur", got
+        if got:  # passed after a reload: shown in the warnings summary, not hidden
+            warnings.warn(f"the upload page loaded after {len(got)} reload(s); first answers: {got}")
         driver.find_element(By.ID, "file").send_keys(str(photo))
         driver.find_element(By.ID, "go").click()
         try:
