@@ -6,9 +6,12 @@ local cluster when there is one, and otherwise starts a private instance on loop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import warnings
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +129,47 @@ def init_ray(
 
     write_ray_address(ray.get_runtime_context().gcs_address)
     return "local"
+
+
+class WorkerStartError(ValueError):
+    """An actor could not start on a worker: its constructor raised (an engine that worker cannot load)."""
+
+
+@contextlib.contextmanager
+def actor_start_errors(what: str) -> Iterator[None]:
+    """Ray reports an actor whose constructor raised as an `ActorDiedError` that carries the remote traceback as
+    text, after logging it from every actor. The jobs end on one line naming the cause instead: bf16 on a worker
+    without AMX, TensorRT missing where the actors landed, a model the workers cannot read."""
+    import ray
+
+    try:
+        yield
+    except ray.exceptions.ActorDiedError as e:
+        if not e.actor_init_failed:
+            raise
+        raise WorkerStartError(f"{what} could not start on a worker: {error_line(e.error_msg)}") from None
+
+
+def error_line(traceback_text: str) -> str:
+    """The `Type: message` line that ends a remote traceback Ray hands over as text (colour codes removed)."""
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", traceback_text).splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = re.match(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit)): (.+)$", line.strip())
+        if found:
+            return f"{found[1]}: {found[2]}"
+    return lines[-1].strip() if lines else "unknown error"
+
+
+def check_actors_fit(wanted: dict[str, tuple[str, float]]) -> None:
+    """Refuse actors bigger than a Ray this job started on this machine: with no autoscaler to add a node they
+    would wait forever (Ray only warns that the job may hang). `wanted`: {"CPU": ("--cpus-per-worker", 1.0)}."""
+    import ray
+
+    have = ray.cluster_resources()
+    for resource, (flag, amount) in wanted.items():
+        if amount > have.get(resource, 0):
+            has = have.get(resource, 0)
+            raise ValueError(
+                f"{flag} {amount:g}: more than this machine's Ray has ({has:g} {resource}{'s' if has != 1 else ''}),"
+                " so it would wait forever; join a cluster that has them (RAY_ADDRESS or `ray job submit`)"
+            )

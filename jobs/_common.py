@@ -70,6 +70,20 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def start_ray(engine: str, precision: str, cpus: tuple[str, float], gpus: tuple[str, float]) -> str:
+    """Join or start Ray (`deblur.ray_env.init_ray`). A Ray started here has no autoscaler and runs every actor
+    on this machine, so actors it could never place, or an engine this hardware refuses, are one line now
+    rather than a hang or a traceback from every actor. `cpus`/`gpus`: (flag, amount per actor)."""
+    from deblur.inference import check_engine_here
+    from deblur.ray_env import check_actors_fit, init_ray
+
+    where = init_ray()
+    if where == "local":
+        check_actors_fit({"CPU": cpus, "GPU": gpus})
+        check_engine_here(engine, precision, gpus[1])
+    return where
+
+
 def default_workers(args: argparse.Namespace) -> int:
     """--workers, or one actor per GPU (GPU clusters) or per `--cpus-per-worker` CPUs: single-threaded actors
     on every core keep the cores busy while others decode and encode."""

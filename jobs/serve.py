@@ -40,11 +40,14 @@ def main(argv: list[str] | None) -> int:
     from ray import serve
 
     from deblur.inference import check_engine_request
-    from deblur.serve.app import build_app, start
+    from deblur.serve.app import build_app, run, start
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
-    check_engine_request(args.model, args.engine, args.precision)  # and so is a wrong model path
+    check_engine_request(args.model, args.engine, args.precision, gpus=args.num_gpus)  # and a wrong model path
+    _common.start_ray(
+        args.engine, args.precision, cpus=("--num-cpus", args.num_cpus or 0), gpus=("--num-gpus", args.num_gpus)
+    )
     env = start(args.host, args.port, args.request_timeout_s)
     app = build_app(
         {
@@ -59,7 +62,7 @@ def main(argv: list[str] | None) -> int:
             "batch_wait_timeout_s": args.batch_wait_ms / 1000,
         }
     )
-    serve.run(app, name="deblur", route_prefix="/")
+    run(app)
     haproxy = env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ingress = "HAProxy" if haproxy else "Serve's proxy"
     print(f"serving {args.model} at http://{args.host}:{args.port}/ through {ingress} (docs at /docs); Ctrl-C stops")

@@ -52,13 +52,12 @@ def main(argv: list[str] | None) -> int:
 
     from deblur import storage
     from deblur.inference import check_engine_request
-    from deblur.ray_env import init_ray
     from deblur.video import deblur_file, drop_leftovers
 
     storage.set_s3_endpoint(args.s3_endpoint)
     if not storage.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
-    check_engine_request(args.model, args.engine, args.precision)
+    check_engine_request(args.model, args.engine, args.precision, gpus=args.gpus_per_worker)
     folder, name = posixpath.split(args.output)
     if not storage.is_remote(args.output):  # what a run killed mid-write leaves: never under the final name
         for partial in glob.glob(glob.escape(args.output) + ".tmp-*"):
@@ -67,7 +66,12 @@ def main(argv: list[str] | None) -> int:
         drop_leftovers(folder or ".", {name})  # segments of a run killed after its join
         print(f"{args.output} exists already: nothing to do (delete it to deblur again)")
         return 0
-    init_ray()
+    _common.start_ray(
+        args.engine,
+        args.precision,
+        cpus=("--cpus-per-worker", args.cpus_per_worker),
+        gpus=("--gpus-per-worker", args.gpus_per_worker),
+    )
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     r = deblur_file(
         args.input,

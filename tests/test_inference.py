@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -238,7 +239,7 @@ def test_a_model_that_bf16_would_change_is_refused_in_bf16():
 
 
 def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpoint, tmp_path):
-    from deblur.inference import check_engine_request
+    from deblur.inference import check_engine_here, check_engine_request
     from deblur.models.common import cpu_has_native_bf16
 
     checkpoint = str(trained_checkpoint)
@@ -266,6 +267,24 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
         check_engine_request(checkpoint, "onnxruntime", "fp16")
     with pytest.raises(EngineError, match="a checkpoint has no TensorRT engine"):
         check_engine_request(checkpoint, "tensorrt")
+    # a job that gives its workers no GPU runs them on CPUs (Ray hides the machine's GPUs from them)
+    check_engine_request(checkpoint, "torch", "fp16", gpus=1)
+    with pytest.raises(EngineError, match="fp16 inference needs a GPU and the workers are given none"):
+        check_engine_request(checkpoint, "torch", "fp16", gpus=0)
+    with pytest.raises(EngineError, match="TensorRT needs a GPU and the workers are given none"):
+        check_engine_request(str(compiled), "tensorrt", gpus=0)
+    # and where the workers are this machine (a Ray the job started), its hardware answers too
+    check_engine_here("auto", "fp32", 0)
+    with pytest.raises(EngineError, match="fp16 inference needs a GPU"):
+        check_engine_here("torch", "fp16", 0)
+    if cpu_has_native_bf16():
+        check_engine_here("torch", "bf16", 0)
+    else:
+        with pytest.raises(EngineError, match="AMX"):
+            check_engine_here("torch", "bf16", 0)
+    if tensorrt_status() is not None:
+        with pytest.raises(EngineError, match=re.escape(tensorrt_status()[:20])):
+            check_engine_here("tensorrt", "fp32", 1)
     # a compiled folder from elsewhere: fine for ONNX Runtime, but its torch engine needs the checkpoint it names
     moved = tmp_path / "moved"
     shutil.copytree(compiled, moved)

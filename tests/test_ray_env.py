@@ -2,7 +2,7 @@
 
 import socket
 
-from deblur.ray_env import _local_cluster_alive, job_runtime_env
+from deblur.ray_env import _local_cluster_alive, error_line, job_runtime_env
 
 from conftest import free_port
 
@@ -41,3 +41,21 @@ def test_a_job_gets_a_runtime_env_only_where_its_workers_need_one(monkeypatch):
     env = job_runtime_env(joining=False, quiet_workers=True, log_level="INFO")
     assert env["worker_process_setup_hook"] == "deblur.ray_env.quiet_ray_libraries"
     assert env["env_vars"] == {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DEBLUR_RAY_LOG_LEVEL": "INFO"}
+
+
+def test_the_cause_is_read_from_a_remote_traceback():
+    """Ray hands an actor's constructor error over as text (colour codes, chained tracebacks); the jobs show its
+    last `Type: message` line."""
+    text = (
+        "\x1b[36mray::MapWorker(Map(ImageDeblurrer)).__init__()\x1b[39m (pid=1, ip=127.0.0.1)\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise KeyError(1)\nKeyError: 1\n\n'
+        "During handling of the above exception, another exception occurred:\n\n"
+        '  File "load.py", line 9, in load_engine\n'
+        "deblur.inference.engine.EngineError: s3://b/m.pt: checkpoint not found: x: y\n\n"
+    )
+    assert error_line(text) == "EngineError: s3://b/m.pt: checkpoint not found: x: y"
+    assert error_line("the actor died unexpectedly before finishing this task\n") == (
+        "the actor died unexpectedly before finishing this task"
+    )
+    assert error_line("") == "unknown error"

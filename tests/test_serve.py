@@ -449,3 +449,24 @@ def test_replicas_are_sized_to_the_nodes(args, nodes, expected):
 
     a = sized_to_nodes(AppArgs.parse(args), nodes)
     assert (a.num_cpus, a.max_replicas) == expected
+
+
+def test_replicas_that_cannot_start_are_one_error(endpoint, trained_checkpoint):
+    """A deployment whose replicas raise in their constructor (here fp16 on a CPU-only replica): Serve says only
+    "Failed to update the deployments"; `deblur.serve.app.run` names the cause. The running apps are untouched."""
+    from ray import serve
+
+    from deblur.ray_env import WorkerStartError
+    from deblur.serve.app import build_app, run
+
+    app = build_app(
+        {"model": str(trained_checkpoint), "engine": "torch", "precision": "fp16", "num_cpus": 0.5, "max_replicas": 1}
+    )
+    try:
+        with pytest.raises(
+            WorkerStartError, match="^the endpoint could not start: EngineError: fp16 inference needs a GPU"
+        ):
+            run(app, name="broken", route_prefix="/broken")
+    finally:
+        serve.delete("broken")
+    assert requests.get(f"{endpoint}/open/healthz", timeout=30).status_code == 200

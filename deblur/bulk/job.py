@@ -26,6 +26,7 @@ from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, 
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
+from ..ray_env import actor_start_errors
 from ..video import VideoOptions
 from .sources import list_inputs, read_input
 
@@ -264,7 +265,10 @@ def _deblur_images(
         num_gpus=gpus_per_worker or None,
         num_cpus=cpus_per_worker,
     )
-    with tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar:
+    with (
+        actor_start_errors("the engine"),
+        tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar,
+    ):
         for row in ds.iter_rows():
             started = float(row["started"])
             tally["first_started"] = min(tally["first_started"] or started, started)

@@ -15,7 +15,7 @@ from ..metrics import LPIPS, describe_convention
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
-from ..ray_env import init_ray
+from ..ray_env import actor_start_errors, init_ray
 from .protocols import PROTOCOLS, describe
 from .report import keys_to_show, real_photo_grids, training_curves, write_report
 from .scoring import Scorer, score_locally, summarise
@@ -120,5 +120,6 @@ def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> 
             super().__init__(factory, o.out, o.protocol, metric)
 
     ds = source.ray_dataset().map(RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers))
-    records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
+    with actor_start_errors("the scorer (engine and LPIPS)"):
+        records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
     return sorted(records, key=lambda r: str(r["key"]))

@@ -2,7 +2,16 @@
 `load_engine` (load.py) picks the fastest one a machine can run for a model reference."""
 
 from .engine import Engine, EngineError, EngineInfo, cpu_threads
-from .load import BACKENDS, COMPILE_FILE, ONNX_FILE, PRECISIONS, check_engine_choice, check_engine_request, load_engine
+from .load import (
+    BACKENDS,
+    COMPILE_FILE,
+    ONNX_FILE,
+    PRECISIONS,
+    check_engine_choice,
+    check_engine_here,
+    check_engine_request,
+    load_engine,
+)
 from .tiling import run_tiled
 
 __all__ = [
@@ -14,6 +23,7 @@ __all__ = [
     "EngineError",
     "EngineInfo",
     "check_engine_choice",
+    "check_engine_here",
     "check_engine_request",
     "load_engine",
     "cpu_threads",

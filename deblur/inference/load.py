@@ -51,12 +51,25 @@ def load_engine(
     return _checkpoint_engine(model_uri, backend, device, threads, precision)
 
 
-def check_engine_request(model_uri: str, backend: str = "auto", precision: str = "fp32") -> None:
+def check_engine_request(
+    model_uri: str, backend: str = "auto", precision: str = "fp32", gpus: float | None = None
+) -> None:
     """What `load_engine` would refuse that needs neither the model loaded nor the hardware known: unknown
-    names, ONNX Runtime asked for reduced precision, a reference that names no model. The jobs check it in
-    their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts instead
-    of a traceback from every actor. Whether TensorRT or bf16 runs where the actors land is theirs to say."""
+    names, ONNX Runtime asked for reduced precision, a reference that names no model, and (`gpus=0`: the job
+    gives its actors no GPU, so Ray hides the machine's from them) fp16 or TensorRT on a CPU. The jobs check it
+    in their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts instead
+    of a traceback from every actor. Whether TensorRT or bf16 runs where the actors land is theirs to say
+    (`check_engine_here` where that is this machine)."""
     check_engine_choice(backend, precision)
+    if gpus == 0 and (precision == "fp16" or backend == "tensorrt"):
+        what, instead = (
+            ("fp16 inference", "bf16 (a CPU with AMX or AVX512-BF16) or fp32")
+            if precision == "fp16"
+            else ("TensorRT", "engine auto (ONNX Runtime on a CPU)")
+        )
+        raise EngineError(
+            f"{what} needs a GPU and the workers are given none: ask for one per worker, or use {instead}"
+        )
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)
@@ -72,6 +85,17 @@ def check_engine_request(model_uri: str, backend: str = "auto", precision: str =
         resolve_checkpoint(model_uri)
     except CheckpointError as e:
         raise EngineError(str(e)) from None
+
+
+def check_engine_here(backend: str, precision: str, gpus: float) -> None:
+    """What this machine's hardware refuses (bf16 on a CPU that would emulate it, TensorRT not installed), for a
+    job whose actors all run here (a Ray it started itself): one line now, not a traceback from every actor."""
+    if not gpus:
+        from .torch_engine import check_cpu_precision
+
+        check_cpu_precision(precision)
+    elif backend == "tensorrt" and (why := tensorrt_status()):
+        raise EngineError(why)
 
 
 def check_engine_choice(backend: str, precision: str) -> None:

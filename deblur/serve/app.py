@@ -28,6 +28,7 @@ from ray import serve
 from ..imagefile import BadImage, decode, encode, output_format
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..options import Strict
+from ..ray_env import WorkerStartError, error_line
 from .limits import Limits, RequestError, check_content_type
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -312,6 +313,20 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
         a.token_file,
         a.precision,
     )
+
+
+def run(app: serve.Application, name: str = "deblur", route_prefix: str = "/") -> None:
+    """`serve.run`, with a deployment whose replicas cannot start (their constructor raised: a model or engine
+    that node cannot load) reported as one line naming the cause. Serve itself raises "Failed to update the
+    deployments" and leaves the cause in `serve.status()`."""
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix)
+    except RuntimeError:
+        status = serve.status().applications.get(name)
+        failed = [d.message for d in status.deployments.values() if d.status == "DEPLOY_FAILED"] if status else []
+        if not failed:
+            raise
+        raise WorkerStartError(f"the endpoint could not start: {error_line(failed[0])}") from None
 
 
 app = build_app(AppArgs())

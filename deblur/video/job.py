@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .. import storage
 from ..inference import load_engine
 from ..options import Strict
+from ..ray_env import actor_start_errors
 from .media import (
     CODECS,
     PRESETS,
@@ -388,7 +389,10 @@ def deblur_videos(
             num_gpus=gpus_per_worker or None,
             num_cpus=cpus_per_worker,
         )
-        with tqdm(total=len(segments), desc="video segments", unit="seg", disable=not progress) as bar:
+        with (
+            actor_start_errors("the engine"),
+            tqdm(total=len(segments), desc="video segments", unit="seg", disable=not progress) as bar,
+        ):
             for row in ds.iter_rows():
                 bar.update(1)
                 rel = row["rel"]
