@@ -135,41 +135,54 @@ class WorkerStartError(ValueError):
     """An actor could not start on a worker: its constructor raised (an engine that worker cannot load)."""
 
 
+def worker_device() -> str | None:
+    """ "cpu" in a Ray worker the scheduler gave no GPU, else None (the engine picks). Ray 2.60 no longer hides a
+    machine's GPUs from such a worker (ray-project/ray#54868), so torch and ONNX Runtime would put every CPU
+    actor of a GPU machine on GPU 0, which the scheduler never gave them. Called in actors' constructors."""
+    import ray
+
+    return "cpu" if ray.is_initialized() and not ray.get_gpu_ids() else None
+
+
 @contextlib.contextmanager
 def actor_start_errors(what: str) -> Iterator[None]:
-    """Ray reports an actor whose constructor raised as an `ActorDiedError` that carries the remote traceback as
+    """Ray reports an actor whose constructor raised as a `RayActorError` that carries the remote traceback as
     text, after logging it from every actor. The jobs end on one line naming the cause instead: bf16 on a worker
     without AMX, TensorRT missing where the actors landed, a model the workers cannot read."""
     import ray
 
     try:
         yield
-    except ray.exceptions.ActorDiedError as e:
-        if not e.actor_init_failed:
+    except ray.exceptions.RayActorError as e:
+        if not e.actor_init_failed:  # died later (a crash, out of memory): Ray's own error says more
             raise
         raise WorkerStartError(f"{what} could not start on a worker: {error_line(e.error_msg)}") from None
 
 
 def error_line(traceback_text: str) -> str:
-    """The `Type: message` line that ends a remote traceback Ray hands over as text (colour codes removed)."""
+    """`Type: message` of the exception that ends a traceback Ray hands over as text: the first line after the
+    last frame (its source and caret lines are indented), the type without its module, colour codes removed."""
     lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", traceback_text).splitlines() if line.strip()]
-    for line in reversed(lines):
-        found = re.match(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit)): (.+)$", line.strip())
-        if found:
-            return f"{found[1]}: {found[2]}"
-    return lines[-1].strip() if lines else "unknown error"
+    frames = [i for i, line in enumerate(lines) if re.match(r'^\s+File "', line)]
+    after = [line for line in lines[frames[-1] + 1 :] if not line[0].isspace()] if frames else []
+    line = (after or lines or ["unknown error"])[0 if after else -1].strip()
+    kind, sep, message = line.partition(": ")
+    if re.fullmatch(r"[\w.]+", kind):
+        return kind.rsplit(".", 1)[-1] + sep + message
+    return line
 
 
 def check_actors_fit(wanted: dict[str, tuple[str, float]]) -> None:
     """Refuse actors bigger than a Ray this job started on this machine: with no autoscaler to add a node they
-    would wait forever (Ray only warns that the job may hang). `wanted`: {"CPU": ("--cpus-per-worker", 1.0)}."""
+    would wait forever (Ray only warns that the job may hang). `wanted`: resource → (what asks, how much in all),
+    e.g. {"CPU": ("--cpus-per-worker 4", 4.0)}."""
     import ray
 
     have = ray.cluster_resources()
-    for resource, (flag, amount) in wanted.items():
-        if amount > have.get(resource, 0):
-            has = have.get(resource, 0)
+    for resource, (what, amount) in wanted.items():
+        has = have.get(resource, 0)
+        if amount > has:
             raise ValueError(
-                f"{flag} {amount:g}: more than this machine's Ray has ({has:g} {resource}{'s' if has != 1 else ''}),"
+                f"{what}: more than this machine's Ray has ({has:g} {resource}{'s' if has != 1 else ''}),"
                 " so it would wait forever; join a cluster that has them (RAY_ADDRESS or `ray job submit`)"
             )

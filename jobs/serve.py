@@ -44,9 +44,13 @@ def main(argv: list[str] | None) -> int:
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
-    check_engine_request(args.model, args.engine, args.precision, gpus=args.num_gpus)  # and a wrong model path
+    check_engine_request(args.model, args.engine, args.precision, args.num_gpus, "--num-gpus")  # a wrong path too
     _common.start_ray(
-        args.engine, args.precision, cpus=("--num-cpus", args.num_cpus or 0), gpus=("--num-gpus", args.num_gpus)
+        args.engine,
+        args.precision,
+        cpus=("--num-cpus", args.num_cpus),  # None: a node's CPUs each (sized_to_nodes)
+        gpus=("--num-gpus", args.num_gpus),
+        at_once=("--min-replicas", args.min_replicas),  # serve.run waits until they all run
     )
     env = start(args.host, args.port, args.request_timeout_s)
     app = build_app(

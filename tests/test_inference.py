@@ -273,6 +273,13 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
         check_engine_request(checkpoint, "torch", "fp16", gpus=0)
     with pytest.raises(EngineError, match="TensorRT needs a GPU and the workers are given none"):
         check_engine_request(str(compiled), "tensorrt", gpus=0)
+    # an actor given no GPU asks for the CPU (deblur.ray_env.worker_device): never TensorRT, ONNX Runtime in fp32
+    info = load_engine(str(compiled), device="cpu").info
+    assert (info.backend, info.device) == ("onnxruntime", "cpu")
+    info = load_engine(checkpoint, device="cpu").info
+    assert (info.backend, info.device) == ("onnxruntime", "cpu")
+    with pytest.raises(EngineError, match="TensorRT needs a GPU, and this engine was asked to run on the CPU"):
+        load_engine(str(compiled), "tensorrt", device="cpu")
     # and where the workers are this machine (a Ray the job started), its hardware answers too
     check_engine_here("auto", "fp32", 0)
     with pytest.raises(EngineError, match="fp16 inference needs a GPU"):

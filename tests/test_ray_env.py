@@ -1,10 +1,18 @@
 """Joining Ray: a stale record of a cluster that is gone means "start a local Ray", never a hang."""
 
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+
+import pytest
 
 from deblur.ray_env import _local_cluster_alive, error_line, job_runtime_env
 
-from conftest import free_port
+from conftest import ROOT, free_port
 
 
 def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
@@ -59,3 +67,71 @@ def test_the_cause_is_read_from_a_remote_traceback():
         "the actor died unexpectedly before finishing this task"
     )
     assert error_line("") == "unknown error"
+    chained = (  # the last exception is the cause, whatever its type is called, without its module
+        'Traceback (most recent call last):\n  File "a.py", line 1, in f\n    open(x)\n'
+        "FileNotFoundError: [Errno 2] nope\n\nDuring handling of the above exception, another exception occurred:\n\n"
+        'Traceback (most recent call last):\n  File "b.py", line 3, in g\n    raise Missing(msg)\n    ^^^^^\n'
+        "deblur.pretrained.PretrainedWeightsMissing: LPIPS weights: not cached\n  see the README\n"
+    )
+    assert error_line(chained) == "PretrainedWeightsMissing: LPIPS weights: not cached"
+    assert error_line('  File "x.py", line 1\n    raise E()\ndeblur.inference.engine.EngineError\n') == "EngineError"
+
+
+def test_a_worker_given_no_gpu_runs_on_the_cpu(ray_session):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor given no GPU (ray#54868); the engines' actors ask
+    `worker_device` and stay on the CPU instead of all landing on GPU 0 of a GPU machine."""
+    from deblur.ray_env import worker_device
+
+    assert ray_session.get(ray_session.remote(num_cpus=0)(worker_device).remote()) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "job,args,expected",
+    [
+        ("bulk.py", ["--cpus-per-worker", "{many}"], "--cpus-per-worker {many}"),
+        ("video.py", ["--gpus-per-worker", "{many}"], "--gpus-per-worker {many}"),
+        ("serve.py", ["--min-replicas", "2"], "--min-replicas 2 × --num-cpus {cores}"),  # a node's CPUs each
+    ],
+)
+def test_what_a_ray_started_here_never_has_is_one_line(job, args, expected, trained_checkpoint, tmp_path):
+    """A Ray the job starts itself has no autoscaler: actors asking for more CPUs or GPUs than the machine has,
+    or more Serve replicas than fit, used to wait forever while Ray warned that the job "may hang"; now the job
+    stops with one line, and leaves no Ray behind."""
+    import av
+    import numpy as np
+
+    clip = tmp_path / "clip.mp4"  # the inputs must exist: the jobs check them first
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("h264", rate=10)
+        stream.width = stream.height = 64
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    cores, many = os.cpu_count() or 1, (os.cpu_count() or 1) * 8
+    inputs = {
+        "bulk.py": ["--input", str(tmp_path), "--output", str(tmp_path / "o")],
+        "video.py": [str(clip), str(tmp_path / "o.mp4")],
+        "serve.py": ["--port", str(free_port())],
+    }[job]
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # its own: no cluster record to join; a short socket path
+    cmd = [sys.executable, f"jobs/{job}", *inputs, "--model", str(trained_checkpoint)]
+    cmd += [a.format(many=many) for a in args]
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"{job} waited instead of refusing: {err[-2000:]}")
+    finally:
+        left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not left, f"the job's own Ray is still running: {left}"
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    want = expected.format(many=many, cores=cores)
+    assert err.strip().splitlines()[-1].startswith(f"error: {want}: more than this machine's Ray has ("), err

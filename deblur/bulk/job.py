@@ -26,7 +26,7 @@ from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, 
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
-from ..ray_env import actor_start_errors
+from ..ray_env import WorkerStartError, actor_start_errors, worker_device
 from ..video import VideoOptions
 from .sources import list_inputs, read_input
 
@@ -105,7 +105,9 @@ class ImageDeblurrer:
 
     def __init__(self, options: Options, output: str):
         self.options, self.output = options, output
-        self.engine = load_engine(options.model, options.engine, threads=options.threads, precision=options.precision)
+        self.engine = load_engine(
+            options.model, options.engine, worker_device(), threads=options.threads, precision=options.precision
+        )
         info = self.engine.info
         self.engine_name = f"{info.backend} {info.precision} ({info.device})"
 
@@ -312,6 +314,8 @@ def _deblur_videos(
             progress,
             precision=options.precision,
         )
+    except WorkerStartError:
+        raise  # the engine cannot load on the workers: one line for the whole job, as for the images
     except Exception as e:
         return {
             "done": 0,

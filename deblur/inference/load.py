@@ -52,24 +52,26 @@ def load_engine(
 
 
 def check_engine_request(
-    model_uri: str, backend: str = "auto", precision: str = "fp32", gpus: float | None = None
+    model_uri: str,
+    backend: str = "auto",
+    precision: str = "fp32",
+    gpus: float | None = None,
+    gpus_flag: str = "--gpus-per-worker",
 ) -> None:
     """What `load_engine` would refuse that needs neither the model loaded nor the hardware known: unknown
-    names, ONNX Runtime asked for reduced precision, a reference that names no model, and (`gpus=0`: the job
-    gives its actors no GPU, so Ray hides the machine's from them) fp16 or TensorRT on a CPU. The jobs check it
-    in their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts instead
-    of a traceback from every actor. Whether TensorRT or bf16 runs where the actors land is theirs to say
-    (`check_engine_here` where that is this machine)."""
+    names, ONNX Runtime asked for reduced precision, a reference that names no model, and fp16 or TensorRT for
+    workers the job gives no GPU (`gpus=0`: they run on CPUs, `deblur.ray_env.worker_device`). The jobs check
+    it in their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts
+    instead of a traceback from every actor. Whether TensorRT or bf16 runs where the actors land is theirs to
+    say (`check_engine_here` where that is this machine)."""
     check_engine_choice(backend, precision)
     if gpus == 0 and (precision == "fp16" or backend == "tensorrt"):
         what, instead = (
             ("fp16 inference", "bf16 (a CPU with AMX or AVX512-BF16) or fp32")
             if precision == "fp16"
-            else ("TensorRT", "engine auto (ONNX Runtime on a CPU)")
+            else ("TensorRT", "--engine auto")
         )
-        raise EngineError(
-            f"{what} needs a GPU and the workers are given none: ask for one per worker, or use {instead}"
-        )
+        raise EngineError(f"{what} needs a GPU and the workers are given none: {gpus_flag} 1, or use {instead}")
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)
@@ -90,11 +92,11 @@ def check_engine_request(
 def check_engine_here(backend: str, precision: str, gpus: float) -> None:
     """What this machine's hardware refuses (bf16 on a CPU that would emulate it, TensorRT not installed), for a
     job whose actors all run here (a Ray it started itself): one line now, not a traceback from every actor."""
-    if not gpus:
+    if not gpus and precision != "fp32":  # fp32 runs on any CPU (and needs no torch import here)
         from .torch_engine import check_cpu_precision
 
         check_cpu_precision(precision)
-    elif backend == "tensorrt" and (why := tensorrt_status()):
+    elif gpus and backend == "tensorrt" and (why := tensorrt_status()):
         raise EngineError(why)
 
 
@@ -118,8 +120,10 @@ def _compiled_engine(
     has_plan = (local / PLAN).is_file()
     if backend == "auto":
         fallback = "onnxruntime" if precision == "fp32" else "torch"  # ORT runs the fp32 graph only
-        backend = "tensorrt" if has_plan and tensorrt_status() is None else fallback
+        backend = "tensorrt" if has_plan and device != "cpu" and tensorrt_status() is None else fallback
     if backend == "tensorrt":
+        if device == "cpu":
+            raise EngineError("TensorRT needs a GPU, and this engine was asked to run on the CPU")
         if not has_plan:
             raise _no_plan(model_uri, summary)
         return TensorRTEngine(local / PLAN, multiple, model_hash)
@@ -160,7 +164,8 @@ def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads
         raise EngineError(str(e)) from None
     if backend == "auto":
         cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
-        backend = "onnxruntime" if (cuda_ort or not cuda_available()) and precision == "fp32" else "torch"
+        on_cpu = device == "cpu" or not cuda_available()
+        backend = "onnxruntime" if (cuda_ort or on_cpu) and precision == "fp32" else "torch"
     if backend == "tensorrt":
         raise _no_plan_for_checkpoint(model_uri)
     onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE

@@ -24,11 +24,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import Field, model_validator
 from ray import serve
+from ray.serve.schema import DeploymentStatus
 
 from ..imagefile import BadImage, decode, encode, output_format
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..options import Strict
-from ..ray_env import WorkerStartError, error_line
+from ..ray_env import WorkerStartError, error_line, worker_device
 from .limits import Limits, RequestError, check_content_type
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -63,7 +64,7 @@ class DeblurEndpoint:
         precision: str = "fp32",
     ):
         self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
-        self.engine = load_engine(model, engine, threads=threads, precision=precision)
+        self.engine = load_engine(model, engine, worker_device(), threads=threads, precision=precision)
         self.model = model
         self.batch_sizes: Counter = Counter()
         self._batched.set_max_batch_size(max_batch_size)
@@ -323,7 +324,9 @@ def run(app: serve.Application, name: str = "deblur", route_prefix: str = "/") -
         serve.run(app, name=name, route_prefix=route_prefix)
     except RuntimeError:
         status = serve.status().applications.get(name)
-        failed = [d.message for d in status.deployments.values() if d.status == "DEPLOY_FAILED"] if status else []
+        if status is None:
+            raise
+        failed = [d.message for d in status.deployments.values() if d.status == DeploymentStatus.DEPLOY_FAILED]
         if not failed:
             raise
         raise WorkerStartError(f"the endpoint could not start: {error_line(failed[0])}") from None

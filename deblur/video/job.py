@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .. import storage
 from ..inference import load_engine
 from ..options import Strict
-from ..ray_env import actor_start_errors
+from ..ray_env import actor_start_errors, worker_device
 from .media import (
     CODECS,
     PRESETS,
@@ -176,7 +176,7 @@ class SegmentDeblurrer:
     def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions, precision: str = "fp32"):
 
         self.options = options
-        self.engine = load_engine(model, engine, threads=threads, precision=precision)
+        self.engine = load_engine(model, engine, worker_device(), threads=threads, precision=precision)
         self.stabiliser = Stabiliser() if options.temporal else None
         self.threads = threads or 0
 
