@@ -7,7 +7,7 @@ report with comparison grids and training curves.
   python jobs/evaluate.py --checkpoint model/ --dataset realblur --root /data/RealBlur --protocol realblur --out r/
   python jobs/evaluate.py --checkpoint ckpt.pt --data ./my_pairs --out report/      # my_pairs/{blur,sharp}/
   python jobs/evaluate.py --data runs/data/sample --real ../shared/data/realblur/lai-real --out report/  # the shipped model
-  ray job submit --working-dir . -- python jobs/evaluate.py ... --workers 8           # spread over the cluster
+  ray job submit --working-dir . -- python jobs/evaluate.py ... --workers 8 [--gpus-per-worker 1]  # over the cluster
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="without ImageNet weights, compute LPIPS on random AlexNet features (labelled; not comparable)",
     )
     p.add_argument("--workers", type=int, default=0, help="N > 0: score on N Ray actors (Ray Data)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0: they run on CPUs)")
     p.add_argument("--limit", type=int, help="score only the first N pairs")
     p.add_argument(
         "--real",
@@ -74,6 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 "lpips_weights": args.lpips_weights,
                 "lpips_random": args.lpips_random,
                 "workers": args.workers,
+                "gpus_per_worker": args.gpus_per_worker,
                 "limit": args.limit,
                 "progress": not args.no_progress,
                 "real": args.real,

@@ -91,6 +91,7 @@ def test_a_worker_given_no_gpu_runs_on_the_cpu(ray_session):
         ("bulk.py", ["--cpus-per-worker", "{many}"], "--cpus-per-worker {many}"),
         ("video.py", ["--gpus-per-worker", "{many}"], "--gpus-per-worker {many}"),
         ("serve.py", ["--min-replicas", "2"], "--min-replicas 2 × --num-cpus {cores}"),  # a node's CPUs each
+        ("evaluate.py", ["--workers", "1", "--gpus-per-worker", "{many}", "--no-lpips"], "--gpus-per-worker {many}"),
     ],
 )
 def test_what_a_ray_started_here_never_has_is_one_line(job, args, expected, trained_checkpoint, tmp_path):
@@ -98,6 +99,7 @@ def test_what_a_ray_started_here_never_has_is_one_line(job, args, expected, trai
     or more Serve replicas than fit, used to wait forever while Ray warned that the job "may hang"; now the job
     stops with one line, and leaves no Ray behind."""
     import av
+    import cv2
     import numpy as np
 
     clip = tmp_path / "clip.mp4"  # the inputs must exist: the jobs check them first
@@ -108,14 +110,20 @@ def test_what_a_ray_started_here_never_has_is_one_line(job, args, expected, trai
             frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    pairs = tmp_path / "pairs"  # a paired folder of one photo
+    for side in ("blur", "sharp"):
+        (pairs / side).mkdir(parents=True)
+        cv2.imwrite(str(pairs / side / "a.png"), np.full((64, 64, 3), 128, np.uint8))
     cores, many = os.cpu_count() or 1, (os.cpu_count() or 1) * 8
     inputs = {
         "bulk.py": ["--input", str(tmp_path), "--output", str(tmp_path / "o")],
         "video.py": [str(clip), str(tmp_path / "o.mp4")],
         "serve.py": ["--port", str(free_port())],
+        "evaluate.py": ["--data", str(pairs), "--out", str(tmp_path / "report")],
     }[job]
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # its own: no cluster record to join; a short socket path
-    cmd = [sys.executable, f"jobs/{job}", *inputs, "--model", str(trained_checkpoint)]
+    model = ["--checkpoint" if job == "evaluate.py" else "--model", str(trained_checkpoint)]
+    cmd = [sys.executable, f"jobs/{job}", *inputs, *model]
     cmd += [a.format(many=many) for a in args]
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
     proc = subprocess.Popen(

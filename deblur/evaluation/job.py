@@ -15,7 +15,7 @@ from ..metrics import LPIPS, describe_convention
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
-from ..ray_env import actor_start_errors, init_ray
+from ..ray_env import actor_start_errors, check_actors_fit, init_ray, worker_device
 from .protocols import PROTOCOLS, describe
 from .report import keys_to_show, real_photo_grids, training_curves, write_report
 from .scoring import Scorer, score_locally, summarise
@@ -51,6 +51,7 @@ class EvalOptions(Strict):
     lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
     lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")
     workers: int = Field(0, ge=0, description="N > 0: score on N Ray actors")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per actor (0: the actors run on CPUs)")
     limit: int | None = Field(None, ge=1)
     progress: bool = True
     real: str | None = Field(None, description="real blurred photos without a sharp truth, shown in the report")
@@ -71,8 +72,12 @@ def evaluate(
 
     `options` are EvalOptions' fields; `engine_factory` replaces `load_engine` (tests score reference engines)."""
     o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
-    factory = engine_factory or partial(load_engine, o.model, o.engine, precision=o.precision)
-    probe = factory()  # fail fast (and once) on a model that does not load
+    # actors given no GPU run on the CPU (`worker_device`): the probe, whose engine the report names, does too
+    on_cpu = o.workers > 0 and not o.gpus_per_worker
+    probe = (
+        engine_factory or partial(load_engine, o.model, o.engine, "cpu" if on_cpu else None, precision=o.precision)
+    )()
+    factory = engine_factory or partial(_worker_engine, o.model, o.engine, o.precision)
     folder_options = {"variant": o.variant} if o.dataset == "realblur" else {}
     source = open_source(o.data, o.dataset, o.root, o.split, o.limit, **folder_options)
     try:
@@ -110,16 +115,24 @@ def evaluate(
     return {"header": header, "summary": summary, "images": records, "files": files}
 
 
+def _worker_engine(model: str, engine: str, precision: str) -> Any:
+    """The engine on an evaluation actor: on the device Ray gave it (the CPU when it gave no GPU)."""
+    return load_engine(model, engine, worker_device(), precision=precision)
+
+
 def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> list[dict[str, Any]]:
     """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
-    init_ray()
+    if init_ray() == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
+        check_actors_fit({"GPU": (f"--gpus-per-worker {o.gpus_per_worker:g}", o.gpus_per_worker)})
 
     class RayScorer(Scorer):
         def __init__(self):
             metric = LPIPS("alex", o.lpips_weights, allow_random_weights=o.lpips_random) if o.lpips else None
             super().__init__(factory, o.out, o.protocol, metric)
 
-    ds = source.ray_dataset().map(RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers))
+    ds = source.ray_dataset().map(
+        RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers), num_gpus=o.gpus_per_worker or None
+    )
     with actor_start_errors("the scorer (engine and LPIPS)"):
         records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
     return sorted(records, key=lambda r: str(r["key"]))
