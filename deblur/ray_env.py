@@ -138,10 +138,12 @@ class WorkerStartError(ValueError):
 def worker_device() -> str | None:
     """ "cpu" in a Ray worker the scheduler gave no GPU, else None (the engine picks). Ray 2.60 no longer hides a
     machine's GPUs from such a worker (ray-project/ray#54868), so torch and ONNX Runtime would put every CPU
-    actor of a GPU machine on GPU 0, which the scheduler never gave them. Called in actors' constructors."""
+    actor of a GPU machine on GPU 0, which the scheduler never gave them. None in a driver (nothing assigns it
+    devices). Called in actors' constructors."""
     import ray
 
-    return "cpu" if ray.is_initialized() and not ray.get_gpu_ids() else None
+    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    return "cpu" if in_worker and not ray.get_gpu_ids() else None
 
 
 @contextlib.contextmanager

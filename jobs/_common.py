@@ -70,33 +70,23 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def start_ray(
-    engine: str,
-    precision: str,
-    cpus: tuple[str, float | None],
-    gpus: tuple[str, float],
-    at_once: tuple[str, int] = ("", 1),
-) -> str:
-    """Join or start Ray (`deblur.ray_env.init_ray`). A Ray started here has no autoscaler and runs every actor
+def check_local_ray(
+    engine: str, precision: str, cpus: tuple[str, float], gpus: tuple[str, float], at_once: tuple[str, int] = ("", 1)
+) -> None:
+    """For a Ray the job started itself (`init_ray()` said "local"): it has no autoscaler and runs every actor
     on this machine, so actors it could never place, or an engine this hardware refuses, are one line now
-    rather than a hang or a traceback from every actor. `cpus`/`gpus`: (flag, amount per actor; None: a whole
-    node's); `at_once`: (flag, actors that must all run before the job goes on: Serve's --min-replicas)."""
-    import ray
-
+    rather than a hang or a traceback from every actor. `cpus`/`gpus`: (flag, amount per actor); `at_once`:
+    (flag, actors that must all run before the job goes on: Serve's --min-replicas; one at least)."""
     from deblur.inference import check_engine_here
-    from deblur.ray_env import check_actors_fit, init_ray
+    from deblur.ray_env import check_actors_fit
 
-    where = init_ray()
-    if where == "local":
-        have, (count_flag, count) = ray.cluster_resources(), at_once
-        wanted = {}
-        for resource, (flag, amount) in (("CPU", cpus), ("GPU", gpus)):
-            amount = have.get(resource, 0) if amount is None else amount
-            what = f"{flag} {amount:g}" if count == 1 else f"{count_flag} {count} × {flag} {amount:g}"
-            wanted[resource] = (what, amount * count)
-        check_actors_fit(wanted)
-        check_engine_here(engine, precision, gpus[1])
-    return where
+    count_flag, count = at_once
+    wanted = {}
+    for resource, (flag, amount) in (("CPU", cpus), ("GPU", gpus)):
+        what = f"{flag} {amount:g}" if count <= 1 else f"{count_flag} {count} × {flag} {amount:g}"
+        wanted[resource] = (what, amount * max(count, 1))
+    check_actors_fit(wanted)
+    check_engine_here(engine, precision, gpus[1])
 
 
 def default_workers(args: argparse.Namespace) -> int:

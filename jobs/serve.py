@@ -40,18 +40,23 @@ def main(argv: list[str] | None) -> int:
     from ray import serve
 
     from deblur.inference import check_engine_request
-    from deblur.serve.app import build_app, run, start
+    from deblur.ray_env import init_ray
+    from deblur.serve.app import AppArgs, build_app, node_resources, run, sized_to_nodes, start
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
     check_engine_request(args.model, args.engine, args.precision, args.num_gpus, "--num-gpus")  # a wrong path too
-    _common.start_ray(
-        args.engine,
-        args.precision,
-        cpus=("--num-cpus", args.num_cpus),  # None: a node's CPUs each (sized_to_nodes)
-        gpus=("--num-gpus", args.num_gpus),
-        at_once=("--min-replicas", args.min_replicas),  # serve.run waits until they all run
-    )
+    if init_ray() == "local":
+        sized = sized_to_nodes(  # the replica's CPUs as the app will size them (unset: a node's, or its GPU share)
+            AppArgs(model=args.model, num_cpus=args.num_cpus, num_gpus=args.num_gpus), node_resources()
+        )
+        _common.check_local_ray(
+            args.engine,
+            args.precision,
+            cpus=("--num-cpus", sized.num_cpus),
+            gpus=("--num-gpus", args.num_gpus),
+            at_once=("--min-replicas", args.min_replicas),  # serve.run waits until they all run
+        )
     env = start(args.host, args.port, args.request_timeout_s)
     app = build_app(
         {

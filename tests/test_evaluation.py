@@ -12,6 +12,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from deblur import metrics
 from deblur.data import layouts, shards
@@ -298,6 +299,7 @@ def test_ray_data_scoring_matches_local(mcmaster_shards, trained_checkpoint, tmp
         lpips=False,
         progress=False,
         workers=2,
+        gpus_per_worker=0.5 if torch.cuda.is_available() else 0,  # where the local run is: the same numbers
     )
     assert [r["key"] for r in spread["images"]] == [r["key"] for r in local["images"]]
     assert [r["output_psnr"] for r in spread["images"]] == pytest.approx(
@@ -305,12 +307,15 @@ def test_ray_data_scoring_matches_local(mcmaster_shards, trained_checkpoint, tmp
     )
 
 
-@pytest.mark.parametrize("case", ["bad checkpoint", "empty folder"])
+@pytest.mark.parametrize("case", ["bad checkpoint", "empty folder", "fp16 on CPU actors"])
 def test_bad_inputs_are_one_line(case, mcmaster_shards, trained_checkpoint, tmp_path):
     if case == "bad checkpoint":
         bad = tmp_path / "model.pt"
         bad.write_bytes(b"garbage")
         args = ["--checkpoint", str(bad), "--data", mcmaster_shards]
+    elif case == "fp16 on CPU actors":  # actors given no GPU run on the CPU: refused before any model loads
+        args = ["--checkpoint", str(trained_checkpoint), "--data", mcmaster_shards, "--workers", "1"]
+        args += ["--precision", "fp16"]
     else:
         (tmp_path / "blur").mkdir()
         (tmp_path / "sharp").mkdir()
@@ -324,6 +329,11 @@ def test_bad_inputs_are_one_line(case, mcmaster_shards, trained_checkpoint, tmp_
     )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
-    assert (
-        ("model.pt" in res.stderr) if case == "bad checkpoint" else ("no" in res.stderr and str(tmp_path) in res.stderr)
-    )
+    if case == "fp16 on CPU actors":
+        assert "fp16 inference needs a GPU and the workers are given none: --gpus-per-worker 1" in res.stderr
+    else:
+        assert (
+            ("model.pt" in res.stderr)
+            if case == "bad checkpoint"
+            else ("no" in res.stderr and str(tmp_path) in res.stderr)
+        )

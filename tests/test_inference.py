@@ -273,13 +273,6 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
         check_engine_request(checkpoint, "torch", "fp16", gpus=0)
     with pytest.raises(EngineError, match="TensorRT needs a GPU and the workers are given none"):
         check_engine_request(str(compiled), "tensorrt", gpus=0)
-    # an actor given no GPU asks for the CPU (deblur.ray_env.worker_device): never TensorRT, ONNX Runtime in fp32
-    info = load_engine(str(compiled), device="cpu").info
-    assert (info.backend, info.device) == ("onnxruntime", "cpu")
-    info = load_engine(checkpoint, device="cpu").info
-    assert (info.backend, info.device) == ("onnxruntime", "cpu")
-    with pytest.raises(EngineError, match="TensorRT needs a GPU, and this engine was asked to run on the CPU"):
-        load_engine(str(compiled), "tensorrt", device="cpu")
     # and where the workers are this machine (a Ray the job started), its hardware answers too
     check_engine_here("auto", "fp32", 0)
     with pytest.raises(EngineError, match="fp16 inference needs a GPU"):
@@ -306,6 +299,26 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
     (moved / "compile.json").write_text("{not json")
     with pytest.raises(EngineError, match="compile.json: unreadable"):
         check_engine_request(str(moved))
+
+
+def test_an_engine_asked_for_the_cpu_stays_there_on_a_gpu_machine(compiled, trained_checkpoint, tmp_path, monkeypatch):
+    """A Ray actor given no GPU asks for the CPU (`deblur.ray_env.worker_device`: Ray 2.60 no longer hides the
+    GPUs from it). On a machine made to look like a GPU one with TensorRT (CUDA answers yes, TensorRT is usable,
+    the compiled folder has a plan), `auto` still picks ONNX Runtime on the CPU: never torch on CUDA, never the
+    plan; an explicit TensorRT is refused."""
+    import deblur.inference.load as load
+    from deblur.inference.tensorrt_engine import PLAN
+
+    monkeypatch.setattr(load, "cuda_available", lambda: True)
+    monkeypatch.setattr(load, "tensorrt_status", lambda: None)
+    folder = tmp_path / "compiled"
+    shutil.copytree(compiled, folder)
+    (folder / PLAN).write_bytes(b"not a plan: loading it would fail")
+    for ref in (str(folder), str(trained_checkpoint)):
+        info = load_engine(ref, device="cpu").info
+        assert (info.backend, info.device) == ("onnxruntime", "cpu"), ref
+    with pytest.raises(EngineError, match="TensorRT needs a GPU, and this engine was asked to run on the CPU"):
+        load_engine(str(folder), "tensorrt", device="cpu")
 
 
 def test_auto_picks_what_this_machine_has(compiled):

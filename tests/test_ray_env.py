@@ -83,6 +83,7 @@ def test_a_worker_given_no_gpu_runs_on_the_cpu(ray_session):
     from deblur.ray_env import worker_device
 
     assert ray_session.get(ray_session.remote(num_cpus=0)(worker_device).remote()) == "cpu"
+    assert worker_device() is None  # a driver: nothing assigned it devices, the engine picks
 
 
 @pytest.mark.parametrize(

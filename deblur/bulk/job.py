@@ -191,7 +191,7 @@ def deblur_archive(
     tally = _deblur_images(images, output, options, workers, gpus_per_worker, cpus_per_worker, progress)
     video_outputs = {it["out"] for it in items if video.is_video(it["rel"])}
     video.drop_leftovers(output, video_outputs - {v["out"] for v in videos})
-    clips = _deblur_videos(videos, output, options, workers, gpus_per_worker, cpus_per_worker, progress)
+    clips = _deblur_videos(videos, output, options, workers, gpus_per_worker, cpus_per_worker, progress, bool(images))
     errors = rejected + collisions + tally["errors"] + clips["errors"]
     _append_lines(output, ERRORS, errors)
     _append_lines(output, BLUR, tally["scores"])
@@ -297,9 +297,11 @@ def _deblur_videos(
     gpus_per_worker: float,
     cpus_per_worker: float,
     progress: bool,
+    images_ran: bool,
 ) -> dict[str, Any]:
     """The videos through `deblur.video`; a failure of the whole stage becomes one error row per video, so the
-    images' results and errors are still written."""
+    images' results and errors are still written (`images_ran`; without images, an engine the workers cannot
+    load ends the job on one line)."""
     try:
         return video.deblur_videos(
             videos,
@@ -314,9 +316,9 @@ def _deblur_videos(
             progress,
             precision=options.precision,
         )
-    except WorkerStartError:
-        raise  # the engine cannot load on the workers: one line for the whole job, as for the images
     except Exception as e:
+        if isinstance(e, WorkerStartError) and not images_ran:
+            raise  # no engine loads on the workers and nothing else ran: one line for the job, as for images
         return {
             "done": 0,
             "failed": len(videos),

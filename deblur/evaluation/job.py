@@ -10,7 +10,7 @@ import ray.data
 from pydantic import Field, model_validator
 
 from .. import storage
-from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
+from ..inference import BACKENDS, PRECISIONS, check_engine_choice, check_engine_request, load_engine
 from ..metrics import LPIPS, describe_convention
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
@@ -62,6 +62,8 @@ class EvalOptions(Strict):
         check_engine_choice(self.engine, self.precision)
         if not self.data and not (self.dataset and self.root):
             raise ValueError("give data (shards or a paired folder), or dataset with root")
+        if self.gpus_per_worker and not self.workers:
+            raise ValueError("gpus_per_worker is for the Ray actors: give workers too")
         return self
 
 
@@ -72,6 +74,11 @@ def evaluate(
 
     `options` are EvalOptions' fields; `engine_factory` replaces `load_engine` (tests score reference engines)."""
     o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
+    if o.workers:
+        if engine_factory is None:  # fp16 or TensorRT for actors given no GPU: one line now
+            check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
+        if init_ray() == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
+            check_actors_fit({"GPU": (f"--gpus-per-worker {o.gpus_per_worker:g}", o.gpus_per_worker)})
     # actors given no GPU run on the CPU (`worker_device`): the probe, whose engine the report names, does too
     on_cpu = o.workers > 0 and not o.gpus_per_worker
     probe = (
@@ -122,8 +129,6 @@ def _worker_engine(model: str, engine: str, precision: str) -> Any:
 
 def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> list[dict[str, Any]]:
     """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
-    if init_ray() == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
-        check_actors_fit({"GPU": (f"--gpus-per-worker {o.gpus_per_worker:g}", o.gpus_per_worker)})
 
     class RayScorer(Scorer):
         def __init__(self):
