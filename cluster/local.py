@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""A local multi-node Ray cluster on loopback: one head plus N worker raylets, each with its own resources.
+"""A local multi-node Ray cluster on one machine: one head plus N worker raylets, each with its own resources.
 
   python cluster/local.py start --workers 2          # prints RAY_ADDRESS for `ray job submit`
   python cluster/local.py status
   python cluster/local.py stop
 
-The same thing the tests use. Every process binds 127.0.0.1; the dashboard (and job API) too. Token
-auth is on: the token comes from $RAY_AUTH_TOKEN, else one is made and kept in `<state dir>/token`
-(mode 600) and never printed. Worker k gets a custom resource `node{k+2}`, so work can be pinned.
+The same thing the tests use. Every node is addressed through 127.0.0.1 and the dashboard (and job API)
+listens there only, but Ray 2.60 has the GCS and raylets listen on every interface: it resolves 127.0.0.1 to
+the machine's address unless multi-node mode is off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), which refuses the
+worker raylets. So token auth is on: the token comes from $RAY_AUTH_TOKEN, else one is made and kept in
+`<state dir>/token` (mode 600) and never printed. Worker k gets a custom resource `node{k+2}`, so work can be
+pinned.
 """
 
 from __future__ import annotations
@@ -207,7 +210,7 @@ def main() -> int:
     args = p.parse_args()
     if args.cmd == "start":
         info = start(args.workers, args.head_cpus, args.worker_cpus)
-        print(f"started {info['nodes']} nodes on loopback")
+        print(f"started {info['nodes']} nodes (addressed through 127.0.0.1)")
         print(f"export RAY_ADDRESS={info['dashboard_url']}   # for ray job submit")
         print(
             f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {STATE / 'token'})"

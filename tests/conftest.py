@@ -211,7 +211,7 @@ def local_cluster_module():
 
 
 class LocalCluster:
-    """A real multi-node Ray cluster on loopback, started by `cluster/local.py`: a head (2 CPUs, job API on
+    """A real multi-node Ray cluster on this machine (addressed through 127.0.0.1), started by `cluster/local.py`: a head (2 CPUs, job API on
     loopback) and two worker raylets (1 CPU each, custom resources `node2` and `node3`, so tests can place
     work). Ray's token auth is on, with a token made for this session (never printed). Tests connect with
     `ray.init(address=...)`; `ray job submit` talks to `dashboard_url`.
@@ -240,7 +240,7 @@ class LocalCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint, tmp_path_factory):
-    """The session's one Ray: a two-node cluster on loopback, started after the S3 env so nodes inherit it."""
+    """The session's one Ray: a three-raylet cluster on this machine, started after the S3 env so nodes inherit it."""
     import ray
 
     cluster = LocalCluster(tmp_path_factory.mktemp("ray"))

@@ -1,12 +1,15 @@
 """Joining Ray: a stale record of a cluster that is gone means "start a local Ray", never a hang."""
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +147,64 @@ def test_what_a_ray_started_here_never_has_is_one_line(job, args, expected, trai
     assert proc.returncode == 1 and "Traceback" not in err, err
     want = expected.format(many=many, cores=cores)
     assert err.strip().splitlines()[-1].startswith(f"error: {want}: more than this machine's Ray has ("), err
+
+
+LOCAL_RAY = """
+import sys
+from deblur.ray_env import init_ray
+print(init_ray(num_cpus=1), flush=True)
+sys.stdin.readline()
+"""
+
+
+def _descendants(root: int) -> set[int]:
+    """`root` and every process below it (Ray's GCS, raylet, dashboard and workers descend from the driver)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree, grew = tree | below, bool(below)
+    return tree
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
+def test_a_ray_the_job_starts_listens_on_loopback_only():
+    """`init_ray` starting a Ray of its own: the GCS, raylet, dashboard and workers listen on 127.0.0.1 only.
+    Ray turns "127.0.0.1" into the machine's reachable address and listens on every interface otherwise."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # its own: no cluster record to join; a short socket path
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_RAY],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "local"
+        time.sleep(3)  # the prestarted workers and the dashboard's agents come up just after
+        tree = _descendants(proc.pid)
+        listening = []
+        for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+            pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+            if pids & tree:
+                listening.append(line.split()[3])
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert len(listening) >= 4, listening  # GCS, raylet, dashboard, the driver's and workers' gRPC servers
+    hosts = {address.rsplit(":", 1)[0] for address in listening}
+    assert hosts <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, listening

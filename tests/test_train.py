@@ -1,4 +1,4 @@
-"""Training on a real Ray cluster (two raylets on loopback, token auth), storage local and on the S3 endpoint."""
+"""Training on a real Ray cluster (several raylets on this machine, token auth), storage local and on the S3 endpoint."""
 
 import json
 import os
