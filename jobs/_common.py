@@ -89,6 +89,20 @@ def check_local_ray(
     check_engine_here(engine, precision, gpus[1])
 
 
+def init_ray_for_workers(args: argparse.Namespace) -> None:
+    """`init_ray`, then, on a Ray of its own, `check_local_ray` with the actors' --cpus-per-worker and
+    --gpus-per-worker (the jobs whose actors take those flags: bulk, video)."""
+    from deblur.ray_env import init_ray
+
+    if init_ray() == "local":
+        check_local_ray(
+            args.engine,
+            args.precision,
+            cpus=("--cpus-per-worker", args.cpus_per_worker),
+            gpus=("--gpus-per-worker", args.gpus_per_worker),
+        )
+
+
 def default_workers(args: argparse.Namespace) -> int:
     """--workers, or one actor per GPU (GPU clusters) or per `--cpus-per-worker` CPUs: single-threaded actors
     on every core keep the cores busy while others decode and encode."""

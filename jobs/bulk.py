@@ -90,18 +90,11 @@ def main(argv: list[str] | None) -> int:
     from deblur.bulk import deblur_archive
     from deblur.bulk.sources import check_input
     from deblur.inference import check_engine_request
-    from deblur.ray_env import init_ray
 
     storage.set_s3_endpoint(args.s3_endpoint)
     check_input(args.input)
     check_engine_request(args.model, args.engine, args.precision, gpus=args.gpus_per_worker)
-    if init_ray() == "local":
-        _common.check_local_ray(
-            args.engine,
-            args.precision,
-            cpus=("--cpus-per-worker", args.cpus_per_worker),
-            gpus=("--gpus-per-worker", args.gpus_per_worker),
-        )
+    _common.init_ray_for_workers(args)
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     s = deblur_archive(
         args.input,

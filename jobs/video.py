@@ -52,7 +52,6 @@ def main(argv: list[str] | None) -> int:
 
     from deblur import storage
     from deblur.inference import check_engine_request
-    from deblur.ray_env import init_ray
     from deblur.video import deblur_file, drop_leftovers
 
     storage.set_s3_endpoint(args.s3_endpoint)
@@ -67,13 +66,7 @@ def main(argv: list[str] | None) -> int:
         drop_leftovers(folder or ".", {name})  # segments of a run killed after its join
         print(f"{args.output} exists already: nothing to do (delete it to deblur again)")
         return 0
-    if init_ray() == "local":
-        _common.check_local_ray(
-            args.engine,
-            args.precision,
-            cpus=("--cpus-per-worker", args.cpus_per_worker),
-            gpus=("--gpus-per-worker", args.gpus_per_worker),
-        )
+    _common.init_ray_for_workers(args)
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     r = deblur_file(
         args.input,
