@@ -67,9 +67,16 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def start(
-    workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1, object_store_mb: int = 600, state: Path = STATE
+    workers: int = 2,
+    head_cpus: int = 2,
+    worker_cpus: int = 1,
+    object_store_mb: int = 600,
+    state: Path = STATE,
+    head_gpus: int | None = None,
 ) -> dict:
-    """Start the head and `workers` raylets; returns {address, dashboard_url, nodes} (also saved in state)."""
+    """Start the head and `workers` raylets; returns {address, dashboard_url, nodes} (also saved in state).
+    `head_gpus`: the GPUs the head declares (default: the ones Ray finds), e.g. to see how jobs place their
+    actors on a GPU cluster from a CPU machine (the actors then find no CUDA and run on the CPU)."""
     env = auth_env(state)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would refuse the second raylet on one machine
     port, dash = free_port(), free_port()
@@ -85,6 +92,7 @@ def start(
             "--head",
             f"--port={port}",
             f"--num-cpus={head_cpus}",
+            *([f"--num-gpus={head_gpus}"] if head_gpus is not None else []),
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
@@ -205,11 +213,12 @@ def main() -> int:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--head-cpus", type=int, default=2)
     s.add_argument("--worker-cpus", type=int, default=1)
+    s.add_argument("--head-gpus", type=int, help="GPUs the head declares (default: those Ray finds)")
     sub.add_parser("stop")
     sub.add_parser("status")
     args = p.parse_args()
     if args.cmd == "start":
-        info = start(args.workers, args.head_cpus, args.worker_cpus)
+        info = start(args.workers, args.head_cpus, args.worker_cpus, head_gpus=args.head_gpus)
         print(f"started {info['nodes']} nodes (addressed through 127.0.0.1)")
         print(f"export RAY_ADDRESS={info['dashboard_url']}   # for ray job submit")
         print(

@@ -12,7 +12,10 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Annotated
+
+from pydantic import PlainValidator
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,37 @@ def worker_device() -> str | None:
 
     in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
     return "cpu" if in_worker and not ray.get_gpu_ids() else None
+
+
+def gpu_request(value: object) -> float | str:
+    """GPUs per actor as the jobs take them: a number (0 or more), or "auto" (`actor_gpus`)."""
+    if value == "auto":
+        return "auto"
+    try:
+        amount = -1.0 if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        amount = -1.0
+    if not amount >= 0:  # NaN too
+        raise ValueError(f"{value!r}: give a number of GPUs (0 or more) or auto")
+    return amount
+
+
+#: an options field that takes `gpu_request`'s values, its one error line included
+GpuRequest = Annotated[float | str, PlainValidator(gpu_request)]
+
+
+def actor_gpus(requested: float | str, node_gpus: Iterable[float] | None = None) -> float:
+    """GPUs per actor: `requested`, or for "auto" (the jobs' default) one when a node of the Ray cluster has a
+    GPU now and none otherwise, so a job submitted to a GPU cluster runs its models on the GPUs without being
+    told, and on CPUs where there are none. `node_gpus`: each node's GPUs (default: the connected cluster's
+    live nodes). GPU nodes an autoscaler has not started yet do not count: ask for them with a number."""
+    if requested != "auto":
+        return float(requested)
+    if node_gpus is None:
+        import ray
+
+        node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    return 1.0 if any(g >= 1 for g in node_gpus) else 0.0
 
 
 @contextlib.contextmanager

@@ -70,6 +70,44 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_gpus_argument(p: argparse.ArgumentParser, flag: str, per: str) -> None:
+    """`flag` (--gpus-per-worker, Serve's --num-gpus): a number of GPUs, or "auto" (the default), resolved once
+    Ray is up by `deblur.ray_env.actor_gpus`."""
+    from deblur.ray_env import gpu_request
+
+    def gpus(text: str) -> float | str:
+        try:
+            return gpu_request(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument(
+        flag,
+        type=gpus,
+        default="auto",
+        metavar="N|auto",
+        help=f"GPUs per {per} (default auto: 1 when the Ray cluster has GPUs, else 0 and the models run on CPUs; "
+        "an autoscaler's GPU nodes that have not started count only when asked for with a number)",
+    )
+
+
+def resolve_gpus(args: argparse.Namespace, attr: str, flag: str) -> None:
+    """Replace "auto" in `args.<attr>` with the GPUs it means on the Ray cluster joined (`actor_gpus`), and
+    refuse fp16 or TensorRT when that is none (a number was checked before Ray started)."""
+    from deblur.inference import check_workers_gpus
+    from deblur.ray_env import actor_gpus
+
+    auto = getattr(args, attr) == "auto"
+    setattr(args, attr, actor_gpus(getattr(args, attr)))
+    if auto:
+        check_workers_gpus(args.engine, args.precision, getattr(args, attr), flag, auto=True)
+
+
+def known_gpus(value: float | str) -> float | None:
+    """A GPU flag's value for `check_engine_request` before Ray starts: None while it is still "auto"."""
+    return None if value == "auto" else float(value)
+
+
 def check_local_ray(
     engine: str, precision: str, cpus: tuple[str, float], gpus: tuple[str, float], at_once: tuple[str, int] = ("", 1)
 ) -> None:
@@ -90,11 +128,14 @@ def check_local_ray(
 
 
 def init_ray_for_workers(args: argparse.Namespace) -> None:
-    """`init_ray`, then, on a Ray of its own, `check_local_ray` with the actors' --cpus-per-worker and
-    --gpus-per-worker (the jobs whose actors take those flags: bulk, video)."""
+    """`init_ray`, --gpus-per-worker resolved (`resolve_gpus`), then, on a Ray of its own, `check_local_ray`
+    with the actors' --cpus-per-worker and --gpus-per-worker (the jobs whose actors take those flags: bulk,
+    video)."""
     from deblur.ray_env import init_ray
 
-    if init_ray() == "local":
+    where = init_ray()
+    resolve_gpus(args, "gpus_per_worker", "--gpus-per-worker")
+    if where == "local":
         check_local_ray(
             args.engine,
             args.precision,

@@ -52,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     _common.add_video_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    _common.add_gpus_argument(p, "--gpus-per-worker", "actor")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger images (decompression bombs)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None) -> int:
 
     storage.set_s3_endpoint(args.s3_endpoint)
     check_input(args.input)
-    check_engine_request(args.model, args.engine, args.precision, gpus=args.gpus_per_worker)
+    check_engine_request(args.model, args.engine, args.precision, _common.known_gpus(args.gpus_per_worker))
     _common.init_ray_for_workers(args)
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     s = deblur_archive(

@@ -44,7 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="without ImageNet weights, compute LPIPS on random AlexNet features (labelled; not comparable)",
     )
     p.add_argument("--workers", type=int, default=0, help="N > 0: score on N Ray actors (Ray Data)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0: they run on CPUs)")
+    _common.add_gpus_argument(p, "--gpus-per-worker", "actor (with --workers)")
     p.add_argument("--limit", type=int, help="score only the first N pairs")
     p.add_argument(
         "--real",

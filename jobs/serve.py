@@ -28,7 +28,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, help="default: as many replicas as the cluster's nodes hold")
     p.add_argument("--num-cpus", type=float, help="CPUs (and engine threads) per replica (default: a whole node's)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model replica")
+    _common.add_gpus_argument(p, "--num-gpus", "model replica")
     p.add_argument("--max-batch-size", type=int, help="default: 8 on a GPU, 1 on CPU (one image fills the cores)")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
     p.add_argument("--request-timeout-s", type=float, default=60.0)
@@ -45,8 +45,11 @@ def main(argv: list[str] | None) -> int:
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
-    check_engine_request(args.model, args.engine, args.precision, args.num_gpus, "--num-gpus")  # a wrong path too
-    if init_ray() == "local":
+    gpus = _common.known_gpus(args.num_gpus)
+    check_engine_request(args.model, args.engine, args.precision, gpus, "--num-gpus")  # a wrong path too
+    where = init_ray()
+    _common.resolve_gpus(args, "num_gpus", "--num-gpus")
+    if where == "local":
         sized = sized_to_nodes(  # the replica's CPUs as the app will size them (unset: a node's, or its GPU share)
             AppArgs(model=args.model, num_cpus=args.num_cpus, num_gpus=args.num_gpus), node_resources()
         )

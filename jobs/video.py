@@ -25,7 +25,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     _common.add_engine_arguments(p)
     _common.add_video_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="engine actors (default: as many as the CPUs/GPUs allow)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    _common.add_gpus_argument(p, "--gpus-per-worker", "actor")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None) -> int:
     storage.set_s3_endpoint(args.s3_endpoint)
     if not storage.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
-    check_engine_request(args.model, args.engine, args.precision, gpus=args.gpus_per_worker)
+    check_engine_request(args.model, args.engine, args.precision, _common.known_gpus(args.gpus_per_worker))
     folder, name = posixpath.split(args.output)
     if not storage.is_remote(args.output):  # what a run killed mid-write leaves: never under the final name
         for partial in glob.glob(glob.escape(args.output) + ".tmp-*"):

@@ -325,6 +325,7 @@ def test_kill_halfway_then_resume(trained_checkpoint, tmp_path, ray_cluster):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["skipped"] >= len(first) and summary["done"] == len(photos) - summary["skipped"]
+    assert summary["gpus_per_worker"] == 0  # --gpus-per-worker auto on a cluster without GPUs
     assert f"{summary['done']} done, {summary['skipped']} skipped, 0 failed" in res.stdout
     for p in src.iterdir():  # complete and none corrupt
         img = Image.open(out / p.name)
@@ -387,11 +388,20 @@ def test_a_killed_actor_leaves_no_partial_output(trained_checkpoint, tmp_path, r
 
 
 @pytest.mark.parametrize(
-    "case", ["missing input", "compressed tar", "missing model", "onnxruntime in bf16", "fp16 without a GPU"]
+    "case",
+    [
+        "missing input",
+        "compressed tar",
+        "missing model",
+        "onnxruntime in bf16",
+        "fp16 without a GPU",
+        "fp16, auto GPUs",
+    ],
 )
 def test_bad_input_is_one_line(case, trained_checkpoint, real_photo, tmp_path):
-    """Refused in the driver before Ray starts: the line names the file (or the choice) and why, where a
-    wrong model used to fail in every actor with Ray's traceback."""
+    """Refused in the driver before any actor starts (before Ray, but for "auto" GPUs, which Ray resolves):
+    the line names the file (or the choice) and why, where a wrong model used to fail in every actor with
+    Ray's traceback."""
     folder, model, extra = tmp_path / "in", str(trained_checkpoint), []
     write_image(folder / "a.png", real_photo[:64, :64])
     target, expected = folder, None
@@ -405,10 +415,16 @@ def test_bad_input_is_one_line(case, trained_checkpoint, real_photo, tmp_path):
         model = str(tmp_path / "nope.pt")
         expected = f"{model}: checkpoint not found"
     elif case == "fp16 without a GPU":  # the workers get no GPU (--gpus-per-worker 0): they run on CPUs
-        extra = ["--precision", "fp16"]
+        extra = ["--precision", "fp16", "--gpus-per-worker", "0"]
         expected = (
             "fp16 inference needs a GPU and the workers are given none: --gpus-per-worker 1, or use bf16 "
             "(a CPU with AMX or AVX512-BF16) or fp32"
+        )
+    elif case == "fp16, auto GPUs":  # the default: the job's own Ray on this machine has no GPU
+        extra = ["--precision", "fp16"]
+        expected = (
+            "fp16 inference needs a GPU and the workers are given none (--gpus-per-worker auto, and the Ray "
+            "cluster has no GPU now): --gpus-per-worker 1, or use bf16 (a CPU with AMX or AVX512-BF16) or fp32"
         )
     else:
         extra = ["--engine", "onnxruntime", "--precision", "bf16"]

@@ -307,15 +307,15 @@ def test_ray_data_scoring_matches_local(mcmaster_shards, trained_checkpoint, tmp
     )
 
 
-@pytest.mark.parametrize("case", ["bad checkpoint", "empty folder", "fp16 on CPU actors"])
+@pytest.mark.parametrize("case", ["bad checkpoint", "empty folder", "fp16 on CPU actors", "fp16, auto GPUs"])
 def test_bad_inputs_are_one_line(case, mcmaster_shards, trained_checkpoint, tmp_path):
     if case == "bad checkpoint":
         bad = tmp_path / "model.pt"
         bad.write_bytes(b"garbage")
         args = ["--checkpoint", str(bad), "--data", mcmaster_shards]
-    elif case == "fp16 on CPU actors":  # actors given no GPU run on the CPU: refused before any model loads
+    elif case.startswith("fp16"):  # actors given no GPU run on the CPU: refused before any model loads
         args = ["--checkpoint", str(trained_checkpoint), "--data", mcmaster_shards, "--workers", "1"]
-        args += ["--precision", "fp16"]
+        args += ["--precision", "fp16"] + (["--gpus-per-worker", "0"] if case == "fp16 on CPU actors" else [])
     else:
         (tmp_path / "blur").mkdir()
         (tmp_path / "sharp").mkdir()
@@ -331,6 +331,11 @@ def test_bad_inputs_are_one_line(case, mcmaster_shards, trained_checkpoint, tmp_
     assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     if case == "fp16 on CPU actors":
         assert "fp16 inference needs a GPU and the workers are given none: --gpus-per-worker 1" in res.stderr
+    elif case == "fp16, auto GPUs":  # the default, resolved on a Ray without GPUs
+        assert (
+            "fp16 inference needs a GPU and the workers are given none (--gpus-per-worker auto, and the Ray "
+            "cluster has no GPU now): --gpus-per-worker 1" in res.stderr
+        )
     else:
         assert (
             ("model.pt" in res.stderr)

@@ -11,11 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from deblur.ray_env import _local_cluster_alive, error_line, job_runtime_env
+from deblur.ray_env import _local_cluster_alive, actor_gpus, error_line, gpu_request, job_runtime_env
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, local_cluster_module
 
 
 def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
@@ -87,6 +88,70 @@ def test_a_worker_given_no_gpu_runs_on_the_cpu(ray_session):
 
     assert ray_session.get(ray_session.remote(num_cpus=0)(worker_device).remote()) == "cpu"
     assert worker_device() is None  # a driver: nothing assigned it devices, the engine picks
+
+
+def test_gpus_per_actor_auto_follows_the_nodes():
+    assert actor_gpus("auto", []) == 0 and actor_gpus("auto", [0.0, 0.0]) == 0
+    assert actor_gpus("auto", [0.0, 4.0]) == 1  # a CPU head and a GPU worker: a GPU each
+    assert actor_gpus("auto", [0.5]) == 0  # no whole GPU anywhere: an actor asking for one would never start
+    assert actor_gpus(0.25, [0.0]) == 0.25 and actor_gpus(0, [8.0]) == 0  # a number is kept as it is
+    assert gpu_request("auto") == "auto" and gpu_request("0.5") == 0.5
+    for bad in ("-1", "many", True, None, "nan"):
+        with pytest.raises(ValueError, match="give a number of GPUs"):
+            gpu_request(bad)
+
+
+@pytest.mark.slow
+def test_auto_gpus_give_each_actor_a_gpu_on_a_gpu_cluster(trained_checkpoint, real_photo, tmp_path):
+    """--gpus-per-worker auto, the jobs' default, on a cluster whose node has a GPU: one actor per GPU, each
+    given one. The head here declares a GPU this machine lacks, so each actor, given GPU 0, finds no CUDA and
+    runs ONNX Runtime on the CPU (what the summary and the report's header name); the same jobs on the session's
+    CPU cluster give their actors none (tests of bulk and evaluation)."""
+    import json
+
+    import cv2
+
+    local = local_cluster_module()
+    photos, pairs = tmp_path / "photos", tmp_path / "pairs"
+    photos.mkdir()
+    for side in ("blur", "sharp"):
+        (pairs / side).mkdir(parents=True)
+    for k in range(3):
+        crop = np.ascontiguousarray(real_photo[k * 16 : k * 16 + 64, :64, ::-1])
+        cv2.imwrite(str(photos / f"{k}.png"), crop)
+        for side in ("blur", "sharp"):
+            cv2.imwrite(str(pairs / side / f"{k}.png"), crop)
+    info = local.start(workers=0, head_cpus=2, head_gpus=1, object_store_mb=200, state=tmp_path / "cluster")
+    env = {**os.environ, "RAY_ADDRESS": info["address"]}
+    try:
+        bulk = [sys.executable, "jobs/bulk.py", "--input", str(photos), "--output", str(tmp_path / "out")]
+        res = subprocess.run(
+            bulk + ["--model", str(trained_checkpoint), "--no-progress"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+        assert (summary["workers"], summary["gpus_per_worker"], summary["done"]) == (1, 1.0, 3)
+        assert summary["engines"] == ["onnxruntime fp32 (cpu)"]
+        evaluate = [sys.executable, "jobs/evaluate.py", "--data", str(pairs), "--out", str(tmp_path / "report")]
+        res = subprocess.run(
+            evaluate + ["--checkpoint", str(trained_checkpoint), "--workers", "1", "--no-lpips", "--no-progress"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        header = json.loads((tmp_path / "report" / "metrics.json").read_text())["header"]
+        assert header["actors"] == "1 Ray actors, 1 GPU each"
+        assert header["engine"] == "onnxruntime (cpu, fp32)"  # what the actor ran
+    finally:
+        assert local.stop(tmp_path / "cluster") == []
 
 
 @pytest.mark.parametrize(

@@ -435,20 +435,22 @@ def test_a_typo_in_the_serve_args_is_refused(typo, message):
 @pytest.mark.parametrize(
     "args, nodes, expected",
     [
-        ({}, [{"CPU": 2, "GPU": 0}], (2, 1)),  # a laptop: one replica on every core, not 1 of 2 cores
-        ({}, [{"CPU": 2, "GPU": 0}, {"CPU": 8, "GPU": 0}, {"CPU": 8, "GPU": 0}], (8, 2)),
-        ({"num_cpus": 1}, [{"CPU": 2, "GPU": 0}, {"CPU": 1, "GPU": 0}], (1, 3)),
-        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4)),  # a GPU's share of its node's CPUs
-        ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7)),  # explicit values are kept
-        ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3)),
-        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}], (4, 1)),  # GPUs unknown (no Ray yet): a node holds one replica
+        ({}, [{"CPU": 2, "GPU": 0}], (2, 1, 0)),  # a laptop: one replica on every core, not 1 of 2 cores
+        ({}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4, 1)),  # num_gpus auto: a GPU each where there are
+        ({"num_gpus": 0}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (16, 1, 0)),  # told: a CPU replica
+        ({}, [{"CPU": 2, "GPU": 0}, {"CPU": 8, "GPU": 0}, {"CPU": 8, "GPU": 0}], (8, 2, 0)),
+        ({"num_cpus": 1}, [{"CPU": 2, "GPU": 0}, {"CPU": 1, "GPU": 0}], (1, 3, 0)),
+        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4, 1)),  # a GPU's share of its node's CPUs
+        ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7, 0)),  # explicit values are kept
+        ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3, 0)),
+        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}], (4, 1, 1)),  # GPUs unknown (no Ray yet): a node holds one replica
     ],
 )
 def test_replicas_are_sized_to_the_nodes(args, nodes, expected):
     from deblur.serve.app import AppArgs, sized_to_nodes
 
     a = sized_to_nodes(AppArgs.parse(args), nodes)
-    assert (a.num_cpus, a.max_replicas) == expected
+    assert (a.num_cpus, a.max_replicas, a.num_gpus) == expected
 
 
 def test_replicas_that_cannot_start_are_one_error(endpoint, trained_checkpoint):

@@ -203,6 +203,8 @@ def deblur_archive(
         "output": output,
         "model": options.model,
         "engines": sorted(tally["engines"]),
+        "workers": workers,
+        "gpus_per_worker": gpus_per_worker,
         "images": len(items) + len(rejected) + len(collisions) - listed_videos,
         "done": tally["done"],
         "skipped": skipped - (listed_videos - len(videos)),

@@ -10,12 +10,19 @@ import ray.data
 from pydantic import Field, model_validator
 
 from .. import storage
-from ..inference import BACKENDS, PRECISIONS, check_engine_choice, check_engine_request, load_engine
+from ..inference import (
+    BACKENDS,
+    PRECISIONS,
+    check_engine_choice,
+    check_engine_request,
+    check_workers_gpus,
+    load_engine,
+)
 from ..metrics import LPIPS, describe_convention
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
-from ..ray_env import actor_start_errors, check_actors_fit, init_ray, worker_device
+from ..ray_env import GpuRequest, actor_gpus, actor_start_errors, check_actors_fit, init_ray, worker_device
 from .protocols import PROTOCOLS, describe
 from .report import keys_to_show, real_photo_grids, training_curves, write_report
 from .scoring import Scorer, score_locally, summarise
@@ -51,7 +58,9 @@ class EvalOptions(Strict):
     lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
     lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")
     workers: int = Field(0, ge=0, description="N > 0: score on N Ray actors")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per actor (0: the actors run on CPUs)")
+    gpus_per_worker: GpuRequest = Field(
+        "auto", description="GPUs per actor (0: the actors run on CPUs; auto: 1 where the Ray cluster has GPUs)"
+    )
     limit: int | None = Field(None, ge=1)
     progress: bool = True
     real: str | None = Field(None, description="real blurred photos without a sharp truth, shown in the report")
@@ -62,7 +71,7 @@ class EvalOptions(Strict):
         check_engine_choice(self.engine, self.precision)
         if not self.data and not (self.dataset and self.root):
             raise ValueError("give data (shards or a paired folder), or dataset with root")
-        if self.gpus_per_worker and not self.workers:
+        if self.gpus_per_worker not in (0, "auto") and not self.workers:
             raise ValueError("gpus_per_worker is for the Ray actors: give workers too")
         return self
 
@@ -75,11 +84,16 @@ def evaluate(
     `options` are EvalOptions' fields; `engine_factory` replaces `load_engine` (tests score reference engines)."""
     o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
     if o.workers:
+        auto = o.gpus_per_worker == "auto"
         if engine_factory is None:  # fp16 or TensorRT for actors given no GPU: one line now
-            check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
-        if init_ray() == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
+            check_engine_request(o.model, o.engine, o.precision, gpus=None if auto else o.gpus_per_worker)
+        where = init_ray()
+        o = o.model_copy(update={"gpus_per_worker": actor_gpus(o.gpus_per_worker)})
+        if auto and engine_factory is None:  # resolved on the cluster joined: none there, the same check
+            check_workers_gpus(o.engine, o.precision, o.gpus_per_worker, "--gpus-per-worker", auto=True)
+        if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
             check_actors_fit({"GPU": (f"--gpus-per-worker {o.gpus_per_worker:g}", o.gpus_per_worker)})
-    # actors given no GPU run on the CPU (`worker_device`): the probe, whose engine the report names, does too
+    # actors given no GPU run on the CPU (`worker_device`); the probe (real-photo grids) does too
     on_cpu = o.workers > 0 and not o.gpus_per_worker
     probe = (
         engine_factory or partial(load_engine, o.model, o.engine, "cpu" if on_cpu else None, precision=o.precision)
@@ -94,15 +108,17 @@ def evaluate(
             f"{e} For evaluation: --lpips-weights FILE, --no-lpips, or --lpips-random "
             "(random AlexNet features, labelled as such)"
         ) from None
+    engines = [_engine_label(probe.info)]
     if o.workers > 0:
-        records = _score_with_ray(factory, source, o)
+        records, engines = _score_with_ray(factory, source, o)
     else:
         scorer = Scorer(lambda: probe, o.out, o.protocol, metric)
         records = score_locally(scorer, source.rows(), source.total, o.progress)
     summary = summarise(records)
     header = {
         "model": o.model,
-        "engine": f"{probe.info.backend} ({probe.info.device}, {probe.info.precision})",
+        "engine": ", ".join(engines) or _engine_label(probe.info),  # what scored the images
+        **({"actors": f"{o.workers} Ray actors, {o.gpus_per_worker:g} GPU each"} if o.workers else {}),
         "model hash": probe.info.model_hash,
         "data": o.data or f"{o.dataset} at {o.root}",
         "images": len(records),
@@ -127,17 +143,26 @@ def _worker_engine(model: str, engine: str, precision: str) -> Any:
     return load_engine(model, engine, worker_device(), precision=precision)
 
 
-def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> list[dict[str, Any]]:
-    """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS."""
+def _engine_label(info: Any) -> str:
+    return f"{info.backend} ({info.device}, {info.precision})"
+
+
+def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> tuple[list[dict[str, Any]], list[str]]:
+    """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS. Returns the
+    records and the engines the actors ran (on their nodes' devices, which the driver's may not be)."""
 
     class RayScorer(Scorer):
         def __init__(self):
             metric = LPIPS("alex", o.lpips_weights, allow_random_weights=o.lpips_random) if o.lpips else None
             super().__init__(factory, o.out, o.protocol, metric)
 
+        def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+            return self.score_row(row) | {"engine": _engine_label(self.engine.info)}
+
     ds = source.ray_dataset().map(
         RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers), num_gpus=o.gpus_per_worker or None
     )
     with actor_start_errors("the scorer (engine and LPIPS)"):
         records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
-    return sorted(records, key=lambda r: str(r["key"]))
+    engines = sorted({str(r.pop("engine")) for r in records})
+    return sorted(records, key=lambda r: str(r["key"])), engines

@@ -10,6 +10,7 @@ from .load import (
     check_engine_choice,
     check_engine_here,
     check_engine_request,
+    check_workers_gpus,
     load_engine,
 )
 from .tiling import run_tiled
@@ -25,6 +26,7 @@ __all__ = [
     "check_engine_choice",
     "check_engine_here",
     "check_engine_request",
+    "check_workers_gpus",
     "load_engine",
     "cpu_threads",
     "run_tiled",

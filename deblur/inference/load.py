@@ -60,18 +60,14 @@ def check_engine_request(
 ) -> None:
     """What `load_engine` would refuse that needs neither the model loaded nor the hardware known: unknown
     names, ONNX Runtime asked for reduced precision, a reference that names no model, and fp16 or TensorRT for
-    workers the job gives no GPU (`gpus=0`: they run on CPUs, `deblur.ray_env.worker_device`). The jobs check
-    it in their driver, often a CPU head node far from the GPUs, so a mistake is one line before Ray starts
-    instead of a traceback from every actor. Whether TensorRT or bf16 runs where the actors land is theirs to
-    say (`check_engine_here` where that is this machine)."""
+    workers the job gives no GPU (`gpus=0`: they run on CPUs, `deblur.ray_env.worker_device`; None: not known
+    yet, `check_workers_gpus` once it is). The jobs check it in their driver, often a CPU head node far from
+    the GPUs, so a mistake is one line before Ray starts instead of a traceback from every actor. Whether
+    TensorRT or bf16 runs where the actors land is theirs to say (`check_engine_here` where that is this
+    machine)."""
     check_engine_choice(backend, precision)
-    if gpus == 0 and (precision == "fp16" or backend == "tensorrt"):
-        what, instead = (
-            ("fp16 inference", "bf16 (a CPU with AMX or AVX512-BF16) or fp32")
-            if precision == "fp16"
-            else ("TensorRT", "--engine auto")
-        )
-        raise EngineError(f"{what} needs a GPU and the workers are given none: {gpus_flag} 1, or use {instead}")
+    if gpus is not None:
+        check_workers_gpus(backend, precision, gpus, gpus_flag)
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)
@@ -87,6 +83,22 @@ def check_engine_request(
         resolve_checkpoint(model_uri)
     except CheckpointError as e:
         raise EngineError(str(e)) from None
+
+
+def check_workers_gpus(
+    backend: str, precision: str, gpus: float, gpus_flag: str = "--gpus-per-worker", auto: bool = False
+) -> None:
+    """fp16 and TensorRT need a GPU: refuse them for workers given none (`auto`: the flag was "auto", and the
+    Ray cluster had no GPU, `deblur.ray_env.actor_gpus`)."""
+    if gpus or not (precision == "fp16" or backend == "tensorrt"):
+        return
+    what, instead = (
+        ("fp16 inference", "bf16 (a CPU with AMX or AVX512-BF16) or fp32")
+        if precision == "fp16"
+        else ("TensorRT", "--engine auto")
+    )
+    why = f" ({gpus_flag} auto, and the Ray cluster has no GPU now)" if auto else ""
+    raise EngineError(f"{what} needs a GPU and the workers are given none{why}: {gpus_flag} 1, or use {instead}")
 
 
 def check_engine_here(backend: str, precision: str, gpus: float) -> None:

@@ -28,8 +28,9 @@ from ray.serve.schema import DeploymentStatus
 
 from ..imagefile import BadImage, decode, encode, output_format
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
+from ..inference.load import cuda_available
 from ..options import Strict
-from ..ray_env import WorkerStartError, error_line, worker_device
+from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, worker_device
 from .limits import Limits, RequestError, check_content_type
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -178,7 +179,9 @@ class AppArgs(Strict):
     engine: Literal[BACKENDS] = "auto"
     precision: Literal[PRECISIONS] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
     num_cpus: float | None = Field(None, gt=0, description="per replica; None: a whole node's (see sized_to_nodes)")
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: GpuRequest = Field(
+        "auto", description='per replica; "auto": 1 where the nodes have GPUs (sized_to_nodes)'
+    )
     threads: int | None = Field(None, ge=1, description="engine threads; None: the replica's num_cpus")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int | None = Field(None, ge=1, description="None: as many as the cluster's nodes hold")
@@ -258,7 +261,8 @@ def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 
 
 def node_resources() -> list[dict[str, float]]:
     """CPUs and GPUs of each live node of the Ray cluster the app is built in (`serve deploy` builds it there),
-    else of this machine (`serve run` builds it before starting Ray)."""
+    else of this machine (`serve run` builds it before starting Ray; its GPUs as torch counts them, without
+    importing torch where no NVIDIA driver is)."""
     if ray.is_initialized():
         return [
             {"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
@@ -266,7 +270,12 @@ def node_resources() -> list[dict[str, float]]:
             if n["Alive"]
         ]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return [{"CPU": float(cpus), "GPU": 0.0}]  # GPUs unknown here: see sized_to_nodes
+    gpus = 0.0
+    if cuda_available():
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    return [{"CPU": float(cpus), "GPU": gpus}]
 
 
 def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
@@ -274,9 +283,11 @@ def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
     replica its share of them), so its engine runs on every core the way the in-process engine does: Ray sets
     OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads (a 1-CPU replica would leave
     the other cores idle). `max_replicas` is then how many such replicas the nodes
-    hold. Nodes whose GPUs are unknown (no Ray running yet) count as holding one GPU replica each. Set both
-    explicitly for a cluster that autoscales nodes, and for `serve run --address` to a remote cluster, which
-    builds the app on the laptop before it connects (cluster/serve.yaml sets them)."""
+    hold. `num_gpus` "auto" is 1 where a node has a GPU, else 0 (`actor_gpus`). Nodes whose GPUs are unknown
+    count as holding one GPU replica each. Set all three explicitly for a cluster that autoscales nodes, and for
+    `serve run --address` to a remote cluster, which builds the app on the laptop before it connects
+    (cluster/serve.yaml sets them)."""
+    a = a.model_copy(update={"num_gpus": actor_gpus(a.num_gpus, [n["GPU"] for n in nodes])})
     if a.num_gpus and any(n["GPU"] >= a.num_gpus for n in nodes):
         nodes = [n for n in nodes if n["GPU"] >= a.num_gpus]
     per_gpu = bool(a.num_gpus) and all(n["GPU"] for n in nodes)
