@@ -76,7 +76,9 @@ def start(
 ) -> dict:
     """Start the head and `workers` raylets; returns {address, dashboard_url, nodes} (also saved in state).
     `head_gpus`: the GPUs the head declares (default: the ones Ray finds), e.g. to see how jobs place their
-    actors on a GPU cluster from a CPU machine (the actors then find no CUDA and run on the CPU)."""
+    actors on a GPU cluster from a CPU machine (the actors then find no CUDA and run on the CPU). The worker
+    raylets declare none: they share the machine's GPUs with the head, and each claiming them all would count
+    every GPU once per raylet."""
     env = auth_env(state)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would refuse the second raylet on one machine
     port, dash = free_port(), free_port()
@@ -119,6 +121,7 @@ def start(
                     "start",
                     f"--address=127.0.0.1:{port}",
                     f"--num-cpus={worker_cpus}",
+                    "--num-gpus=0",
                     f'--resources={{"node{k + 2}": 1}}',
                     f"--object-store-memory={object_store_mb // 2 * 1024 * 1024}",
                     f"--temp-dir={temp}",

@@ -173,7 +173,7 @@ def gpu_request(value: object) -> float | str:
         amount = -1.0 if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         amount = -1.0
-    if not amount >= 0:  # NaN too
+    if not 0 <= amount < float("inf"):  # NaN too
         raise ValueError(f"{value!r}: give a number of GPUs (0 or more) or auto")
     return amount
 
@@ -192,8 +192,18 @@ def actor_gpus(requested: float | str, node_gpus: Iterable[float] | None = None)
     if node_gpus is None:
         import ray
 
+        if not ray.is_initialized():
+            init_ray()
         node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]]
     return 1.0 if any(g >= 1 for g in node_gpus) else 0.0
+
+
+def gpu_actor_cap(gpus: float) -> int:
+    """How many actors of `gpus` GPUs each the connected Ray cluster holds now: where "auto" gave the actors a
+    GPU, an explicit --workers beyond it would leave the rest pending for the whole run."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0.0) // gpus))
 
 
 @contextlib.contextmanager

@@ -91,16 +91,29 @@ def add_gpus_argument(p: argparse.ArgumentParser, flag: str, per: str) -> None:
     )
 
 
-def resolve_gpus(args: argparse.Namespace, attr: str, flag: str) -> None:
-    """Replace "auto" in `args.<attr>` with the GPUs it means on the Ray cluster joined (`actor_gpus`), and
-    refuse fp16 or TensorRT when that is none (a number was checked before Ray started)."""
+def resolve_gpus(args: argparse.Namespace, attr: str, flag: str, where: str) -> None:
+    """Replace "auto" in `args.<attr>` with the GPUs it means on the Ray joined or started (`where`, as
+    `init_ray` said; `actor_gpus`), say so where it matters, and refuse fp16 or TensorRT when that is none (a
+    number was checked before Ray started). `args.gpus_auto` records that it was "auto"."""
+    import ray
+
     from deblur.inference import check_workers_gpus
     from deblur.ray_env import actor_gpus
 
-    auto = getattr(args, attr) == "auto"
-    setattr(args, attr, actor_gpus(getattr(args, attr)))
-    if auto:
-        check_workers_gpus(args.engine, args.precision, getattr(args, attr), flag, auto=True)
+    args.gpus_auto = getattr(args, attr) == "auto"
+    gpus = actor_gpus(getattr(args, attr))
+    setattr(args, attr, gpus)
+    if not args.gpus_auto:
+        return
+    check_workers_gpus(args.engine, args.precision, gpus, flag, auto=where)
+    if gpus or where != "local":  # a laptop without a GPU is no news; a cluster's choice is
+        total = ray.cluster_resources().get("GPU", 0.0)
+        print(
+            f"{flag} auto: {gpus:g} GPU each ({total:g} in the Ray cluster)"
+            if gpus
+            else f"{flag} auto: 0, no GPU node is up (a number asks an autoscaler for them); the models run on CPUs",
+            flush=True,
+        )
 
 
 def known_gpus(value: float | str) -> float | None:
@@ -134,7 +147,7 @@ def init_ray_for_workers(args: argparse.Namespace) -> None:
     from deblur.ray_env import init_ray
 
     where = init_ray()
-    resolve_gpus(args, "gpus_per_worker", "--gpus-per-worker")
+    resolve_gpus(args, "gpus_per_worker", "--gpus-per-worker", where)
     if where == "local":
         check_local_ray(
             args.engine,
@@ -146,11 +159,18 @@ def init_ray_for_workers(args: argparse.Namespace) -> None:
 
 def default_workers(args: argparse.Namespace) -> int:
     """--workers, or one actor per GPU (GPU clusters) or per `--cpus-per-worker` CPUs: single-threaded actors
-    on every core keep the cores busy while others decode and encode."""
+    on every core keep the cores busy while others decode and encode. Where --gpus-per-worker "auto" gave the
+    actors a GPU, no more of them than the cluster's GPUs hold (the rest would stay pending all run)."""
     import ray
 
+    from deblur.ray_env import gpu_actor_cap
+
+    if args.workers:
+        if getattr(args, "gpus_auto", False) and args.gpus_per_worker:
+            return min(args.workers, gpu_actor_cap(args.gpus_per_worker))
+        return args.workers
     resources = ray.cluster_resources()
-    return args.workers or max(
+    return max(
         1,
         int(resources.get("GPU", 0) // args.gpus_per_worker)
         if args.gpus_per_worker

@@ -48,7 +48,7 @@ def main(argv: list[str] | None) -> int:
     gpus = _common.known_gpus(args.num_gpus)
     check_engine_request(args.model, args.engine, args.precision, gpus, "--num-gpus")  # a wrong path too
     where = init_ray()
-    _common.resolve_gpus(args, "num_gpus", "--num-gpus")
+    _common.resolve_gpus(args, "num_gpus", "--num-gpus", where)
     if where == "local":
         sized = sized_to_nodes(  # the replica's CPUs as the app will size them (unset: a node's, or its GPU share)
             AppArgs(model=args.model, num_cpus=args.num_cpus, num_gpus=args.num_gpus), node_resources()

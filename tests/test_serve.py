@@ -443,7 +443,11 @@ def test_a_typo_in_the_serve_args_is_refused(typo, message):
         ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}, {"CPU": 16, "GPU": 4}], (4, 4, 1)),  # a GPU's share of its node's CPUs
         ({"num_cpus": 3, "max_replicas": 7}, [{"CPU": 2, "GPU": 0}], (3, 7, 0)),  # explicit values are kept
         ({"min_replicas": 3}, [{"CPU": 4, "GPU": 0}], (4, 3, 0)),
-        ({"num_gpus": 1}, [{"CPU": 4, "GPU": 0}], (4, 1, 1)),  # GPUs unknown (no Ray yet): a node holds one replica
+        (
+            {"num_gpus": 1},
+            [{"CPU": 4, "GPU": 0}],
+            (4, 1, 1),
+        ),  # no GPU seen (a laptop building for a cluster): one a node
     ],
 )
 def test_replicas_are_sized_to_the_nodes(args, nodes, expected):

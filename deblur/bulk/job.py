@@ -26,7 +26,7 @@ from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, 
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
-from ..ray_env import WorkerStartError, actor_start_errors, worker_device
+from ..ray_env import WorkerStartError, actor_gpus, actor_start_errors, worker_device
 from ..video import VideoOptions
 from .sources import list_inputs, read_input
 
@@ -174,13 +174,15 @@ def deblur_archive(
     output: str,
     options: Options,
     workers: int = 1,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: float | str = 0.0,
     cpus_per_worker: float = 1.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The whole job: list → skip what is done → images → videos → summary (also written to
-    `output/_summary.json`, which is returned)."""
+    `output/_summary.json`, which is returned). `gpus_per_worker`: a number, or "auto"
+    (`deblur.ray_env.actor_gpus`; jobs/bulk.py's default, which also caps the workers at the GPUs)."""
     t0 = time.time()
+    gpus_per_worker = actor_gpus(gpus_per_worker)
     options = Options.parse(options, "bulk options")
     storage.remove_partial_writes(output)  # left by a worker killed mid-write; the file itself is redone
     items, rejected = list_inputs(input_uri)

@@ -22,7 +22,15 @@ from ..metrics import LPIPS, describe_convention
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
-from ..ray_env import GpuRequest, actor_gpus, actor_start_errors, check_actors_fit, init_ray, worker_device
+from ..ray_env import (
+    GpuRequest,
+    actor_gpus,
+    actor_start_errors,
+    check_actors_fit,
+    gpu_actor_cap,
+    init_ray,
+    worker_device,
+)
 from .protocols import PROTOCOLS, describe
 from .report import keys_to_show, real_photo_grids, training_curves, write_report
 from .scoring import Scorer, score_locally, summarise
@@ -84,20 +92,12 @@ def evaluate(
     `options` are EvalOptions' fields; `engine_factory` replaces `load_engine` (tests score reference engines)."""
     o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
     if o.workers:
-        auto = o.gpus_per_worker == "auto"
-        if engine_factory is None:  # fp16 or TensorRT for actors given no GPU: one line now
-            check_engine_request(o.model, o.engine, o.precision, gpus=None if auto else o.gpus_per_worker)
-        where = init_ray()
-        o = o.model_copy(update={"gpus_per_worker": actor_gpus(o.gpus_per_worker)})
-        if auto and engine_factory is None:  # resolved on the cluster joined: none there, the same check
-            check_workers_gpus(o.engine, o.precision, o.gpus_per_worker, "--gpus-per-worker", auto=True)
-        if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
-            check_actors_fit({"GPU": (f"--gpus-per-worker {o.gpus_per_worker:g}", o.gpus_per_worker)})
-    # actors given no GPU run on the CPU (`worker_device`); the probe (real-photo grids) does too
+        o = _ready_actors(o, check=engine_factory is None)
+    # actors given no GPU run on the CPU (`worker_device`); the driver's engine (real-photo grids) does too
     on_cpu = o.workers > 0 and not o.gpus_per_worker
-    probe = (
-        engine_factory or partial(load_engine, o.model, o.engine, "cpu" if on_cpu else None, precision=o.precision)
-    )()
+    here = engine_factory or partial(load_engine, o.model, o.engine, "cpu" if on_cpu else None, precision=o.precision)
+    # with actors, the driver (a cluster's CPU head, say) loads an engine only to draw the real photos
+    probe = here() if not o.workers or o.real else None
     factory = engine_factory or partial(_worker_engine, o.model, o.engine, o.precision)
     folder_options = {"variant": o.variant} if o.dataset == "realblur" else {}
     source = open_source(o.data, o.dataset, o.root, o.split, o.limit, **folder_options)
@@ -108,18 +108,22 @@ def evaluate(
             f"{e} For evaluation: --lpips-weights FILE, --no-lpips, or --lpips-random "
             "(random AlexNet features, labelled as such)"
         ) from None
-    engines = [_engine_label(probe.info)]
     if o.workers > 0:
-        records, engines = _score_with_ray(factory, source, o)
+        records, engines, hashes = _score_with_ray(factory, source, o)
     else:
         scorer = Scorer(lambda: probe, o.out, o.protocol, metric)
         records = score_locally(scorer, source.rows(), source.total, o.progress)
+        engines, hashes = [_engine_label(probe.info)], [probe.info.model_hash]
     summary = summarise(records)
     header = {
         "model": o.model,
-        "engine": ", ".join(engines) or _engine_label(probe.info),  # what scored the images
-        **({"actors": f"{o.workers} Ray actors, {o.gpus_per_worker:g} GPU each"} if o.workers else {}),
-        "model hash": probe.info.model_hash,
+        "engine": ", ".join(engines) or "none ran (no images)",  # what scored the images
+        **(
+            {"actors": f"{o.workers} Ray actor{'s' if o.workers != 1 else ''}, {o.gpus_per_worker:g} GPU each"}
+            if o.workers
+            else {}
+        ),
+        "model hash": ", ".join(hashes),
         "data": o.data or f"{o.dataset} at {o.root}",
         "images": len(records),
         "protocol": o.protocol,
@@ -143,13 +147,32 @@ def _worker_engine(model: str, engine: str, precision: str) -> Any:
     return load_engine(model, engine, worker_device(), precision=precision)
 
 
+def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
+    """Ray joined or started, `gpus_per_worker` resolved ("auto": `actor_gpus`, and no more actors than GPUs),
+    and what the actors could never run refused in one line first (`check`: a model reference of our own)."""
+    auto = o.gpus_per_worker == "auto"
+    if check:  # fp16 or TensorRT for actors given no GPU: one line, before Ray where the GPUs are known
+        check_engine_request(o.model, o.engine, o.precision, gpus=None if auto else o.gpus_per_worker)
+    where = init_ray()
+    gpus = actor_gpus(o.gpus_per_worker)
+    workers = min(o.workers, gpu_actor_cap(gpus)) if auto and gpus else o.workers
+    if check and auto:  # resolved on the Ray joined: none there, the same check
+        check_workers_gpus(o.engine, o.precision, gpus, "--gpus-per-worker", auto=where)
+    if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
+        check_actors_fit({"GPU": (f"--gpus-per-worker {gpus:g}", gpus)})
+    return o.model_copy(update={"gpus_per_worker": gpus, "workers": workers})
+
+
 def _engine_label(info: Any) -> str:
     return f"{info.backend} ({info.device}, {info.precision})"
 
 
-def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> tuple[list[dict[str, Any]], list[str]]:
+def _score_with_ray(
+    factory: Callable[[], Any], source: Any, o: EvalOptions
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS. Returns the
-    records and the engines the actors ran (on their nodes' devices, which the driver's may not be)."""
+    records, and the engines the actors ran (on their nodes' devices, which the driver's may not be) and their
+    models' hashes."""
 
     class RayScorer(Scorer):
         def __init__(self):
@@ -157,7 +180,8 @@ def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> 
             super().__init__(factory, o.out, o.protocol, metric)
 
         def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-            return self.score_row(row) | {"engine": _engine_label(self.engine.info)}
+            info = self.engine.info
+            return self.score_row(row) | {"engine": _engine_label(info), "model_hash": info.model_hash}
 
     ds = source.ray_dataset().map(
         RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers), num_gpus=o.gpus_per_worker or None
@@ -165,4 +189,5 @@ def _score_with_ray(factory: Callable[[], Any], source: Any, o: EvalOptions) -> 
     with actor_start_errors("the scorer (engine and LPIPS)"):
         records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
     engines = sorted({str(r.pop("engine")) for r in records})
-    return sorted(records, key=lambda r: str(r["key"])), engines
+    hashes = sorted({str(r.pop("model_hash")) for r in records})
+    return sorted(records, key=lambda r: str(r["key"])), engines, hashes

@@ -86,10 +86,11 @@ def check_engine_request(
 
 
 def check_workers_gpus(
-    backend: str, precision: str, gpus: float, gpus_flag: str = "--gpus-per-worker", auto: bool = False
+    backend: str, precision: str, gpus: float, gpus_flag: str = "--gpus-per-worker", auto: str | None = None
 ) -> None:
-    """fp16 and TensorRT need a GPU: refuse them for workers given none (`auto`: the flag was "auto", and the
-    Ray cluster had no GPU, `deblur.ray_env.actor_gpus`)."""
+    """fp16 and TensorRT need a GPU: refuse them for workers given none. `auto`: where the flag was "auto" and
+    `deblur.ray_env.actor_gpus` found no GPU, the Ray it looked at ("local": one this job started on this
+    machine; "cluster": one it joined, whose autoscaler may still add GPU nodes when asked with a number)."""
     if gpus or not (precision == "fp16" or backend == "tensorrt"):
         return
     what, instead = (
@@ -97,8 +98,17 @@ def check_workers_gpus(
         if precision == "fp16"
         else ("TensorRT", "--engine auto")
     )
-    why = f" ({gpus_flag} auto, and the Ray cluster has no GPU now)" if auto else ""
-    raise EngineError(f"{what} needs a GPU and the workers are given none{why}: {gpus_flag} 1, or use {instead}")
+    if auto == "local":
+        raise EngineError(
+            f"{what} needs a GPU and this machine has none ({gpus_flag} auto gave the workers none): join a Ray "
+            f"cluster with GPUs (RAY_ADDRESS or `ray job submit`), or use {instead}"
+        )
+    if auto:
+        raise EngineError(
+            f"{what} needs a GPU and no node of the Ray cluster has one now ({gpus_flag} auto gave the workers "
+            f"none): {gpus_flag} 1 asks an autoscaler for GPU nodes, or use {instead}"
+        )
+    raise EngineError(f"{what} needs a GPU and the workers are given none: {gpus_flag} 1, or use {instead}")
 
 
 def check_engine_here(backend: str, precision: str, gpus: float) -> None:

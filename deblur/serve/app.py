@@ -283,8 +283,8 @@ def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
     replica its share of them), so its engine runs on every core the way the in-process engine does: Ray sets
     OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads (a 1-CPU replica would leave
     the other cores idle). `max_replicas` is then how many such replicas the nodes
-    hold. `num_gpus` "auto" is 1 where a node has a GPU, else 0 (`actor_gpus`). Nodes whose GPUs are unknown
-    count as holding one GPU replica each. Set all three explicitly for a cluster that autoscales nodes, and for
+    hold. `num_gpus` "auto" is 1 where a node has a GPU, else 0 (`actor_gpus`). Asked for GPUs where no node
+    shows one (a laptop building the app for a cluster), each node counts as holding one GPU replica. Set all three explicitly for a cluster that autoscales nodes, and for
     `serve run --address` to a remote cluster, which builds the app on the laptop before it connects
     (cluster/serve.yaml sets them)."""
     a = a.model_copy(update={"num_gpus": actor_gpus(a.num_gpus, [n["GPU"] for n in nodes])})

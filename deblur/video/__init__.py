@@ -28,7 +28,7 @@ def deblur_file(
     engine: str = "auto",
     options: VideoOptions | None = None,
     workers: int = 1,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: float | str = 0.0,
     cpus_per_worker: float = 1.0,
     threads: int | None = None,
     progress: bool = True,

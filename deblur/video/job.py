@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .. import storage
 from ..inference import load_engine
 from ..options import Strict
-from ..ray_env import actor_start_errors, worker_device
+from ..ray_env import actor_gpus, actor_start_errors, worker_device
 from .media import (
     CODECS,
     PRESETS,
@@ -336,13 +336,15 @@ def deblur_videos(
     engine: str,
     options: VideoOptions,
     workers: int = 1,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: float | str = 0.0,
     cpus_per_worker: float = 1.0,
     threads: int | None = None,
     progress: bool = True,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures."""
+    """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures.
+    `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; jobs/video.py's default)."""
+    gpus_per_worker = actor_gpus(gpus_per_worker)
 
     report = {"videos": len(videos), "done": 0, "failed": 0, "frames": 0, "segments": 0, "seconds": 0.0, "errors": []}
     if not videos:
