@@ -229,6 +229,34 @@ def test_real_blurred_photos_are_shown_beside_unsharp_masking(
     assert "Real blurred photos" in page and "real/shake1.png" in page
 
 
+def test_actors_score_and_the_driver_draws_the_real_photos_on_its_cpu(
+    mcmaster_shards, trained_checkpoint, real_photo, tmp_path, ray_session
+):
+    """With Ray actors scoring, the driver (often a cluster's CPU head) needs no engine of theirs: it draws the
+    real photos on its CPU in fp32, and the header names both engines (bf16 actors where this CPU has it)."""
+    from deblur.models.common import cpu_has_native_bf16
+
+    folder = tmp_path / "camera-shake"
+    write_image(folder / "shake.jpg", real_photo[:96, :128])
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    result = evaluate(
+        str(trained_checkpoint),
+        str(tmp_path / "r"),
+        data=mcmaster_shards,
+        engine="torch",
+        precision=precision,
+        lpips=False,
+        progress=False,
+        limit=2,
+        workers=1,
+        gpus_per_worker=0,
+        real=str(folder),
+    )
+    assert result["header"]["engine"] == f"torch (cpu, {precision})"
+    assert result["header"]["real photos drawn by"] == "torch (cpu, fp32)"
+    assert (tmp_path / "r" / "real" / "shake.png").is_file()
+
+
 def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):
     sharp = real_photo
     shifted = np.roll(sharp, (2, -3), axis=(0, 1))

@@ -93,11 +93,14 @@ def evaluate(
     o = EvalOptions.parse({"model": model, "out": out, **options}, "evaluation")
     if o.workers:
         o = _ready_actors(o, check=engine_factory is None)
-    # actors given no GPU run on the CPU (`worker_device`); the driver's engine (real-photo grids) does too
-    on_cpu = o.workers > 0 and not o.gpus_per_worker
-    here = engine_factory or partial(load_engine, o.model, o.engine, "cpu" if on_cpu else None, precision=o.precision)
-    # with actors, the driver (a cluster's CPU head, say) loads an engine only to draw the real photos
-    probe = here() if not o.workers or o.real else None
+    # With actors, the driver (a cluster's CPU head, say) loads an engine only to draw the real photos, and then
+    # on its CPU in fp32 (what any machine runs; the header names it): the actors' fp16, TensorRT or GPU need
+    # not be there.
+    if not o.workers:
+        here = partial(load_engine, o.model, o.engine, precision=o.precision)
+    else:
+        here = partial(load_engine, o.model, "auto" if o.engine == "tensorrt" else o.engine, "cpu")
+    probe = (engine_factory or here)() if not o.workers or o.real else None
     factory = engine_factory or partial(_worker_engine, o.model, o.engine, o.precision)
     folder_options = {"variant": o.variant} if o.dataset == "realblur" else {}
     source = open_source(o.data, o.dataset, o.root, o.split, o.limit, **folder_options)
@@ -123,7 +126,8 @@ def evaluate(
             if o.workers
             else {}
         ),
-        "model hash": ", ".join(hashes),
+        "model hash": ", ".join(hashes) or "none ran (no images)",
+        **({"real photos drawn by": _engine_label(probe.info)} if o.real and o.workers else {}),
         "data": o.data or f"{o.dataset} at {o.root}",
         "images": len(records),
         "protocol": o.protocol,
