@@ -477,6 +477,44 @@ def test_an_engine_the_workers_cannot_load_is_one_error(archive, trained_checkpo
     )
 
 
+def test_images_done_then_video_workers_that_cannot_start_keep_the_images(
+    trained_checkpoint, real_photo, tmp_path, ray_session, monkeypatch
+):
+    """On a cluster, the video stage's actors can fail to start where the images' did not (other nodes); on one
+    machine both load the same engine alike, so the stage's failure is made here, in the driver. The images'
+    results, summary and blur scores are kept, and each video becomes an error row naming the cause."""
+    import av
+
+    from deblur import video
+    from deblur.ray_env import WorkerStartError
+
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", real_photo[:64, :64])
+    with av.open(str(folder / "clip.mp4"), "w") as container:
+        stream = container.add_stream("h264", rate=10)
+        stream.width = stream.height = 64
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(real_photo[:64, :64].copy(), format="rgb24")))
+        container.mux(stream.encode())
+
+    def cannot_start(*args, **kwargs):
+        raise WorkerStartError("the engine could not start on a worker: EngineError: no GPU there")
+
+    monkeypatch.setattr(video, "deblur_videos", cannot_start)
+    out = tmp_path / "out"
+    summary = deblur_archive(str(folder), str(out), Options(model=str(trained_checkpoint)), workers=1, progress=False)
+    assert (summary["done"], summary["failed"], summary["videos"]["failed"]) == (1, 1, 1)
+    assert (out / "a.png").is_file() and summary["blur"]["scored"] == 1
+    errors = [json.loads(line) for line in (out / "_errors.jsonl").read_text().splitlines()]
+    assert errors == [
+        {
+            "path": "clip.mp4",
+            "reason": "clip.mp4: the video stage failed (WorkerStartError: the engine could not start on a worker: "
+            "EngineError: no GPU there)",
+        }
+    ]
+
+
 @pytest.mark.skipif(
     not cpu_has_native_bf16(), reason="bf16 needs a CPU with AMX or AVX512-BF16 (test_inference checks the refusal)"
 )
