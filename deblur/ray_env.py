@@ -198,6 +198,19 @@ def actor_gpus(requested: float | str, node_gpus: Iterable[float] | None = None)
     return 1.0 if any(g >= 1 for g in node_gpus) else 0.0
 
 
+def resolve_actor_gpus(
+    requested: float | str, backend: str, precision: str, where: str, flag: str = "--gpus-per-worker"
+) -> float:
+    """`actor_gpus` on the Ray joined or started (`where`, as `init_ray` said), with fp16 or TensorRT refused
+    where "auto" gave the actors none (a number was checked before Ray started, `check_engine_request`)."""
+    gpus = actor_gpus(requested)
+    if requested == "auto":
+        from .inference import check_workers_gpus
+
+        check_workers_gpus(backend, precision, gpus, flag, auto=where)
+    return gpus
+
+
 def gpu_actor_cap(gpus: float) -> int:
     """How many actors of `gpus` GPUs each the connected Ray cluster holds now: where "auto" gave the actors a
     GPU, an explicit --workers beyond it would leave the rest pending for the whole run."""

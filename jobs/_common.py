@@ -92,21 +92,16 @@ def add_gpus_argument(p: argparse.ArgumentParser, flag: str, per: str) -> None:
 
 
 def resolve_gpus(args: argparse.Namespace, attr: str, flag: str, where: str) -> None:
-    """Replace "auto" in `args.<attr>` with the GPUs it means on the Ray joined or started (`where`, as
-    `init_ray` said; `actor_gpus`), say so where it matters, and refuse fp16 or TensorRT when that is none (a
-    number was checked before Ray started). `args.gpus_auto` records that it was "auto"."""
+    """`args.<attr>` resolved on the Ray joined or started (`deblur.ray_env.resolve_actor_gpus`), and where it
+    was "auto" (`args.gpus_auto`), what that chose said where it matters."""
     import ray
 
-    from deblur.inference import check_workers_gpus
-    from deblur.ray_env import actor_gpus
+    from deblur.ray_env import resolve_actor_gpus
 
     args.gpus_auto = getattr(args, attr) == "auto"
-    gpus = actor_gpus(getattr(args, attr))
+    gpus = resolve_actor_gpus(getattr(args, attr), args.engine, args.precision, where, flag)
     setattr(args, attr, gpus)
-    if not args.gpus_auto:
-        return
-    check_workers_gpus(args.engine, args.precision, gpus, flag, auto=where)
-    if gpus or where != "local":  # a laptop without a GPU is no news; a cluster's choice is
+    if args.gpus_auto and (gpus or where != "local"):  # a laptop without a GPU is no news; a cluster's choice is
         total = ray.cluster_resources().get("GPU", 0.0)
         print(
             f"{flag} auto: {gpus:g} GPU each ({total:g} in the Ray cluster)"
@@ -114,11 +109,6 @@ def resolve_gpus(args: argparse.Namespace, attr: str, flag: str, where: str) -> 
             else f"{flag} auto: 0, no GPU node is up (a number asks an autoscaler for them); the models run on CPUs",
             flush=True,
         )
-
-
-def known_gpus(value: float | str) -> float | None:
-    """A GPU flag's value for `check_engine_request` before Ray starts: None while it is still "auto"."""
-    return None if value == "auto" else float(value)
 
 
 def check_local_ray(

@@ -93,7 +93,7 @@ def main(argv: list[str] | None) -> int:
 
     storage.set_s3_endpoint(args.s3_endpoint)
     check_input(args.input)
-    check_engine_request(args.model, args.engine, args.precision, _common.known_gpus(args.gpus_per_worker))
+    check_engine_request(args.model, args.engine, args.precision, args.gpus_per_worker)
     _common.init_ray_for_workers(args)
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     s = deblur_archive(

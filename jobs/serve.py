@@ -45,8 +45,7 @@ def main(argv: list[str] | None) -> int:
     from deblur.serve.limits import Limits
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
-    gpus = _common.known_gpus(args.num_gpus)
-    check_engine_request(args.model, args.engine, args.precision, gpus, "--num-gpus")  # a wrong path too
+    check_engine_request(args.model, args.engine, args.precision, args.num_gpus, "--num-gpus")  # a wrong path too
     where = init_ray()
     _common.resolve_gpus(args, "num_gpus", "--num-gpus", where)
     if where == "local":

@@ -57,7 +57,7 @@ def main(argv: list[str] | None) -> int:
     storage.set_s3_endpoint(args.s3_endpoint)
     if not storage.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
-    check_engine_request(args.model, args.engine, args.precision, _common.known_gpus(args.gpus_per_worker))
+    check_engine_request(args.model, args.engine, args.precision, args.gpus_per_worker)
     folder, name = posixpath.split(args.output)
     if not storage.is_remote(args.output):  # what a run killed mid-write leaves: never under the final name
         for partial in glob.glob(glob.escape(args.output) + ".tmp-*"):

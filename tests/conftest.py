@@ -161,6 +161,20 @@ def write_image(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
+def write_clip(path: Path, rgb: np.ndarray, frames: int = 3) -> Path:
+    """A short H.264 MP4 of `frames` copies of an RGB frame (even sides), its folder made if missing."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=10)
+        stream.height, stream.width = rgb.shape[:2]
+        for _ in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on loopback: moto's standalone server (as s3fs tests itself). Nothing leaves the machine."""

@@ -23,7 +23,7 @@ from deblur.bulk import Options, deblur_archive
 from deblur.inference.load import cuda_available
 from deblur.models.common import cpu_has_native_bf16
 
-from conftest import ROOT, check_is_model_output, job_env, write_image
+from conftest import ROOT, check_is_model_output, job_env, write_clip, write_image
 
 
 def lai_photos(n: int | None = None) -> list[Path]:
@@ -453,21 +453,13 @@ def test_an_engine_the_workers_cannot_load_is_one_error(archive, trained_checkpo
     """What the driver cannot check (the workers' hardware, on a cluster) fails in the actors' constructors;
     the job ends on one error naming the cause, not on Ray's ActorDiedError with every actor's traceback (nor,
     for an archive of videos, on one error row per video)."""
-    import av
-
     from deblur.ray_env import WorkerStartError
 
     folder = tmp_path / "in"
     if archive == "images":
         write_image(folder / "a.png", real_photo[:64, :64])
     else:
-        folder.mkdir()
-        with av.open(str(folder / "clip.mp4"), "w") as container:
-            stream = container.add_stream("h264", rate=10)
-            stream.width = stream.height = 64
-            for _ in range(3):
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(real_photo[:64, :64].copy(), format="rgb24")))
-            container.mux(stream.encode())
+        write_clip(folder / "clip.mp4", real_photo[:64, :64])
     options = Options(model=str(trained_checkpoint), precision="fp16")  # the actors get no GPU: refused there
     with pytest.raises(WorkerStartError) as caught:
         deblur_archive(str(folder), str(tmp_path / "out"), options, workers=1, progress=False)
@@ -483,19 +475,12 @@ def test_images_done_then_video_workers_that_cannot_start_keep_the_images(
     """On a cluster, the video stage's actors can fail to start where the images' did not (other nodes); on one
     machine both load the same engine alike, so the stage's failure is made here, in the driver. The images'
     results, summary and blur scores are kept, and each video becomes an error row naming the cause."""
-    import av
-
     from deblur import video
     from deblur.ray_env import WorkerStartError
 
     folder = tmp_path / "in"
     write_image(folder / "a.png", real_photo[:64, :64])
-    with av.open(str(folder / "clip.mp4"), "w") as container:
-        stream = container.add_stream("h264", rate=10)
-        stream.width = stream.height = 64
-        for _ in range(3):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(real_photo[:64, :64].copy(), format="rgb24")))
-        container.mux(stream.encode())
+    write_clip(folder / "clip.mp4", real_photo[:64, :64])
 
     def cannot_start(*args, **kwargs):
         raise WorkerStartError("the engine could not start on a worker: EngineError: no GPU there")

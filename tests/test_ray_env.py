@@ -17,7 +17,7 @@ import pytest
 from deblur.inference.load import cuda_available
 from deblur.ray_env import _local_cluster_alive, actor_gpus, error_line, gpu_request, job_runtime_env
 
-from conftest import ROOT, free_port, local_cluster_module
+from conftest import ROOT, free_port, local_cluster_module, write_clip
 
 
 def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
@@ -126,31 +126,23 @@ def test_auto_gpus_give_each_actor_a_gpu_on_a_gpu_cluster(trained_checkpoint, re
             cv2.imwrite(str(pairs / side / f"{k}.png"), crop)
     info = local.start(workers=0, head_cpus=2, head_gpus=1, object_store_mb=200, state=tmp_path / "cluster")
     env = {**os.environ, "RAY_ADDRESS": info["address"]}
-    try:
-        bulk = [sys.executable, "jobs/bulk.py", "--input", str(photos), "--output", str(tmp_path / "out")]
-        res = subprocess.run(
-            bulk + ["--model", str(trained_checkpoint), "--no-progress"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+
+    def job(name: str, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, f"jobs/{name}", *args, "--no-progress"]
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    try:
+        res = job(
+            "bulk.py", "--input", str(photos), "--output", str(tmp_path / "out"), "--model", str(trained_checkpoint)
+        )
         summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
         assert (summary["workers"], summary["gpus_per_worker"], summary["done"]) == (1, 1.0, 3)
         assert "--gpus-per-worker auto: 1 GPU each (1 in the Ray cluster)" in res.stdout
         assert summary["engines"] == ["onnxruntime fp32 (cpu)"]  # given GPU 0, the actor found no CUDA
-        evaluate = [sys.executable, "jobs/evaluate.py", "--data", str(pairs), "--out", str(tmp_path / "report")]
-        res = subprocess.run(
-            evaluate + ["--checkpoint", str(trained_checkpoint), "--workers", "3", "--no-lpips", "--no-progress"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
+        report = ["--data", str(pairs), "--out", str(tmp_path / "report"), "--checkpoint", str(trained_checkpoint)]
+        job("evaluate.py", *report, "--workers", "3", "--no-lpips")
         header = json.loads((tmp_path / "report" / "metrics.json").read_text())["header"]
         assert header["actors"] == "1 Ray actor, 1 GPU each"  # --workers 3 capped at the GPUs
         assert header["engine"] == "onnxruntime (cpu, fp32)"  # what the actor ran (the driver loaded none)
@@ -171,18 +163,10 @@ def test_what_a_ray_started_here_never_has_is_one_line(job, args, expected, trai
     """A Ray the job starts itself has no autoscaler: actors asking for more CPUs or GPUs than the machine has,
     or more Serve replicas than fit, used to wait forever while Ray warned that the job "may hang"; now the job
     stops with one line, and leaves no Ray behind."""
-    import av
     import cv2
     import numpy as np
 
-    clip = tmp_path / "clip.mp4"  # the inputs must exist: the jobs check them first
-    with av.open(str(clip), "w") as container:
-        stream = container.add_stream("h264", rate=10)
-        stream.width = stream.height = 64
-        for _ in range(3):
-            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    clip = write_clip(tmp_path / "clip.mp4", np.zeros((64, 64, 3), np.uint8))  # the jobs check inputs first
     pairs = tmp_path / "pairs"  # a paired folder of one photo
     for side in ("blur", "sharp"):
         (pairs / side).mkdir(parents=True)

@@ -15,7 +15,6 @@ from ..inference import (
     PRECISIONS,
     check_engine_choice,
     check_engine_request,
-    check_workers_gpus,
     load_engine,
 )
 from ..metrics import LPIPS, describe_convention
@@ -24,11 +23,11 @@ from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
 from ..ray_env import (
     GpuRequest,
-    actor_gpus,
     actor_start_errors,
     check_actors_fit,
     gpu_actor_cap,
     init_ray,
+    resolve_actor_gpus,
     worker_device,
 )
 from .protocols import PROTOCOLS, describe
@@ -154,14 +153,11 @@ def _worker_engine(model: str, engine: str, precision: str) -> Any:
 def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
     """Ray joined or started, `gpus_per_worker` resolved ("auto": `actor_gpus`, and no more actors than GPUs),
     and what the actors could never run refused in one line first (`check`: a model reference of our own)."""
-    auto = o.gpus_per_worker == "auto"
     if check:  # fp16 or TensorRT for actors given no GPU: one line, before Ray where the GPUs are known
-        check_engine_request(o.model, o.engine, o.precision, gpus=None if auto else o.gpus_per_worker)
+        check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
     where = init_ray()
-    gpus = actor_gpus(o.gpus_per_worker)
-    workers = min(o.workers, gpu_actor_cap(gpus)) if auto and gpus else o.workers
-    if check and auto:  # resolved on the Ray joined: none there, the same check
-        check_workers_gpus(o.engine, o.precision, gpus, "--gpus-per-worker", auto=where)
+    gpus = resolve_actor_gpus(o.gpus_per_worker, o.engine, o.precision, where)
+    workers = min(o.workers, gpu_actor_cap(gpus)) if o.gpus_per_worker == "auto" and gpus else o.workers
     if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
         check_actors_fit({"GPU": (f"--gpus-per-worker {gpus:g}", gpus)})
     return o.model_copy(update={"gpus_per_worker": gpus, "workers": workers})

@@ -55,19 +55,19 @@ def check_engine_request(
     model_uri: str,
     backend: str = "auto",
     precision: str = "fp32",
-    gpus: float | None = None,
+    gpus: float | str | None = None,
     gpus_flag: str = "--gpus-per-worker",
 ) -> None:
     """What `load_engine` would refuse that needs neither the model loaded nor the hardware known: unknown
     names, ONNX Runtime asked for reduced precision, a reference that names no model, and fp16 or TensorRT for
-    workers the job gives no GPU (`gpus=0`: they run on CPUs, `deblur.ray_env.worker_device`; None: not known
-    yet, `check_workers_gpus` once it is). The jobs check it in their driver, often a CPU head node far from
+    workers the job gives no GPU (`gpus=0`: they run on CPUs, `deblur.ray_env.worker_device`; None or "auto":
+    not known before Ray is up, `deblur.ray_env.resolve_actor_gpus` checks it then). The jobs check it in their driver, often a CPU head node far from
     the GPUs, so a mistake is one line before Ray starts instead of a traceback from every actor. Whether
     TensorRT or bf16 runs where the actors land is theirs to say (`check_engine_here` where that is this
     machine)."""
     check_engine_choice(backend, precision)
-    if gpus is not None:
-        check_workers_gpus(backend, precision, gpus, gpus_flag)
+    if gpus not in (None, "auto"):
+        check_workers_gpus(backend, precision, float(gpus), gpus_flag)
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)

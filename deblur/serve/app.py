@@ -284,9 +284,9 @@ def sized_to_nodes(a: AppArgs, nodes: list[dict[str, float]]) -> AppArgs:
     OMP_NUM_THREADS to the replica's CPUs and the engine takes that many threads (a 1-CPU replica would leave
     the other cores idle). `max_replicas` is then how many such replicas the nodes
     hold. `num_gpus` "auto" is 1 where a node has a GPU, else 0 (`actor_gpus`). Asked for GPUs where no node
-    shows one (a laptop building the app for a cluster), each node counts as holding one GPU replica. Set all three explicitly for a cluster that autoscales nodes, and for
-    `serve run --address` to a remote cluster, which builds the app on the laptop before it connects
-    (cluster/serve.yaml sets them)."""
+    shows one (a laptop building the app for a cluster), each node counts as holding one GPU replica. Set all
+    three explicitly for a cluster that autoscales nodes, and for `serve run --address` to a remote cluster,
+    which builds the app on the laptop before it connects (cluster/serve.yaml sets them)."""
     a = a.model_copy(update={"num_gpus": actor_gpus(a.num_gpus, [n["GPU"] for n in nodes])})
     if a.num_gpus and any(n["GPU"] >= a.num_gpus for n in nodes):
         nodes = [n for n in nodes if n["GPU"] >= a.num_gpus]
