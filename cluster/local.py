@@ -66,6 +66,37 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
 
 
+def _join(cmd: list[str], env: dict[str, str], tries: int = 3) -> None:
+    """`ray start --address=...` for one worker raylet, tried again when it fails.
+
+    `ray start` gives a raylet a fixed 30 s to register with the GCS; a loaded machine's GCS can take
+    longer (seen in CI: "Failed to get node info: Deadline Exceeded"), and then `ray start` exits 1 and
+    leaves the raylet and its agents running. Each try runs in a session of its own, so what a failed try
+    started is exactly that session's processes: they are stopped before the next try, and the cluster
+    never carries a half-started node."""
+    for attempt in range(1, tries + 1):
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        if proc.returncode == 0:
+            return
+        _terminate(lambda: [pid for pid, _ in session_processes(proc.pid)])
+        if attempt == tries:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed {tries} times; the last:\n{out[-2000:]}\n{err[-2000:]}")
+        print(f"a worker raylet did not start (try {attempt} of {tries}); trying again", file=sys.stderr)
+        time.sleep(2 * attempt)
+
+
 def start(
     workers: int = 2,
     head_cpus: int = 2,
@@ -115,7 +146,7 @@ def start(
     (state / "cluster.json").write_text(json.dumps(info))  # from here on, `stop` can find what was started
     try:
         for k in range(workers):
-            _run(
+            _join(
                 [
                     ray_bin(),
                     "start",
@@ -136,13 +167,26 @@ def start(
     return info
 
 
-def _process_table() -> list[tuple[int, int, str]]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+def _process_table() -> list[tuple[int, int, int, str]]:
+    """(pid, parent pid, session id, command line) of every process on the machine."""
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,ppid=,sid=,args="], capture_output=True, text=True
+    ).stdout.splitlines()
     rows = []
     for line in out:
-        pid, ppid, *args = line.split(None, 2)
-        rows.append((int(pid), int(ppid), args[0] if args else ""))
+        pid, ppid, sid, *args = line.split(None, 3)
+        rows.append((int(pid), int(ppid), int(sid), args[0] if args else ""))
     return rows
+
+
+def _with_descendants(table: list[tuple[int, int, int, str]], roots: set[int]) -> list[tuple[int, str]]:
+    ours, grew = set(roots), True
+    while grew:
+        more = {pid for pid, ppid, _, _ in table if ppid in ours and pid not in ours}
+        ours |= more
+        grew = bool(more)
+    ours.discard(os.getpid())
+    return [(pid, args) for pid, _, _, args in table if pid in ours]
 
 
 def cluster_processes(port: int) -> list[tuple[int, str]]:
@@ -151,14 +195,30 @@ def cluster_processes(port: int) -> list[tuple[int, str]]:
     (workers). Another cluster on this machine, or another user's, names another port and is left alone."""
     table = _process_table()
     mark = re.compile(rf"(?:\S:{port}|--gcs_server_port={port})(?:\s|$)")  # --gcs-address=<ip>:port, the GCS's own port
-    ours = {pid for pid, _, args in table if mark.search(args)}
-    grew = True
-    while grew:  # add descendants
-        more = {pid for pid, ppid, _ in table if ppid in ours and pid not in ours}
-        ours |= more
-        grew = bool(more)
-    ours.discard(os.getpid())
-    return [(pid, args) for pid, _, args in table if pid in ours]
+    return _with_descendants(table, {pid for pid, _, _, args in table if mark.search(args)})
+
+
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes in session `sid` and what they started."""
+    table = _process_table()
+    return _with_descendants(table, {pid for pid, _, s, _ in table if s == sid})
+
+
+def _terminate(find, wait_s: float = 30.0) -> None:
+    """SIGTERM the pids `find()` lists, then SIGKILL any still there after `wait_s`."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in find():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait_s
+        while find() and time.time() < deadline:
+            time.sleep(0.5)
+        if not find():
+            return
 
 
 def stop(state: Path = STATE, wait_s: float = 30.0) -> list[str]:
@@ -166,24 +226,12 @@ def stop(state: Path = STATE, wait_s: float = 30.0) -> list[str]:
 
     Not `ray stop --force`: that kills every Ray process on the machine, other users' clusters too.
     """
-    import signal
-
     path = state / "cluster.json"
     if not path.exists():
         return []
     info = json.loads(path.read_text())
     port = int(info["address"].rsplit(":", 1)[1])
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, _ in cluster_processes(port):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait_s
-        while cluster_processes(port) and time.time() < deadline:
-            time.sleep(0.5)
-        if not cluster_processes(port):
-            break
+    _terminate(lambda: [pid for pid, _ in cluster_processes(port)], wait_s)
     left = [args for _, args in cluster_processes(port)]
     if not left:
         path.unlink(missing_ok=True)

@@ -395,6 +395,47 @@ def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards)
 
 
 @pytest.mark.slow
+def test_a_worker_raylet_that_fails_to_start_is_stopped_and_started_again(tmp_path, monkeypatch):
+    """A worker's `ray start` that fails after starting its raylet (as when a loaded GCS takes longer than
+    `ray start`'s fixed 30 s) leaves nothing running: the try's processes are stopped and the raylet is
+    started again, so the cluster has exactly its nodes. The real `ray start` runs; only its first worker
+    start's exit status is made a failure, after it has started its processes."""
+    from conftest import local_cluster_module
+
+    local = local_cluster_module()
+    real, mark = local.ray_bin(), tmp_path / "failed-once"
+    flaky = tmp_path / "ray"
+    flaky.write_text(
+        "#!/bin/bash\n"
+        f'"{real}" "$@"; rc=$?\n'
+        f'if [[ " $* " == *" --address="* && ! -e "{mark}" ]]; then\n'
+        f'  touch "{mark}"; ps -o sid= -p $$ > "{mark}"; exit 1\n'
+        "fi\n"
+        "exit $rc\n"
+    )
+    flaky.chmod(0o755)
+    monkeypatch.setattr(local, "ray_bin", lambda: str(flaky))
+    info = local.start(workers=1, head_cpus=1, worker_cpus=1, object_store_mb=200, state=tmp_path / "c")
+    port = int(info["address"].rsplit(":", 1)[1])
+    try:
+        failed_session = int(mark.read_text())
+        assert local.session_processes(failed_session) == []  # the failed try's raylet and agents are gone
+        raylets = [args for _, args in local.cluster_processes(port) if "/raylet/raylet " in args]
+        assert len(raylets) == 2, raylets  # the head's and one worker's, not a half-started third
+        probe = "import ray; ray.init(address=%r, logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        alive = subprocess.run(
+            [sys.executable, "-c", probe % info["address"]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **local.auth_env(tmp_path / "c"), "RAY_ADDRESS": ""},
+        )
+        assert alive.stdout.strip().splitlines()[-1:] == ["2"], alive.stderr[-2000:]
+    finally:
+        assert local.stop(tmp_path / "c") == []
+
+
+@pytest.mark.slow
 def test_local_cluster_stop_leaves_other_clusters_running(tmp_path):
     """`cluster/local.py stop` stops the processes of its own cluster, not every Ray process on the machine."""
     from conftest import local_cluster_module
