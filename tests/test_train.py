@@ -54,6 +54,23 @@ def test_two_workers_wgan_gp_ddp_and_best_checkpoint(ray_session, tiny_shards, t
     assert g(torch.zeros(1, 3, 40, 50)).shape == (1, 3, 40, 50)
 
 
+def test_a_cached_split_trains_every_pair_once_per_epoch_on_each_rank(ray_session, tiny_shards, tmp_path):
+    """data.cache: the decoded split goes whole to both workers (not split by Ray Train), each keeps every
+    second pair and cuts the same number of batches: 12 pairs, 2 workers, batches of 2 → 3 steps an epoch.
+    Split by Ray Train as well, each rank would keep 3 pairs and take 1 step an epoch."""
+    from deblur.train.trainer import fit
+
+    sets = tiny_overrides(
+        tiny_shards, str(tmp_path / "runs"), "cached", **{"data.cache": "true", "train.steps_per_epoch": "null"}
+    )
+    summary = fit(load_config(None, sets))
+    history = read_jsonl(str(tmp_path / "runs" / "cached" / "metrics.jsonl"))
+    assert [(h["epoch"], h["workers"]) for h in history] == [(0, 2), (1, 2)]
+    assert all(h["ddp_param_spread"] < 1e-6 for h in history)
+    state = torch.load(Path(summary["checkpoint"]) / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 * (state["epoch"] + 1)
+
+
 def test_resume_continues_the_epoch_counter(ray_session, tiny_shards, tmp_path):
     from deblur.train.trainer import fit
 
