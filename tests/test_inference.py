@@ -88,6 +88,7 @@ def test_a_nafnet_checkpoint_runs_on_onnx_runtime_through_its_faster_graph(real_
 
     from deblur.inference.onnx_engine import EXPORT_VERSION
     from deblur.models import build_generator, generator_checkpoint
+    from deblur.models.reference import checkpoint_hash
 
     monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
@@ -96,8 +97,14 @@ def test_a_nafnet_checkpoint_runs_on_onnx_runtime_through_its_faster_graph(real_
         torch.nn.init.normal_(p, mean=0.5 if p.ndim == 1 else 0.0, std=0.05)
     path = tmp_path / "nafnet.pt"
     torch.save(generator_checkpoint(g, "nafnet", SMALL["nafnet"]), path)
+    model_hash = checkpoint_hash(str(path))
+    stale = [tmp_path / "cache" / "onnx" / name for name in (model_hash, f"{model_hash}-v1", "0123456789abcdef-v1")]
+    for folder in stale:  # earlier exports: this checkpoint's by older code, and another checkpoint's
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"old")
     engine = load_engine(str(path), "onnxruntime", threads=2)
-    assert Path(engine.info.source).parent.name == f"{engine.info.model_hash}-v{EXPORT_VERSION}"
+    assert Path(engine.info.source).parent.name == f"{model_hash}-v{EXPORT_VERSION}"
+    assert [folder.exists() for folder in stale] == [False, False, True]  # this checkpoint's stale exports go
     ops = {node.op_type for node in onnx.load(engine.info.source, load_external_data=False).graph.node}
     assert {"Conv", "ReduceMean"} <= ops and not ops & {"LayerNormalization", "Split"}, ops
     reference = load_engine(str(path), "torch")
