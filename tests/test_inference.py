@@ -257,10 +257,8 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
     for ref in (checkpoint, str(compiled)):  # a compiled folder's torch engine is its source checkpoint's
         if torch.cuda.is_available() or cpu_has_native_bf16():
             engine = load_engine(ref, precision="bf16")
-            if (Path(ref) / "engine.plan").is_file() and tensorrt_status() is None:
-                assert engine.info.backend == "tensorrt"  # a plan keeps the precision it was built with
-            else:
-                assert (engine.info.backend, engine.info.precision) == ("torch", "bf16")
+            # jobs/compile.py builds its plans for fp16 by default: bf16 is torch's, as everywhere else
+            assert (engine.info.backend, engine.info.precision) == ("torch", "bf16")
             assert engine.info.model_hash == load_engine(ref).info.model_hash
         else:
             with pytest.raises(EngineError, match="AMX"):
@@ -326,6 +324,44 @@ def test_an_engine_asked_for_the_cpu_stays_there_on_a_gpu_machine(compiled, trai
         assert (info.backend, info.device) == ("onnxruntime", "cpu"), ref
     with pytest.raises(EngineError, match="TensorRT needs a GPU, and this engine was asked to run on the CPU"):
         load_engine(str(folder), "tensorrt", device="cpu")
+
+
+def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_path, monkeypatch):
+    """A plan's precision is fixed when TensorRT builds it. fp32, the default, runs it as built; a precision
+    asked for that is not the plan's is refused for `--engine tensorrt` (in the driver's check too) and sends
+    `auto` to an engine that computes it. Made to look like a GPU machine with TensorRT (the plan itself is
+    never opened: TensorRTEngine is replaced by a recorder)."""
+    import deblur.inference.load as load
+    from deblur.inference import check_engine_request
+    from deblur.inference.tensorrt_engine import META, PLAN
+
+    folder = tmp_path / "fp16-plan"
+    shutil.copytree(compiled, folder)
+    (folder / PLAN).write_bytes(b"a plan")
+    (folder / META).write_text(json.dumps({"precision": "fp16"}))
+    monkeypatch.setattr(load, "tensorrt_status", lambda: None)
+    from deblur.inference.engine import Engine, EngineInfo
+
+    class Plan(Engine):  # what loading the plan would give, without TensorRT
+        def __init__(self, plan, multiple, model_hash):
+            self.info = EngineInfo("tensorrt", "gpu", "fp16", multiple, str(plan), model_hash)
+
+        def _infer(self, batch):
+            return batch
+
+    monkeypatch.setattr(load, "TensorRTEngine", Plan)
+    for backend, precision in (("tensorrt", "fp16"), ("tensorrt", "fp32"), ("auto", "fp16"), ("auto", "fp32")):
+        check_engine_request(str(folder), backend, precision, gpus=1)
+        info = load_engine(str(folder), backend, precision=precision).info
+        assert (info.backend, Path(info.source).name) == ("tensorrt", PLAN), (backend, precision)
+    message = "its engine.plan was built for fp16, not bf16; rebuild it with jobs/compile.py --precision bf16"
+    with pytest.raises(EngineError, match=message):
+        check_engine_request(str(folder), "tensorrt", "bf16", gpus=1)
+    with pytest.raises(EngineError, match=message):
+        load_engine(str(folder), "tensorrt", precision="bf16")
+    check_engine_request(str(folder), "auto", "bf16", gpus=1)  # torch computes it, from the source checkpoint
+    monkeypatch.setattr(load, "_checkpoint_engine", lambda uri, backend, *_: (backend, Path(uri).name))
+    assert load_engine(str(folder), "auto", precision="bf16") == ("torch", "checkpoint.pt")
 
 
 def test_auto_picks_what_this_machine_has(compiled):

@@ -5,8 +5,9 @@ name; local or s3://) or a compiled directory (`compile.json` + `model.onnx` [+ 
 preference is tensorrt > onnxruntime-cuda > torch-cuda > onnxruntime-cpu (> torch-cpu when only a checkpoint
 is given): ONNX Runtime beats eager torch on CPU, and a checkpoint is exported to ONNX once, then reused.
 ONNX Runtime runs the fp32 graph only, so asking for bf16 or fp16 makes "auto" pick torch (unless a TensorRT
-engine, whose precision was fixed when it was built, is there): on a CPU with AMX that is the fastest engine
-(bf16 weights ~1.3× ONNX Runtime fp32 on the shipped model, images within a few uint8 levels).
+engine built for that precision is there): on a CPU with AMX that is the fastest engine (bf16 weights ~1.3×
+ONNX Runtime fp32 on the shipped model, images within a few uint8 levels). A TensorRT plan's precision was
+fixed when it was built: fp32, the default, runs a plan as built; another precision must be the plan's.
 A checkpoint whose export is cached runs on ONNX Runtime without importing torch (~1.6 s that every Ray
 actor of the bulk and video jobs would pay), so torch is imported only where a model is built or run by it.
 """
@@ -72,9 +73,12 @@ def check_engine_request(
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)
         has_plan = storage.exists(storage.join(model_uri, PLAN))
-        if backend == "tensorrt" and not has_plan:
-            raise _no_plan(model_uri, summary)
-        if not (backend == "torch" or (backend == "auto" and precision != "fp32" and not has_plan)):
+        if backend == "tensorrt":
+            _check_plan(model_uri, summary, has_plan, precision)
+        if not (
+            backend == "torch"
+            or (backend == "auto" and precision != "fp32" and not _plan_runs(model_uri, has_plan, precision))
+        ):
             return
         model_uri = _source_checkpoint(model_uri, summary)  # the torch engine is its source checkpoint's
     elif backend == "tensorrt":
@@ -142,12 +146,12 @@ def _compiled_engine(
     has_plan = (local / PLAN).is_file()
     if backend == "auto":
         fallback = "onnxruntime" if precision == "fp32" else "torch"  # ORT runs the fp32 graph only
-        backend = "tensorrt" if has_plan and device != "cpu" and tensorrt_status() is None else fallback
+        runs = _plan_runs(str(local), has_plan, precision) and device != "cpu" and tensorrt_status() is None
+        backend = "tensorrt" if runs else fallback
     if backend == "tensorrt":
         if device == "cpu":
             raise EngineError("TensorRT needs a GPU, and this engine was asked to run on the CPU")
-        if not has_plan:
-            raise _no_plan(model_uri, summary)
+        _check_plan(model_uri, summary, has_plan, precision, str(local))
         return TensorRTEngine(local / PLAN, multiple, model_hash)
     if backend == "onnxruntime":
         return OnnxEngine(local / ONNX_FILE, device or "auto", threads, multiple, model_hash)
@@ -164,6 +168,31 @@ def _compile_summary(model_uri: str) -> dict:
 
 def _no_plan(model_uri: str, summary: dict) -> EngineError:
     return EngineError(f"{model_uri}: no {PLAN} was compiled ({summary.get('tensorrt', 'not built')})")
+
+
+def _plan_precision(folder: str) -> str | None:
+    """The precision a compiled folder's TensorRT plan was built for (its engine.json), None where that does
+    not say (TensorRTEngine then refuses the plan with the reason)."""
+    try:
+        return json.loads(storage.read_text(storage.join(folder, META))).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _plan_runs(folder: str, has_plan: bool, precision: str) -> bool:
+    """Whether the folder's plan serves `precision`: fp32 (the default) takes the plan as built."""
+    return has_plan and precision in ("fp32", _plan_precision(folder) or precision)
+
+
+def _check_plan(model_uri: str, summary: dict, has_plan: bool, precision: str, local: str | None = None) -> None:
+    """--engine tensorrt: a plan is there, and built for the precision asked (it cannot be changed at run time)."""
+    if not has_plan:
+        raise _no_plan(model_uri, summary)
+    if not _plan_runs(local or model_uri, has_plan, precision):
+        raise EngineError(
+            f"{model_uri}: its {PLAN} was built for {_plan_precision(local or model_uri)}, not {precision}; "
+            f"rebuild it with jobs/compile.py --precision {precision}, or leave --precision out to run it as built"
+        )
 
 
 def _no_plan_for_checkpoint(model_uri: str) -> EngineError:
