@@ -1,8 +1,9 @@
 """Joining or starting Ray, the same way for every job.
 
 `ray job submit` sets RAY_ADDRESS, so a submitted job joins its cluster; `python jobs/X.py` joins a running
-local cluster when there is one, and otherwise starts a private instance on loopback (every process listening
-on 127.0.0.1 only) sized to the machine.
+local cluster when there is one (`ray start`'s, which Ray records), and otherwise starts a private instance on
+loopback (every process listening on 127.0.0.1 only) sized to the machine, which no other job joins: it ends
+with its job.
 """
 
 from __future__ import annotations
@@ -20,20 +21,37 @@ from pydantic import PlainValidator
 log = logging.getLogger(__name__)
 
 
-def _local_cluster_alive(timeout_s: float = 1.0) -> bool:
-    """Whether the cluster `address="auto"` would join answers at all. Ray records the last cluster started
-    on this machine in <tmp>/ray/ray_current_cluster and keeps it after that cluster is gone; joining a dead
-    one retries for minutes, so a stale record must mean "start a local Ray", not a hang."""
+def _recorded_cluster(timeout_s: float = 1.0) -> tuple[str, bool] | None:
+    """The cluster `ray start` last started on this machine, as (address, on loopback only), where it answers.
+
+    Ray records it in <tmp>/ray/ray_current_cluster and keeps the record after that cluster is gone; joining a
+    dead one retries for minutes, so a stale record means "start a local Ray", not a hang. Ray joins a
+    recorded 127.0.0.1 through the machine's address (`resolve_ip_for_localhost`), where a cluster started
+    on loopback only (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) never answers: that one is joined from loopback
+    (`_keep_on_loopback`), or the join would hang the same way."""
     import socket
     import tempfile
 
+    def answers(host: str, port: int) -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+
     record = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "ray_current_cluster")
     try:
-        host, port = open(record).read().split()[0].rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            return True
+        address = open(record).read().split()[0]
+        host, port = address.rsplit(":", 1)[0], int(address.rsplit(":", 1)[1])
     except (OSError, ValueError, IndexError):
-        return False
+        return None
+    if not answers(host, port):
+        return None
+    if host not in ("127.0.0.1", "localhost"):
+        return address, False
+    from ray._private.services import get_node_ip_address
+
+    return address, not answers(get_node_ip_address(), port)
 
 
 LOG_LEVEL_ENV = "DEBLUR_RAY_LOG_LEVEL"
@@ -106,12 +124,17 @@ def init_ray(
         "logging_config": ray.LoggingConfig(log_level=log_level),
     }
     joined = {"runtime_env": job_runtime_env(joining=True, quiet_workers=quiet_workers, log_level=log_level), **quiet}
+    if _own_api_server and os.environ.get(_API_SERVER_ENV) == _own_api_server:  # a local Ray this process started
+        os.environ.pop(_API_SERVER_ENV)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**joined)
         return "cluster"
-    if _local_cluster_alive():
+    if recorded := _recorded_cluster():
+        address, loopback_only = recorded
+        if loopback_only:
+            _keep_on_loopback()
         try:
-            ray.init(address="auto", **joined)
+            ray.init(address=address, **joined)
             return "cluster"
         except (ConnectionError, RuntimeError, ValueError):
             pass
@@ -120,20 +143,47 @@ def init_ray(
         "num_cpus": num_cpus or os.cpu_count(),
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
+        "dashboard_port": _dashboard_port(),
         "_node_ip_address": "127.0.0.1",
     }
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     runtime_env = job_runtime_env(joining=False, quiet_workers=quiet_workers, log_level=log_level)
     _keep_on_loopback()
-    # "local": a new instance, whatever stale record lies around
-    ray.init(address="local", runtime_env=runtime_env, **kwargs, **quiet)
-    # Record it as `ray start` does: Ray Train's placement-group cleaner finds "its" cluster through this
-    # record and otherwise talks to whichever cluster was last started here (or a dead one) and fails.
-    from ray._private.utils import write_ray_address
-
-    write_ray_address(ray.get_runtime_context().gcs_address)
+    # Ray's State API, which Ray Train's placement-group cleaner polls from a worker, finds its cluster through
+    # RAY_API_SERVER_ADDRESS, else through the machine's record of the last cluster started: a dead one, which
+    # it polls until its stop times out (a traceback at the end of the run), or another job's, where it finds
+    # no controller of this run and removes the run's placement group. This Ray's processes inherit the
+    # variable. The record is left alone: it names clusters that outlive their starter (`ray start`), which
+    # a second job may join; this Ray ends with this process, so a job beside it starts its own.
+    _set_own_api_server(f"http://127.0.0.1:{kwargs['dashboard_port']}")
+    ray.init(address="local", runtime_env=runtime_env, **kwargs, **quiet)  # a new instance, whatever is recorded
     return "local"
+
+
+_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+_own_api_server: str | None = None
+
+
+def _set_own_api_server(url: str) -> None:
+    global _own_api_server
+    if not os.environ.get(_API_SERVER_ENV) or os.environ.get(_API_SERVER_ENV) == _own_api_server:
+        os.environ[_API_SERVER_ENV] = _own_api_server = url
+
+
+def _dashboard_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port where it is free on loopback, else any free one: chosen before Ray starts,
+    so that its processes can be told where their State API is."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 def _keep_on_loopback() -> None:

@@ -15,26 +15,29 @@ import numpy as np
 import pytest
 
 from deblur.inference.load import cuda_available
-from deblur.ray_env import _local_cluster_alive, actor_gpus, error_line, gpu_request, job_runtime_env
+from deblur.ray_env import _recorded_cluster, actor_gpus, error_line, gpu_request, job_runtime_env
 
 from conftest import ROOT, free_port, local_cluster_module, write_clip
 
 
 def test_a_stale_cluster_record_is_not_joined(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-    assert not _local_cluster_alive()  # no record at all
+    assert _recorded_cluster() is None  # no record at all
     (tmp_path / "ray").mkdir()
     record = tmp_path / "ray" / "ray_current_cluster"
     dead = free_port()  # nothing listens there
     record.write_text(f"127.0.0.1:{dead}")
-    assert not _local_cluster_alive(timeout_s=0.5)
+    assert _recorded_cluster(timeout_s=0.5) is None
     record.write_text("garbage")
-    assert not _local_cluster_alive()
-    with socket.socket() as live:
-        live.bind(("127.0.0.1", 0))
-        live.listen()
-        record.write_text(f"127.0.0.1:{live.getsockname()[1]}")
-        assert _local_cluster_alive()
+    assert _recorded_cluster() is None
+    for host, loopback_only in (("127.0.0.1", True), ("0.0.0.0", False)):
+        with socket.socket() as live:
+            live.bind((host, 0))
+            live.listen()
+            record.write_text(f"127.0.0.1:{live.getsockname()[1]}")
+            # Ray would join a recorded 127.0.0.1 through this machine's address: a cluster that listens on
+            # loopback only is joined from loopback
+            assert _recorded_cluster() == (f"127.0.0.1:{live.getsockname()[1]}", loopback_only), host
 
 
 def test_a_job_gets_a_runtime_env_only_where_its_workers_need_one(monkeypatch):
@@ -261,3 +264,60 @@ def test_a_ray_the_job_starts_listens_on_loopback_only():
     assert len(listening) >= 4, listening  # GCS, raylet, dashboard, the driver's and workers' gRPC servers
     hosts = {address.rsplit(":", 1)[0] for address in listening}
     assert hosts <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, listening
+
+
+def test_a_job_beside_a_running_one_starts_its_own_ray_and_joins_a_ray_start_cluster():
+    """A job's own Ray ends with the job, so a second job started beside it must not join it. It did, through
+    the machine's cluster record, and then hung for good: Ray joins a recorded 127.0.0.1 through the machine's
+    address, where that loopback-only Ray never answers. A cluster `ray start` started on loopback only,
+    which outlives its starter, is joined, from loopback."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # its own cluster record; a short socket path
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    local = local_cluster_module()
+    port = free_port()
+
+    def job_beside() -> str:
+        res = subprocess.run(
+            [sys.executable, "-c", LOCAL_RAY],
+            cwd=ROOT,
+            env=env,
+            input="\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout.strip()
+
+    first = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_RAY],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert first.stdout.readline().strip() == "local"
+        assert not (Path(ray_tmp) / "ray" / "ray_current_cluster").exists()  # a job's own Ray is not recorded
+        assert job_beside() == "local"
+        first.stdin.write("\n")
+        first.stdin.flush()
+        first.wait(timeout=120)
+        head = [local.ray_bin(), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1"]
+        head += ["--include-dashboard=false", "--disable-usage-stats", *local.own_ports()]
+        started = subprocess.run(
+            head, env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, capture_output=True, text=True, timeout=180
+        )
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert job_beside() == "cluster"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        for pid, _ in local.cluster_processes(port):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import torch
 from deblur import storage
 from deblur.config import load_config
 
-from conftest import ROOT, job_env, tiny_overrides
+from conftest import ROOT, free_port, job_env, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -180,6 +182,35 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, ray_cluster, ti
     assert set(logged) == set(range(epochs))
     for folder in run.glob("epoch-*"):  # every kept checkpoint is whole and loads
         torch.load(folder / "checkpoint.pt", weights_only=True)
+
+
+def test_plain_python_trains_on_a_ray_of_its_own_and_ends_cleanly(tiny_shards, tmp_path):
+    """`python jobs/train.py` with no cluster to join starts a Ray of its own and ends without a traceback,
+    even where the machine's record of the last cluster names one that is gone: Ray Train's placement-group
+    cleaner finds the job's own Ray (it used to poll the recorded one until its stop timed out, then printed
+    "Failed to stop PlacementGroupCleaner gracefully" and a traceback)."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # its own cluster record; a short socket path
+    (Path(ray_tmp) / "ray").mkdir()
+    (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nothing there
+    sets = tiny_overrides(tiny_shards, str(tmp_path / "runs"), "local", **{"scaling.num_workers": 1})
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    try:
+        res = subprocess.run(
+            [sys.executable, "jobs/train.py"] + [a for s in sets for a in ("--set", s)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "Ray: local" in out and "best checkpoint:" in out, out[-4000:]
+    assert "Traceback" not in out and "PlacementGroupCleaner" not in out, out[-4000:]
 
 
 @pytest.mark.parametrize(
