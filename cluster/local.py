@@ -61,7 +61,7 @@ def auth_env(state: Path) -> dict[str, str]:
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
 
@@ -80,7 +80,7 @@ def _join(cmd: list[str], env: dict[str, str], tries: int = 3) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **env},
+            env=env,
             start_new_session=True,
         )
         try:
@@ -110,8 +110,9 @@ def start(
     actors on a GPU cluster from a CPU machine (the actors then find no CUDA and run on the CPU). The worker
     raylets declare none: they share the machine's GPUs with the head, and each claiming them all would count
     every GPU once per raylet."""
-    env = auth_env(state)
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would refuse the second raylet on one machine
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (exported for a one-node Ray on loopback, or set by a job's
+    # `init_ray` in this process) would refuse the second raylet on one machine
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | auth_env(state)
     port, dash = free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     # A temp dir of its own (short: Ray's socket paths must fit 107 bytes): the head then does not overwrite
@@ -167,26 +168,33 @@ def start(
     return info
 
 
-def _process_table() -> list[tuple[int, int, int, str]]:
-    """(pid, parent pid, session id, command line) of every process on the machine."""
-    out = subprocess.run(
-        ["ps", "-ww", "-eo", "pid=,ppid=,sid=,args="], capture_output=True, text=True
-    ).stdout.splitlines()
+def _process_table() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process on the machine."""
+    res = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
+    if res.returncode != 0:  # an empty table would read as "nothing left running"
+        raise RuntimeError(f"ps failed: {res.stderr.strip()}")
     rows = []
-    for line in out:
-        pid, ppid, sid, *args = line.split(None, 3)
-        rows.append((int(pid), int(ppid), int(sid), args[0] if args else ""))
+    for line in res.stdout.splitlines():
+        pid, ppid, *args = line.split(None, 2)
+        rows.append((int(pid), int(ppid), args[0] if args else ""))
     return rows
 
 
-def _with_descendants(table: list[tuple[int, int, int, str]], roots: set[int]) -> list[tuple[int, str]]:
+def _with_descendants(table: list[tuple[int, int, str]], roots: set[int]) -> list[tuple[int, str]]:
     ours, grew = set(roots), True
     while grew:
-        more = {pid for pid, ppid, _, _ in table if ppid in ours and pid not in ours}
+        more = {pid for pid, ppid, _ in table if ppid in ours and pid not in ours}
         ours |= more
         grew = bool(more)
     ours.discard(os.getpid())
-    return [(pid, args) for pid, _, _, args in table if pid in ours]
+    return [(pid, args) for pid, _, args in table if pid in ours]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone meanwhile
+        return None
 
 
 def cluster_processes(port: int) -> list[tuple[int, str]]:
@@ -195,13 +203,13 @@ def cluster_processes(port: int) -> list[tuple[int, str]]:
     (workers). Another cluster on this machine, or another user's, names another port and is left alone."""
     table = _process_table()
     mark = re.compile(rf"(?:\S:{port}|--gcs_server_port={port})(?:\s|$)")  # --gcs-address=<ip>:port, the GCS's own port
-    return _with_descendants(table, {pid for pid, _, _, args in table if mark.search(args)})
+    return _with_descendants(table, {pid for pid, _, args in table if mark.search(args)})
 
 
 def session_processes(sid: int) -> list[tuple[int, str]]:
     """(pid, command line) of the processes in session `sid` and what they started."""
     table = _process_table()
-    return _with_descendants(table, {pid for pid, _, s, _ in table if s == sid})
+    return _with_descendants(table, {pid for pid, _, _ in table if _session(pid) == sid})
 
 
 def _terminate(find, wait_s: float = 30.0) -> None:

@@ -30,7 +30,8 @@ def _recorded_cluster(timeout_s: float = 1.0) -> tuple[str, bool] | None:
     on loopback only (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) never answers: that one is joined from loopback
     (`_keep_on_loopback`), or the join would hang the same way."""
     import socket
-    import tempfile
+
+    from ray._common.utils import get_ray_address_file
 
     def answers(host: str, port: int) -> bool:
         try:
@@ -39,9 +40,8 @@ def _recorded_cluster(timeout_s: float = 1.0) -> tuple[str, bool] | None:
         except OSError:
             return False
 
-    record = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "ray_current_cluster")
     try:
-        address = open(record).read().split()[0]
+        address = open(get_ray_address_file(None)).read().split()[0]  # where `ray start` writes it
         host, port = address.rsplit(":", 1)[0], int(address.rsplit(":", 1)[1])
     except (OSError, ValueError, IndexError):
         return None
@@ -124,8 +124,7 @@ def init_ray(
         "logging_config": ray.LoggingConfig(log_level=log_level),
     }
     joined = {"runtime_env": job_runtime_env(joining=True, quiet_workers=quiet_workers, log_level=log_level), **quiet}
-    if _own_api_server and os.environ.get(_API_SERVER_ENV) == _own_api_server:  # a local Ray this process started
-        os.environ.pop(_API_SERVER_ENV)
+    _undo_own_settings()  # of a Ray this process started before: they describe that one only
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**joined)
         return "cluster"
@@ -137,66 +136,94 @@ def init_ray(
             ray.init(address=address, **joined)
             return "cluster"
         except (ConnectionError, RuntimeError, ValueError):
-            pass
+            _undo_own_settings()
     # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
     kwargs = {
         "num_cpus": num_cpus or os.cpu_count(),
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
-        "dashboard_port": _dashboard_port(),
         "_node_ip_address": "127.0.0.1",
     }
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     runtime_env = job_runtime_env(joining=False, quiet_workers=quiet_workers, log_level=log_level)
     _keep_on_loopback()
-    # Ray's State API, which Ray Train's placement-group cleaner polls from a worker, finds its cluster through
-    # RAY_API_SERVER_ADDRESS, else through the machine's record of the last cluster started: a dead one, which
-    # it polls until its stop times out (a traceback at the end of the run), or another job's, where it finds
-    # no controller of this run and removes the run's placement group. This Ray's processes inherit the
-    # variable. The record is left alone: it names clusters that outlive their starter (`ray start`), which
-    # a second job may join; this Ray ends with this process, so a job beside it starts its own.
-    _set_own_api_server(f"http://127.0.0.1:{kwargs['dashboard_port']}")
-    ray.init(address="local", runtime_env=runtime_env, **kwargs, **quiet)  # a new instance, whatever is recorded
-    return "local"
+    # Ray's State API, which Ray Train's placement-group cleaner polls from a worker (and Ray Data's hanging
+    # detector from the driver), finds its cluster through RAY_API_SERVER_ADDRESS, else through the machine's
+    # record of the last cluster started: a dead one, which the cleaner polls until its stop times out (a
+    # traceback at the end of the run), or another's, where it finds no controller of this run and removes
+    # the run's placement group. So the variable names this Ray's dashboard, in this process and in the Ray
+    # processes it starts, which inherit it. The record is left alone: it names clusters that outlive their
+    # starter (`ray start`), which a second job may join; this Ray ends with this process, so a job beside it
+    # starts its own. A dashboard port given explicitly is not retried by Ray: 8265 taken meanwhile (another
+    # job starting at the same moment) gets one more try on a port the system picks.
+    for port in (8265, 0):
+        dashboard = _free_loopback_port(port)
+        if dashboard is None:
+            continue
+        _set_own(_API_SERVER_ENV, f"http://127.0.0.1:{dashboard}")
+        try:  # "local": a new instance, whatever is recorded
+            ray.init(address="local", runtime_env=runtime_env, dashboard_port=dashboard, **kwargs, **quiet)
+            return "local"
+        except (ValueError, RuntimeError, ConnectionError):
+            ray.shutdown()
+            if port == 0:
+                raise
+    raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
 
 
 _API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
-_own_api_server: str | None = None
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_CLUSTER_CONSTANT = "ray_constants.ENABLE_RAY_CLUSTER"  # what Ray read from _LOOPBACK_ENV when imported
+#: what `init_ray` changed in this process for a Ray it started or joined on loopback: name → value before
+_own_settings: dict[str, str | bool | None] = {}
 
 
-def _set_own_api_server(url: str) -> None:
-    global _own_api_server
-    if not os.environ.get(_API_SERVER_ENV) or os.environ.get(_API_SERVER_ENV) == _own_api_server:
-        os.environ[_API_SERVER_ENV] = _own_api_server = url
+def _set_own(name: str, value: str) -> None:
+    _own_settings.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
 
 
-def _dashboard_port(preferred: int = 8265) -> int:
-    """Ray's usual dashboard port where it is free on loopback, else any free one: chosen before Ray starts,
-    so that its processes can be told where their State API is."""
+def _undo_own_settings() -> None:
+    """Put back what `init_ray` changed for an earlier Ray of this process (a library user may init, shut
+    down and join another cluster in one process): the user's own values return."""
+    from ray._private import ray_constants
+
+    for name, before in _own_settings.items():
+        if name == _CLUSTER_CONSTANT:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+        elif before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+    _own_settings.clear()
+
+
+def _free_loopback_port(port: int) -> int | None:
+    """`port` (0: one the system picks) where it is free on 127.0.0.1, else None."""
     import socket
 
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+        return s.getsockname()[1]
 
 
 def _keep_on_loopback() -> None:
     """Keep a Ray of one node that this process starts on 127.0.0.1. Ray turns `_node_ip_address="127.0.0.1"`
     into the machine's reachable address, and its GCS and raylets then listen on every interface, unless
     multi-node clusters are off: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which Ray reads when it is imported
-    (so here also the constant it set) and its processes inherit. Never for a driver joining a cluster: it must
-    be reachable from the other nodes. Measured with `ss -ltnp` (Ray 2.60): GCS, raylet, workers and dashboard
-    on 127.0.0.1 only, against `*` and the eth0 address without it."""
+    (so here also the constant it set) and its processes inherit. Never for a driver joining a cluster that
+    other machines reach (it must be reachable from their nodes); only for one on loopback only. Measured with
+    `ss -ltnp` (Ray 2.60): GCS, raylet, workers and dashboard on 127.0.0.1 only, against `*` and the eth0
+    address without it. `_undo_own_settings` puts it back."""
     from ray._private import ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    _set_own(_LOOPBACK_ENV, "0")
     if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        _own_settings.setdefault(_CLUSTER_CONSTANT, ray_constants.ENABLE_RAY_CLUSTER)
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 

@@ -422,7 +422,13 @@ def test_a_worker_raylet_that_fails_to_start_is_stopped_and_started_again(tmp_pa
         assert local.session_processes(failed_session) == []  # the failed try's raylet and agents are gone
         raylets = [args for _, args in local.cluster_processes(port) if "/raylet/raylet " in args]
         assert len(raylets) == 2, raylets  # the head's and one worker's, not a half-started third
-        probe = "import ray; ray.init(address=%r, logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        # the killed try's raylet counts as alive until the GCS misses its heartbeats: wait for that
+        probe = (
+            "import time, ray; ray.init(address=%r, logging_level='ERROR'); alive = lambda: len([n for n in "
+            "ray.nodes() if n['Alive']]); deadline = time.time() + 60\n"
+            "while alive() != 2 and time.time() < deadline: time.sleep(1)\n"
+            "print(alive())"
+        )
         alive = subprocess.run(
             [sys.executable, "-c", probe % info["address"]],
             capture_output=True,

@@ -98,13 +98,14 @@ def test_a_nafnet_checkpoint_runs_on_onnx_runtime_through_its_faster_graph(real_
     path = tmp_path / "nafnet.pt"
     torch.save(generator_checkpoint(g, "nafnet", SMALL["nafnet"]), path)
     model_hash = checkpoint_hash(str(path))
-    stale = [tmp_path / "cache" / "onnx" / name for name in (model_hash, f"{model_hash}-v1", "0123456789abcdef-v1")]
-    for folder in stale:  # earlier exports: this checkpoint's by older code, and another checkpoint's
+    names = (model_hash, f"{model_hash}-v1", f"{model_hash}-v{EXPORT_VERSION + 1}", "0123456789abcdef-v1")
+    others = [tmp_path / "cache" / "onnx" / name for name in names]
+    for folder in others:  # this checkpoint's exports by older and newer code, and another checkpoint's
         folder.mkdir(parents=True)
-        (folder / "model.onnx").write_bytes(b"old")
+        (folder / "model.onnx").write_bytes(b"other")
     engine = load_engine(str(path), "onnxruntime", threads=2)
     assert Path(engine.info.source).parent.name == f"{model_hash}-v{EXPORT_VERSION}"
-    assert [folder.exists() for folder in stale] == [False, False, True]  # this checkpoint's stale exports go
+    assert [folder.exists() for folder in others] == [False, False, True, True]  # this checkpoint's older ones go
     ops = {node.op_type for node in onnx.load(engine.info.source, load_external_data=False).graph.node}
     assert {"Conv", "ReduceMean"} <= ops and not ops & {"LayerNormalization", "Split"}, ops
     reference = load_engine(str(path), "torch")

@@ -251,7 +251,7 @@ def _export(model, model_hash: str, folder: Path) -> None:
     """The checkpoint's ONNX export into the local cache (`folder`, named by the checkpoint's hash and
     EXPORT_VERSION), made once per checkpoint and then reused; staged and renamed, so a half-written export
     is never found. The exports of this checkpoint that an earlier EXPORT_VERSION made are removed then:
-    no version of this code reads them again, and each holds a copy of the weights."""
+    this code never reads them again, and each holds a copy of the weights."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent))
     export_onnx(model, staging / ONNX_FILE, model.multiple)
@@ -261,8 +261,9 @@ def _export(model, model_hash: str, folder: Path) -> None:
     except OSError:  # another process exported it first
         shutil.rmtree(staging, ignore_errors=True)
     for old in [folder.parent / model_hash, *folder.parent.glob(f"{model_hash}-v*")]:
-        if old != folder and old.is_dir():  # the unversioned name is what exports before EXPORT_VERSION used
-            shutil.rmtree(old, ignore_errors=True)
+        version = old.name[len(model_hash) + 2 :]  # "": the name exports before EXPORT_VERSION had
+        if old.is_dir() and (not version or (version.isdigit() and int(version) < EXPORT_VERSION)):
+            shutil.rmtree(old, ignore_errors=True)  # a newer version's export (newer code beside) stays
 
 
 def _local_copy(uri: str, names: list[str]) -> Path:
