@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Annotated
@@ -296,19 +297,38 @@ def gpu_actor_cap(gpus: float) -> int:
     return max(1, int(ray.cluster_resources().get("GPU", 0.0) // gpus))
 
 
+def _actor_init_failure(error: BaseException | None) -> bool:
+    import ray
+
+    return isinstance(error, ray.exceptions.RayActorError) and error.actor_init_failed
+
+
+class _NoRayBugReportForActorInit(logging.Filter):
+    """Ray Data takes an actor whose constructor raised for a fault of its own: before raising the error to the
+    driver it logs "Exception occurred in Ray Data or Ray Core internal code ... please open an issue on the Ray
+    project" and the whole stack again. Neither holds for a worker that cannot load the engine, which the job
+    then says in one line; any other error is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _actor_init_failure(sys.exc_info()[1])
+
+
 @contextlib.contextmanager
 def actor_start_errors(what: str) -> Iterator[None]:
     """Ray reports an actor whose constructor raised as a `RayActorError` that carries the remote traceback as
     text, after logging it from every actor. The jobs end on one line naming the cause instead: bf16 on a worker
     without AMX, TensorRT missing where the actors landed, a model the workers cannot read."""
-    import ray
-
+    ray_data_errors = logging.getLogger("ray.data.exceptions")  # the logger of Ray Data's `omit_traceback_stdout`
+    quiet = _NoRayBugReportForActorInit()
+    ray_data_errors.addFilter(quiet)
     try:
         yield
-    except ray.exceptions.RayActorError as e:
-        if not e.actor_init_failed:  # died later (a crash, out of memory): Ray's own error says more
+    except Exception as e:
+        if not _actor_init_failure(e):  # an actor that died later (a crash, out of memory): Ray's own error says more
             raise
         raise WorkerStartError(f"{what} could not start on a worker: {error_line(e.error_msg)}") from None
+    finally:
+        ray_data_errors.removeFilter(quiet)
 
 
 def error_line(traceback_text: str) -> str:

@@ -449,10 +449,13 @@ def test_bad_input_is_one_line(case, trained_checkpoint, real_photo, tmp_path):
 
 
 @pytest.mark.parametrize("archive", ["images", "videos only"])
-def test_an_engine_the_workers_cannot_load_is_one_error(archive, trained_checkpoint, real_photo, tmp_path, ray_session):
+def test_an_engine_the_workers_cannot_load_is_one_error(
+    archive, trained_checkpoint, real_photo, tmp_path, ray_session, caplog
+):
     """What the driver cannot check (the workers' hardware, on a cluster) fails in the actors' constructors;
     the job ends on one error naming the cause, not on Ray's ActorDiedError with every actor's traceback (nor,
-    for an archive of videos, on one error row per video)."""
+    for an archive of videos, on one error row per video), and without Ray Data's request to report the failure
+    as a bug in Ray."""
     from deblur.ray_env import WorkerStartError
 
     folder = tmp_path / "in"
@@ -467,6 +470,9 @@ def test_an_engine_the_workers_cannot_load_is_one_error(archive, trained_checkpo
         "the engine could not start on a worker: EngineError: fp16 inference needs a GPU; on a CPU use bf16 "
         "(with AMX or AVX512-BF16) or fp32"
     )
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("actors died during initialization" in m for m in logged)  # Ray Data's own line is still there
+    assert not [m for m in logged if "please open an issue" in m or "Full stack trace" in m], logged
 
 
 def test_images_done_then_video_workers_that_cannot_start_keep_the_images(
