@@ -1,6 +1,9 @@
 """Bulk deblurring throughput, side by side in one run on the same images and cores:
   - a bare single-process loop: read → decode → engine → encode → write,
   - the Ray Data job (jobs/bulk.py's `run`), actors holding the same engine,
+  - the job's Ray-free ceiling: the same images dealt out to one plain process per core, each running the bare
+    loop with a single-thread engine (what the job's actors do, without Ray): the most any design of one
+    single-thread worker per core can win over the loop on these cores, and job ÷ processes is Ray's own cost,
   - engine-only compute time (what the loop spent inside the engine): pipeline efficiency = that / job wall.
 The loop runs just before and just after the job and the ratio divides by their mean (the machine's speed drifts
 by more than the differences measured); the job's start-up is the summary's `start_up_seconds`. Ray is joined
@@ -41,6 +44,28 @@ def bare_loop(files: list[Path], out: Path, engine) -> tuple[float, float]:
     return time.perf_counter() - t0, engine_s
 
 
+def _one_process_share(files: list[Path], out: Path, model: str, engine: str, precision: str) -> float:
+    """A plain process's share of the archive: a cold single-thread engine (as each actor loads), then the loop."""
+    from deblur.inference import load_engine
+
+    return bare_loop(files, out, load_engine(model, engine, threads=1, precision=precision))[0]
+
+
+def plain_processes(files: list[Path], cores: int, model: str, engine: str, precision: str) -> float:
+    """Wall seconds for `cores` fresh processes (spawned, imports included, as actors start) to do every image,
+    each dealt every cores-th one so that sizes spread evenly."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shares = [pool.submit(_one_process_share, files[i::cores], out, model, engine, precision) for i in range(cores)]
+        for share in shares:
+            share.result()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="a checkpoint or compiled folder (default: the shipped model)")
@@ -79,7 +104,8 @@ def main() -> None:
         summary = deblur_archive(
             str(src), tempfile.mkdtemp(), options, workers=cores, cpus_per_worker=1, progress=False
         )
-        # the machine's speed drifts: bracket the job
+        processes_s = plain_processes(copies, cores, model, args.engine, args.precision)
+        # the machine's speed drifts: bracket the job and the processes
         after = bare_loop(
             copies, Path(tempfile.mkdtemp()), load_engine(model, args.engine, threads=cores, precision=args.precision)
         )
@@ -93,6 +119,9 @@ def main() -> None:
                 round(n / loop_s, 2),
                 round(n / job_s, 2),
                 round(loop_s / job_s, 2),
+                round(n / processes_s, 2),
+                round(loop_s / processes_s, 2),
+                round(processes_s / job_s, 2),
                 f"{n / before[0]:.2f} / {n / after[0]:.2f}",
                 summary["start_up_seconds"],
                 round(engine_s / job_s, 2),
@@ -137,6 +166,9 @@ def main() -> None:
             "bare loop img/s",
             "Ray Data job img/s",
             "job vs loop",
+            f"{cores} plain processes img/s",
+            "processes vs loop (Ray-free ceiling)",
+            "job vs processes",
             "loop img/s before / after the job",
             "job start-up s",
             "job efficiency (engine s / job s)",
