@@ -110,10 +110,12 @@ def init_ray(
     object_store_mb: int | None = None,
     log_level: str = "WARNING",
     quiet_workers: bool = False,
+    announce: bool = False,
 ) -> str:
     """Connect to (or start) Ray; returns how: 'existing', 'cluster' or 'local'. `log_level` is the root
     logger's in every task and actor of the job, and Ray Data's and Ray Train's own in the driver (and in
-    every worker with `quiet_workers`, see `job_runtime_env`)."""
+    every worker with `quiet_workers`, see `job_runtime_env`). `announce`: print where the job runs and its
+    dashboard (`announce_ray`), as the jobs do."""
     import ray
 
     if ray.is_initialized():
@@ -127,15 +129,15 @@ def init_ray(
     joined = {"runtime_env": job_runtime_env(joining=True, quiet_workers=quiet_workers, log_level=log_level), **quiet}
     _undo_own_settings()  # of a Ray this process started before: they describe that one only
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(**joined)
-        return "cluster"
+        context = ray.init(**joined)
+        return announce_ray("cluster", context) if announce else "cluster"
     if recorded := _recorded_cluster():
         address, loopback_only = recorded
         if loopback_only:
             _keep_on_loopback()
         try:
-            ray.init(address=address, **joined)
-            return "cluster"
+            context = ray.init(address=address, **joined)
+            return announce_ray("cluster", context) if announce else "cluster"
         except (ConnectionError, RuntimeError, ValueError):
             _undo_own_settings()
     # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
@@ -164,13 +166,34 @@ def init_ray(
             continue
         _set_own(_API_SERVER_ENV, f"http://127.0.0.1:{dashboard}")
         try:  # "local": a new instance, whatever is recorded
-            ray.init(address="local", runtime_env=runtime_env, dashboard_port=dashboard, **kwargs, **quiet)
-            return "local"
+            context = ray.init(address="local", runtime_env=runtime_env, dashboard_port=dashboard, **kwargs, **quiet)
+            return announce_ray("local", context) if announce else "local"
         except (ValueError, RuntimeError, ConnectionError):
             ray.shutdown()
             if port == 0:
                 raise
     raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
+
+
+def announce_ray(how: str, context) -> str:
+    """Print the line Ray itself prints as it starts or joins ("View the dashboard at ..."), which the jobs'
+    WARNING level hides, so that a user sees where the job runs and where to watch it (a local Ray's dashboard
+    port is 8265 unless that was taken). `context`: what `ray.init` returned. Returns `how`."""
+    import ray
+
+    url = context.dashboard_url
+    dashboard = f"dashboard {url if '://' in url else 'http://' + url}" if url else "no dashboard"
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if how == "local":
+        print(
+            f"Ray: a local instance for this job ({cpus:g} CPUs, on 127.0.0.1 only; it ends with the job), {dashboard}"
+        )
+    else:  # the nodes up now: an autoscaler may add more as the job asks
+        nodes = sum(node["Alive"] for node in ray.nodes())
+        print(f"Ray: joined a cluster of {nodes} node(s) ({cpus:g} CPUs, {gpus:g} GPUs), {dashboard}")
+    sys.stdout.flush()
+    return how
 
 
 _API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
@@ -200,16 +223,22 @@ def _undo_own_settings() -> None:
     _own_settings.clear()
 
 
-def _free_loopback_port(port: int) -> int | None:
-    """`port` (0: one the system picks) where it is free on 127.0.0.1, else None."""
+def free_port(host: str, port: int) -> int | None:
+    """`port` (0: one the system picks) where a server could listen on it on `host` now, else None. A closed
+    connection's TIME_WAIT does not count as taken (servers bind with SO_REUSEADDR)."""
     import socket
 
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return None
         return s.getsockname()[1]
+
+
+def _free_loopback_port(port: int) -> int | None:
+    return free_port("127.0.0.1", port)
 
 
 def _keep_on_loopback() -> None:

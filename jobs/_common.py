@@ -136,7 +136,7 @@ def init_ray_for_workers(args: argparse.Namespace) -> None:
     video)."""
     from deblur.ray_env import init_ray
 
-    where = init_ray()
+    where = init_ray(announce=True)
     resolve_gpus(args, "gpus_per_worker", "--gpus-per-worker", where)
     if where == "local":
         check_local_ray(

@@ -78,7 +78,7 @@ def main(argv: list[str] | None) -> int:
         from deblur.data.pipeline import ray_map_ordered
         from deblur.ray_env import init_ray
 
-        init_ray(num_cpus=None if args.workers == "auto" else int(args.workers))
+        init_ray(num_cpus=None if args.workers == "auto" else int(args.workers), announce=True)
         encoder = ray_map_ordered
     manifest = shards.prepare(
         pairs,

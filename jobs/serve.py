@@ -1,4 +1,4 @@
-"""Run the deblur HTTP endpoint on Ray Serve (a local Ray, or the cluster at $RAY_ADDRESS) until Ctrl-C.
+"""Run the deblur HTTP endpoint on Ray Serve (a local Ray, or the cluster at $RAY_ADDRESS) until Ctrl-C or SIGTERM.
 
 python jobs/serve.py                                           # the shipped model at http://127.0.0.1:8000/
 python jobs/serve.py --model runs/sample                       # a model you trained
@@ -9,6 +9,8 @@ DEBLUR_API_TOKEN=... python jobs/serve.py ...                  # bearer-token au
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import time
 
 import _common
@@ -46,7 +48,7 @@ def main(argv: list[str] | None) -> int:
 
     Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
     check_engine_request(args.model, args.engine, args.precision, args.num_gpus, "--num-gpus")  # a wrong path too
-    where = init_ray()
+    where = init_ray(announce=True)
     _common.resolve_gpus(args, "num_gpus", "--num-gpus", where)
     if where == "local":
         sized = sized_to_nodes(  # the replica's CPUs as the app will size them (unset: a node's, or its GPU share)
@@ -59,31 +61,38 @@ def main(argv: list[str] | None) -> int:
             gpus=("--num-gpus", args.num_gpus),
             at_once=("--min-replicas", args.min_replicas),  # serve.run waits until they all run
         )
+    # docker stop, systemd, Kubernetes and `kill` stop with SIGTERM: the same orderly stop as Ctrl-C, or HAProxy
+    # (Serve's ingress, not a Ray worker) outlives the job and keeps holding the port
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     env = start(args.host, args.port, args.request_timeout_s)
-    app = build_app(
-        {
-            "model": args.model,
-            "engine": args.engine,
-            "precision": args.precision,
-            "min_replicas": args.min_replicas,
-            "max_replicas": args.max_replicas,
-            "num_cpus": args.num_cpus,
-            "num_gpus": args.num_gpus,
-            "max_batch_size": args.max_batch_size,
-            "batch_wait_timeout_s": args.batch_wait_ms / 1000,
-        }
-    )
-    run(app)
     haproxy = env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-    ingress = "HAProxy" if haproxy else "Serve's proxy"
-    print(f"serving {args.model} at http://{args.host}:{args.port}/ through {ingress} (docs at /docs); Ctrl-C stops")
     try:
+        app = build_app(
+            {
+                "model": args.model,
+                "engine": args.engine,
+                "precision": args.precision,
+                "min_replicas": args.min_replicas,
+                "max_replicas": args.max_replicas,
+                "num_cpus": args.num_cpus,
+                "num_gpus": args.num_gpus,
+                "max_batch_size": args.max_batch_size,
+                "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+            }
+        )
+        run(app)
+        ingress = "HAProxy" if haproxy else "Serve's proxy"
+        print(
+            f"serving {args.model} at http://{args.host}:{args.port}/ through {ingress} (docs at /docs); Ctrl-C stops",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # also while the app deploys: what Serve started so far stops too
         # behind HAProxy a replica stays reachable for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (Ray's
         # default 30 s) before it stops, so that no HAProxy still routing to it sees a refused connection
-        print("stopping" + (": the replica drains first (30 s)" if haproxy else ""), flush=True)
+        drain = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+        print("stopping" + (f": the replica drains first ({drain} s)" if haproxy else ""), flush=True)
         serve.shutdown()
     return 0
 

@@ -131,9 +131,9 @@ def main(argv: list[str] | None) -> int:
     from deblur.ray_env import init_ray
 
     t0 = time.time()
-    how = init_ray(log_level="INFO" if args.verbose else "WARNING", quiet_workers=True)
+    init_ray(log_level="INFO" if args.verbose else "WARNING", quiet_workers=True, announce=True)
     print(
-        f"Ray: {how}; run {cfg.run.name!r} in {cfg.run.storage_path}; {cfg.scaling.num_workers} worker(s), "
+        f"run {cfg.run.name!r} in {cfg.run.storage_path}; {cfg.scaling.num_workers} worker(s), "
         f"{'GPU' if cfg.scaling.use_gpu else 'CPU'}; {cfg.train.epochs} epochs"
     )
     from deblur.train.trainer import fit

@@ -3,11 +3,16 @@ batching, auth, the upload page in headless Chromium, and the deploy config."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import zlib
@@ -476,3 +481,113 @@ def test_replicas_that_cannot_start_are_one_error(endpoint, trained_checkpoint):
     finally:
         serve.delete("broken")
     assert requests.get(f"{endpoint}/open/healthz", timeout=30).status_code == 200
+
+
+def _listeners(port: int) -> set[int]:
+    """The pids listening on 127.0.0.1:`port` (`ss`), empty where nothing is."""
+    found = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", found)}
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    s = socket.socket()
+    s.bind((host, port))
+    s.listen()
+    return s
+
+
+def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypatch):
+    """Before Serve starts on this machine: a taken endpoint port is one clear error (Serve's HAProxy failed
+    deep inside Ray, a page of tracebacks), and HAProxy's stats and metrics ports, the same for every Serve,
+    move to free ones where another endpoint holds them; a port the user set is kept."""
+    from deblur.serve.app import HAPROXY_SIDE_PORTS, ingress_ports
+
+    for name in HAPROXY_SIDE_PORTS:
+        monkeypatch.delenv(name, raising=False)
+    held = [_listen("127.0.0.1", 0)]
+    taken = held[0].getsockname()[1]
+    try:
+        with pytest.raises(OSError, match=rf"^127\.0\.0\.1:{taken} is already in use on this machine .*--port$"):
+            ingress_ports("127.0.0.1", taken, haproxy=True)
+        for default in HAPROXY_SIDE_PORTS.values():  # as another endpoint's HAProxy holds them (unless one does)
+            with contextlib.suppress(OSError):
+                held.append(_listen("0.0.0.0", default))
+        moved = ingress_ports("127.0.0.1", free_port(), haproxy=True)
+        assert set(moved) == set(HAPROXY_SIDE_PORTS), moved
+        for port in moved.values():  # free now, and not the defaults
+            assert int(port) not in HAPROXY_SIDE_PORTS.values()
+            _listen("0.0.0.0", int(port)).close()
+        assert ingress_ports("127.0.0.1", free_port(), haproxy=False) == {}  # Serve's proxy has no side ports
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
+        assert set(ingress_ports("127.0.0.1", free_port(), haproxy=True)) == {"RAY_SERVE_HAPROXY_METRICS_PORT"}
+    finally:
+        for s in held:
+            s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to find what holds the port")
+def test_the_serve_job_stops_on_sigterm_as_on_ctrl_c():
+    """`docker stop`, systemd and `kill` stop a process with SIGTERM. The job died at once, and Serve's HAProxy
+    ingress, which is no Ray worker, went on running and holding the endpoint's port; now SIGTERM stops Serve
+    as Ctrl-C does and leaves the port free. The job says where its Ray runs and where its dashboard is."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # a Ray of its own, as `python jobs/serve.py` starts
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "RAY_TMPDIR": ray_tmp,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    held = []  # HAProxy's stats and metrics ports taken, as by another endpoint on the machine (or one is there)
+    for side in (8404, 9101):
+        with contextlib.suppress(OSError):
+            held.append(_listen("0.0.0.0", side))
+    proc = subprocess.Popen(
+        [sys.executable, "jobs/serve.py", "--port", str(port), "--num-cpus", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("serving")) and (line := proc.stdout.readline()):
+            lines.append(line)
+        assert lines and lines[-1].startswith("serving") and "HAProxy" in lines[-1], "".join(lines) + proc.stderr.read()
+        assert re.match(
+            r"Ray: a local instance for this job \(\d+ CPUs.*, dashboard http://127\.0\.0\.1:\d+$", lines[0]
+        )
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+        assert _listeners(port)  # HAProxy
+        # a second endpoint on the same port: one line, before its Ray even starts Serve
+        twice = subprocess.run(
+            [sys.executable, "jobs/serve.py", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=240)
+        left = _listeners(port)
+    finally:
+        for s in held:
+            s.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _listeners(port):  # what a failed stop left: the next run would find the port taken
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0 and "stopping: the replica drains first (2 s)" in out, out[-2000:] + err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert not left, f"still listening on {port} after the job ended: pids {left}"
+    assert twice.returncode == 1 and "Traceback" not in twice.stderr, twice.stderr[-3000:]
+    assert twice.stderr.strip().splitlines()[-1] == (
+        f"error: 127.0.0.1:{port} is already in use on this machine (another endpoint?): choose another --port"
+    ), twice.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -209,7 +210,11 @@ def test_plain_python_trains_on_a_ray_of_its_own_and_ends_cleanly(tiny_shards, t
         shutil.rmtree(ray_tmp, ignore_errors=True)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
-    assert "Ray: local" in out and "best checkpoint:" in out, out[-4000:]
+    assert "best checkpoint:" in out, out[-4000:]
+    started = re.search(
+        r"^Ray: a local instance for this job \((\d+) CPUs, .*dashboard http://127\.0\.0\.1:(\d+)$", res.stdout, re.M
+    )
+    assert started and int(started[1]) == os.cpu_count() and int(started[2]) > 0, res.stdout[:2000]
     assert "Traceback" not in out and "PlacementGroupCleaner" not in out, out[-4000:]
 
 

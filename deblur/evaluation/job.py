@@ -155,7 +155,7 @@ def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
     and what the actors could never run refused in one line first (`check`: a model reference of our own)."""
     if check:  # fp16 or TensorRT for actors given no GPU: one line, before Ray where the GPUs are known
         check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
-    where = init_ray()
+    where = init_ray(announce=True)
     gpus = resolve_actor_gpus(o.gpus_per_worker, o.engine, o.precision, where)
     workers = min(o.workers, gpu_actor_cap(gpus)) if o.gpus_per_worker == "auto" and gpus else o.workers
     if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever

@@ -30,7 +30,7 @@ from ..imagefile import BadImage, decode, encode, output_format
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..inference.load import cuda_available
 from ..options import Strict
-from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, worker_device
+from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, free_port, worker_device
 from .limits import Limits, RequestError, check_content_type
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -245,18 +245,42 @@ def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 
     """`serve.start` with the HTTP options and the ingress above (a running Serve is joined as it is, and Ray
     says so); returns the environment chosen. Connects to Ray first (`RAY_ADDRESS`, else a local one), as the
     choice depends on the nodes. Where several raylets share one address (cluster/local.py), only one process
-    can own the port: the ingress runs on the head alone."""
+    can own the port: the ingress runs on the head alone. Where Serve starts on this machine alone, the port
+    is checked first (`ingress_ports`)."""
     from ..ray_env import init_ray
 
     init_ray()
     node_ips = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
     env = serve_env(host, node_ips)
+    if not serve.status().proxies and set(node_ips) <= {"127.0.0.1", ray.util.get_node_ip_address()}:
+        env |= ingress_ports(host, port, haproxy=env["RAY_SERVE_ENABLE_HA_PROXY"] == "1")
     serve.start(
         proxy_location="HeadOnly" if len(set(node_ips)) < len(node_ips) else None,
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
         controller_options={"runtime_env": {"env_vars": env}},
     )
     return env
+
+
+#: HAProxy's own listeners beside the endpoint (Serve's settings and defaults): its stats page and its metrics
+HAPROXY_SIDE_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101}
+
+
+def ingress_ports(host: str, port: int, haproxy: bool) -> dict[str, str]:
+    """For a Serve about to start on this machine: the endpoint's port must be free (taken, Serve's ingress
+    fails deep inside Ray with a page of tracebacks: here it is one line), and HAProxy's stats and metrics
+    ports (8404, 9101 on every interface, the same for every Serve) move to free ones where another endpoint on
+    this machine holds them, or the second HAProxy would fail the same way. Returns the settings to give
+    Serve; a port set in the environment is the user's and is left as it is."""
+    if free_port(host, port) is None:
+        raise OSError(f"{host}:{port} is already in use on this machine (another endpoint?): choose another --port")
+    if not haproxy:
+        return {}
+    return {
+        name: str(free_port("0.0.0.0", 0))
+        for name, default in HAPROXY_SIDE_PORTS.items()
+        if name not in os.environ and free_port("0.0.0.0", default) is None
+    }
 
 
 def node_resources() -> list[dict[str, float]]:
