@@ -137,9 +137,10 @@ def init_ray(
             _keep_on_loopback()
         try:
             context = ray.init(address=address, **joined)
-            return announce_ray("cluster", context) if announce else "cluster"
         except (ConnectionError, RuntimeError, ValueError):
             _undo_own_settings()
+        else:
+            return announce_ray("cluster", context) if announce else "cluster"
     # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
     kwargs = {
         "num_cpus": num_cpus or os.cpu_count(),
@@ -167,11 +168,12 @@ def init_ray(
         _set_own(_API_SERVER_ENV, f"http://127.0.0.1:{dashboard}")
         try:  # "local": a new instance, whatever is recorded
             context = ray.init(address="local", runtime_env=runtime_env, dashboard_port=dashboard, **kwargs, **quiet)
-            return announce_ray("local", context) if announce else "local"
         except (ValueError, RuntimeError, ConnectionError):
             ray.shutdown()
             if port == 0:
                 raise
+        else:
+            return announce_ray("local", context) if announce else "local"
     raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
 
 
@@ -181,7 +183,7 @@ def announce_ray(how: str, context) -> str:
     port is 8265 unless that was taken). `context`: what `ray.init` returned. Returns `how`."""
     import ray
 
-    url = context.dashboard_url
+    url = os.environ.get("RAY_OVERRIDE_DASHBOARD_URL") or context.dashboard_url  # Ray's own line does the same
     dashboard = f"dashboard {url if '://' in url else 'http://' + url}" if url else "no dashboard"
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
@@ -225,7 +227,7 @@ def _undo_own_settings() -> None:
 
 def free_port(host: str, port: int) -> int | None:
     """`port` (0: one the system picks) where a server could listen on it on `host` now, else None. A closed
-    connection's TIME_WAIT does not count as taken (servers bind with SO_REUSEADDR)."""
+    connection's TIME_WAIT does not count as taken (as for most servers, which bind with SO_REUSEADDR)."""
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:

@@ -64,9 +64,10 @@ def main(argv: list[str] | None) -> int:
     # docker stop, systemd, Kubernetes and `kill` stop with SIGTERM: the same orderly stop as Ctrl-C, or HAProxy
     # (Serve's ingress, not a Ray worker) outlives the job and keeps holding the port
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    env = start(args.host, args.port, args.request_timeout_s)
-    haproxy = env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    haproxy = False
     try:
+        env = start(args.host, args.port, args.request_timeout_s)
+        haproxy = env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         app = build_app(
             {
                 "model": args.model,
@@ -88,12 +89,18 @@ def main(argv: list[str] | None) -> int:
         )
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:  # also while the app deploys: what Serve started so far stops too
-        # behind HAProxy a replica stays reachable for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (Ray's
-        # default 30 s) before it stops, so that no HAProxy still routing to it sees a refused connection
-        drain = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
-        print("stopping" + (f": the replica drains first ({drain} s)" if haproxy else ""), flush=True)
+    except KeyboardInterrupt:  # also while Serve starts or the app deploys: what Serve started so far stops too
+        # behind HAProxy a replica stays reachable for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s by
+        # default; a Ray of the job's own has the job's environment, a cluster its own) before it stops, so that
+        # no HAProxy still routing to it sees a refused connection
+        setting = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+        drain = f"{setting} s" if where == "local" else "30 s by default"
+        print("stopping" + (f": the replica drains first ({drain})" if haproxy else ""), flush=True)
         serve.shutdown()
+    except BaseException:
+        if where == "local" and serve.status().proxies:  # the job's own Ray ends with it: its Serve goes first
+            serve.shutdown()
+        raise
     return 0
 
 

@@ -490,16 +490,17 @@ def _listeners(port: int) -> set[int]:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    s = socket.socket()
-    s.bind((host, port))
-    s.listen()
-    return s
+    """A listener on `port`, as another server would hold it (SO_REUSEADDR: a closed connection's TIME_WAIT is
+    no obstacle, as it is none to the servers the job checks for)."""
+    return socket.create_server((host, port))
 
 
 def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypatch):
-    """Before Serve starts on this machine: a taken endpoint port is one clear error (Serve's HAProxy failed
-    deep inside Ray, a page of tracebacks), and HAProxy's stats and metrics ports, the same for every Serve,
-    move to free ones where another endpoint holds them; a port the user set is kept."""
+    """Before Serve starts on this machine: a taken endpoint port, or a --host that is not this machine's, is one
+    clear error (Serve's HAProxy failed deep inside Ray, a page of tracebacks), and the fixed ports HAProxy mode
+    opens beside the endpoint (stats, metrics, fallback proxy) move to distinct free ones where another endpoint
+    holds them or the endpoint itself uses one; a port the user set is passed on as it is."""
+    from deblur.serve import app
     from deblur.serve.app import HAPROXY_SIDE_PORTS, ingress_ports
 
     for name in HAPROXY_SIDE_PORTS:
@@ -509,17 +510,26 @@ def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypa
     try:
         with pytest.raises(OSError, match=rf"^127\.0\.0\.1:{taken} is already in use on this machine .*--port$"):
             ingress_ports("127.0.0.1", taken, haproxy=True)
+        with pytest.raises(OSError, match=r"^cannot listen on 203\.0\.113\.7:\d+ \(.+\): --host must be an address"):
+            ingress_ports("203.0.113.7", free_port(), haproxy=True)  # TEST-NET-3: no machine's address
         for default in HAPROXY_SIDE_PORTS.values():  # as another endpoint's HAProxy holds them (unless one does)
             with contextlib.suppress(OSError):
                 held.append(_listen("0.0.0.0", default))
         moved = ingress_ports("127.0.0.1", free_port(), haproxy=True)
         assert set(moved) == set(HAPROXY_SIDE_PORTS), moved
-        for port in moved.values():  # free now, and not the defaults
-            assert int(port) not in HAPROXY_SIDE_PORTS.values()
-            _listen("0.0.0.0", int(port)).close()
+        ports = [int(port) for port in moved.values()]
+        assert len(set(ports)) == len(ports) and not set(ports) & set(HAPROXY_SIDE_PORTS.values()), moved
+        for port in ports:  # free now
+            _listen("0.0.0.0", port).close()
         assert ingress_ports("127.0.0.1", free_port(), haproxy=False) == {}  # Serve's proxy has no side ports
         monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
-        assert set(ingress_ports("127.0.0.1", free_port(), haproxy=True)) == {"RAY_SERVE_HAPROXY_METRICS_PORT"}
+        kept = ingress_ports("127.0.0.1", free_port(), haproxy=True)
+        assert kept["RAY_SERVE_HAPROXY_STATS_PORT"] == "8404" and set(kept) == set(HAPROXY_SIDE_PORTS), kept
+        # the endpoint on a side port's default: that one moves although nothing else holds it
+        monkeypatch.delenv("RAY_SERVE_HAPROXY_STATS_PORT")
+        mine = free_port()
+        monkeypatch.setattr(app, "HAPROXY_SIDE_PORTS", {"RAY_SERVE_HAPROXY_STATS_PORT": mine})
+        assert int(ingress_ports("127.0.0.1", mine, haproxy=True)["RAY_SERVE_HAPROXY_STATS_PORT"]) != mine
     finally:
         for s in held:
             s.close()
@@ -531,6 +541,8 @@ def test_the_serve_job_stops_on_sigterm_as_on_ctrl_c():
     """`docker stop`, systemd and `kill` stop a process with SIGTERM. The job died at once, and Serve's HAProxy
     ingress, which is no Ray worker, went on running and holding the endpoint's port; now SIGTERM stops Serve
     as Ctrl-C does and leaves the port free. The job says where its Ray runs and where its dashboard is."""
+    from deblur.serve.app import HAPROXY_SIDE_PORTS
+
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # a Ray of its own, as `python jobs/serve.py` starts
     port = free_port()
     env = {
@@ -540,8 +552,8 @@ def test_the_serve_job_stops_on_sigterm_as_on_ctrl_c():
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
     env.pop("RAY_API_SERVER_ADDRESS", None)
-    held = []  # HAProxy's stats and metrics ports taken, as by another endpoint on the machine (or one is there)
-    for side in (8404, 9101):
+    held = []  # the ports HAProxy mode opens beside the endpoint taken, as by another endpoint (or one is there)
+    for side in HAPROXY_SIDE_PORTS.values():
         with contextlib.suppress(OSError):
             held.append(_listen("0.0.0.0", side))
     proc = subprocess.Popen(

@@ -11,8 +11,11 @@ concurrent requests with `@serve.batch`, grouping images of equal size into one 
 """
 
 import asyncio
+import contextlib
+import errno
 import os
 import shutil
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -262,25 +265,42 @@ def start(host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 
     return env
 
 
-#: HAProxy's own listeners beside the endpoint (Serve's settings and defaults): its stats page and its metrics
-HAPROXY_SIDE_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101}
+#: the fixed ports Serve's HAProxy mode listens on beside the endpoint's (Serve's settings and defaults): HAProxy's
+#: stats page and metrics, and the fallback proxy HAProxy routes to when no replica is up (SO_REUSEPORT: a second
+#: endpoint's would share it, and the kernel would hand one endpoint's requests to the other)
+HAPROXY_SIDE_PORTS = {
+    "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
+    "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500,
+}
 
 
 def ingress_ports(host: str, port: int, haproxy: bool) -> dict[str, str]:
-    """For a Serve about to start on this machine: the endpoint's port must be free (taken, Serve's ingress
-    fails deep inside Ray with a page of tracebacks: here it is one line), and HAProxy's stats and metrics
-    ports (8404, 9101 on every interface, the same for every Serve) move to free ones where another endpoint on
-    this machine holds them, or the second HAProxy would fail the same way. Returns the settings to give
-    Serve; a port set in the environment is the user's and is left as it is."""
-    if free_port(host, port) is None:
-        raise OSError(f"{host}:{port} is already in use on this machine (another endpoint?): choose another --port")
+    """For a Serve about to start on this machine: the endpoint's address must be free and this machine's
+    (otherwise Serve's ingress fails deep inside Ray with a page of tracebacks: here it is one line), and with
+    HAProxy its side ports (`HAPROXY_SIDE_PORTS`, the same for every Serve) move to free ones where another
+    endpoint on this machine holds them or they are the endpoint's own, or the second HAProxy would fail the
+    same way. Returns the settings to give Serve's controller, a port set in the environment included as it is
+    (a cluster started elsewhere does not have this process's environment)."""
+    try:
+        socket.create_server((host, port)).close()  # SO_REUSEADDR, as servers bind: a TIME_WAIT owns nothing
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"{host}:{port} is already in use on this machine (another endpoint?): choose another --port"
+            ) from None
+        raise OSError(
+            f"cannot listen on {host}:{port} ({os.strerror(e.errno)}): --host must be an address of this machine"
+        ) from None
     if not haproxy:
         return {}
-    return {
-        name: str(free_port("0.0.0.0", 0))
-        for name, default in HAPROXY_SIDE_PORTS.items()
-        if name not in os.environ and free_port("0.0.0.0", default) is None
-    }
+    settings = {name: os.environ[name] for name in HAPROXY_SIDE_PORTS if name in os.environ}
+    with contextlib.ExitStack() as held:  # each new port held until all are picked, so that no two are the same
+        for name, default in HAPROXY_SIDE_PORTS.items():
+            if name not in settings and (default == port or free_port("0.0.0.0", default) is None):
+                picked = held.enter_context(socket.create_server(("0.0.0.0", 0)))
+                settings[name] = str(picked.getsockname()[1])
+    return settings
 
 
 def node_resources() -> list[dict[str, float]]:
