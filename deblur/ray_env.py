@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -30,8 +31,6 @@ def _recorded_cluster(timeout_s: float = 1.0) -> tuple[str, bool] | None:
     recorded 127.0.0.1 through the machine's address (`resolve_ip_for_localhost`), where a cluster started
     on loopback only (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) never answers: that one is joined from loopback
     (`_keep_on_loopback`), or the join would hang the same way."""
-    import socket
-
     from ray._common.utils import get_ray_address_file
 
     def answers(host: str, port: int) -> bool:
@@ -116,10 +115,18 @@ def init_ray(
     logger's in every task and actor of the job, and Ray Data's and Ray Train's own in the driver (and in
     every worker with `quiet_workers`, see `job_runtime_env`). `announce`: print where the job runs and its
     dashboard (`announce_ray`), as the jobs do."""
+    how, context = _join_or_start(num_cpus, object_store_mb, log_level, quiet_workers)
+    if announce and context is not None:
+        announce_ray(how, context)
+    return how
+
+
+def _join_or_start(num_cpus: int | None, object_store_mb: int | None, log_level: str, quiet_workers: bool):
+    """`init_ray`'s work: how Ray was joined or started, and what `ray.init` returned (None: it was up)."""
     import ray
 
     if ray.is_initialized():
-        return "existing"
+        return "existing", None
     quiet_ray_libraries(log_level)
     quiet = {
         "log_to_driver": True,
@@ -129,8 +136,7 @@ def init_ray(
     joined = {"runtime_env": job_runtime_env(joining=True, quiet_workers=quiet_workers, log_level=log_level), **quiet}
     _undo_own_settings()  # of a Ray this process started before: they describe that one only
     if os.environ.get("RAY_ADDRESS"):
-        context = ray.init(**joined)
-        return announce_ray("cluster", context) if announce else "cluster"
+        return "cluster", ray.init(**joined)
     if recorded := _recorded_cluster():
         address, loopback_only = recorded
         if loopback_only:
@@ -140,7 +146,7 @@ def init_ray(
         except (ConnectionError, RuntimeError, ValueError):
             _undo_own_settings()
         else:
-            return announce_ray("cluster", context) if announce else "cluster"
+            return "cluster", context
     # The dashboard process also serves the State API that Ray Train's controller polls; loopback only.
     kwargs = {
         "num_cpus": num_cpus or os.cpu_count(),
@@ -162,7 +168,7 @@ def init_ray(
     # starts its own. A dashboard port given explicitly is not retried by Ray: 8265 taken meanwhile (another
     # job starting at the same moment) gets one more try on a port the system picks.
     for port in (8265, 0):
-        dashboard = _free_loopback_port(port)
+        dashboard = free_port("127.0.0.1", port)
         if dashboard is None:
             continue
         _set_own(_API_SERVER_ENV, f"http://127.0.0.1:{dashboard}")
@@ -173,14 +179,14 @@ def init_ray(
             if port == 0:
                 raise
         else:
-            return announce_ray("local", context) if announce else "local"
+            return "local", context
     raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
 
 
-def announce_ray(how: str, context) -> str:
+def announce_ray(how: str, context) -> None:
     """Print the line Ray itself prints as it starts or joins ("View the dashboard at ..."), which the jobs'
     WARNING level hides, so that a user sees where the job runs and where to watch it (a local Ray's dashboard
-    port is 8265 unless that was taken). `context`: what `ray.init` returned. Returns `how`."""
+    port is 8265 unless that was taken). `context`: what `ray.init` returned."""
     import ray
 
     url = os.environ.get("RAY_OVERRIDE_DASHBOARD_URL") or context.dashboard_url  # Ray's own line does the same
@@ -195,7 +201,6 @@ def announce_ray(how: str, context) -> str:
         nodes = sum(node["Alive"] for node in ray.nodes())
         print(f"Ray: joined a cluster of {nodes} node(s) ({cpus:g} CPUs, {gpus:g} GPUs), {dashboard}")
     sys.stdout.flush()
-    return how
 
 
 _API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
@@ -225,22 +230,20 @@ def _undo_own_settings() -> None:
     _own_settings.clear()
 
 
+def server_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port` (0: a port the system picks), opened as most servers open theirs:
+    SO_REUSEADDR, so a closed connection's TIME_WAIT does not count as taken; IPv6 for an IPv6 host. Raises
+    OSError where that cannot be."""
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
 def free_port(host: str, port: int) -> int | None:
-    """`port` (0: one the system picks) where a server could listen on it on `host` now, else None. A closed
-    connection's TIME_WAIT does not count as taken (as for most servers, which bind with SO_REUSEADDR)."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return None
-        return s.getsockname()[1]
-
-
-def _free_loopback_port(port: int) -> int | None:
-    return free_port("127.0.0.1", port)
+    """`port` (0: one the system picks) where a server could listen on it on `host` now, else None."""
+    try:
+        with server_socket(host, port) as s:
+            return s.getsockname()[1]
+    except OSError:
+        return None
 
 
 def _keep_on_loopback() -> None:

@@ -347,7 +347,7 @@ def test_what_init_ray_sets_for_its_own_ray_is_put_back_before_the_next(tmp_path
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the session's Ray may be up in this process
-    monkeypatch.setattr(ray_env, "_free_loopback_port", lambda port: port or 40123)
+    monkeypatch.setattr(ray_env, "free_port", lambda host, port: port or 40123)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no cluster record
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(ray_env._LOOPBACK_ENV, raising=False)

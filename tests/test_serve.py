@@ -500,6 +500,7 @@ def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypa
     clear error (Serve's HAProxy failed deep inside Ray, a page of tracebacks), and the fixed ports HAProxy mode
     opens beside the endpoint (stats, metrics, fallback proxy) move to distinct free ones where another endpoint
     holds them or the endpoint itself uses one; a port the user set is passed on as it is."""
+    from deblur import ray_env
     from deblur.serve import app
     from deblur.serve.app import HAPROXY_SIDE_PORTS, ingress_ports
 
@@ -522,6 +523,8 @@ def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypa
         for port in ports:  # free now
             _listen("0.0.0.0", port).close()
         assert ingress_ports("127.0.0.1", free_port(), haproxy=False) == {}  # Serve's proxy has no side ports
+        if ray_env.free_port("::", 0) is not None:  # IPv6 here: `--host ::` (every interface) is an address too
+            assert ingress_ports("::", free_port(), haproxy=False) == {}
         monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
         kept = ingress_ports("127.0.0.1", free_port(), haproxy=True)
         assert kept["RAY_SERVE_HAPROXY_STATS_PORT"] == "8404" and set(kept) == set(HAPROXY_SIDE_PORTS), kept

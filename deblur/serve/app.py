@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 import shutil
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..imagefile import BadImage, decode, encode, output_format
 from ..inference import BACKENDS, PRECISIONS, check_engine_choice, load_engine
 from ..inference.load import cuda_available
 from ..options import Strict
-from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, free_port, worker_device
+from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, free_port, server_socket, worker_device
 from .limits import Limits, RequestError, check_content_type
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -283,7 +282,7 @@ def ingress_ports(host: str, port: int, haproxy: bool) -> dict[str, str]:
     same way. Returns the settings to give Serve's controller, a port set in the environment included as it is
     (a cluster started elsewhere does not have this process's environment)."""
     try:
-        socket.create_server((host, port)).close()  # SO_REUSEADDR, as servers bind: a TIME_WAIT owns nothing
+        server_socket(host, port).close()
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise OSError(
@@ -298,7 +297,7 @@ def ingress_ports(host: str, port: int, haproxy: bool) -> dict[str, str]:
     with contextlib.ExitStack() as held:  # each new port held until all are picked, so that no two are the same
         for name, default in HAPROXY_SIDE_PORTS.items():
             if name not in settings and (default == port or free_port("0.0.0.0", default) is None):
-                picked = held.enter_context(socket.create_server(("0.0.0.0", 0)))
+                picked = held.enter_context(server_socket("0.0.0.0", 0))
                 settings[name] = str(picked.getsockname()[1])
     return settings
 
