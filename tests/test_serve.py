@@ -513,6 +513,10 @@ def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypa
             ingress_ports("127.0.0.1", taken, haproxy=True)
         with pytest.raises(OSError, match=r"^cannot listen on 203\.0\.113\.7:\d+ \(.+\): --host must be an address"):
             ingress_ports("203.0.113.7", free_port(), haproxy=True)  # TEST-NET-3: no machine's address
+        with pytest.raises(
+            OSError, match=r"^cannot listen on nohost\.invalid:\d+ \(nohost\.invalid is no address here\)"
+        ):
+            ingress_ports("nohost.invalid", free_port(), haproxy=True)  # a name that resolves nowhere (RFC 6761)
         for default in HAPROXY_SIDE_PORTS.values():  # as another endpoint's HAProxy holds them (unless one does)
             with contextlib.suppress(OSError):
                 held.append(_listen("0.0.0.0", default))

@@ -288,9 +288,9 @@ def ingress_ports(host: str, port: int, haproxy: bool) -> dict[str, str]:
             raise OSError(
                 f"{host}:{port} is already in use on this machine (another endpoint?): choose another --port"
             ) from None
-        raise OSError(
-            f"cannot listen on {host}:{port} ({os.strerror(e.errno)}): --host must be an address of this machine"
-        ) from None
+        # a negative errno is the resolver's (getaddrinfo), for which os.strerror has no text
+        reason = os.strerror(e.errno) if e.errno and e.errno > 0 else f"{host} is no address here"
+        raise OSError(f"cannot listen on {host}:{port} ({reason}): --host must be an address of this machine") from None
     if not haproxy:
         return {}
     settings = {name: os.environ[name] for name in HAPROXY_SIDE_PORTS if name in os.environ}
