@@ -311,7 +311,7 @@ def actor_gpus(requested: float | str, node_gpus: Iterable[float] | None = None)
 
 
 def resolve_actor_gpus(
-    requested: float | str, backend: str, precision: str, where: str, flag: str = "--gpus-per-worker"
+    requested: float | str, backend: str, precision: str | None, where: str, flag: str = "--gpus-per-worker"
 ) -> float:
     """`actor_gpus` on the Ray joined or started (`where`, as `init_ray` said), with fp16 or TensorRT refused
     where "auto" gave the actors none (a number was checked before Ray started, `check_engine_request`)."""

@@ -34,9 +34,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=BACKENDS)
     p.add_argument(
         "--precision",
-        default="fp32",
+        default=None,
         choices=PRECISIONS,
-        help="bf16: on a CPU with AMX or AVX512-BF16, ~1.3x faster than fp32 with images within a few uint8 "
+        help="default: fp32, or a compiled folder's TensorRT plan as it was built (fp32 named refuses an fp16 "
+        "plan); bf16: on a CPU with AMX or AVX512-BF16, ~1.3x faster than fp32 with images within a few uint8 "
         "levels (the torch engine; README, Engines); bf16/fp16 on a GPU (torch autocast)",
     )
 
@@ -112,7 +113,11 @@ def resolve_gpus(args: argparse.Namespace, attr: str, flag: str, where: str) -> 
 
 
 def check_local_ray(
-    engine: str, precision: str, cpus: tuple[str, float], gpus: tuple[str, float], at_once: tuple[str, int] = ("", 1)
+    engine: str,
+    precision: str | None,
+    cpus: tuple[str, float],
+    gpus: tuple[str, float],
+    at_once: tuple[str, int] = ("", 1),
 ) -> None:
     """For a Ray the job started itself (`init_ray()` said "local"): it has no autoscaler and runs every actor
     on this machine, so actors it could never place, or an engine this hardware refuses, are one line now

@@ -328,9 +328,9 @@ def test_an_engine_asked_for_the_cpu_stays_there_on_a_gpu_machine(compiled, trai
 
 
 def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_path, monkeypatch):
-    """A plan's precision is fixed when TensorRT builds it. fp32, the default, runs it as built; a precision
-    asked for that is not the plan's is refused for `--engine tensorrt` (in the driver's check too) and sends
-    `auto` to an engine that computes it. Made to look like a GPU machine with TensorRT (the plan itself is
+    """A plan's precision is fixed when TensorRT builds it. No precision (the default) runs it as built; a
+    precision named that is not the plan's, fp32 included, is refused for `--engine tensorrt` (in the driver's
+    check too) and sends `auto` to an engine that computes it: fp32 never runs an fp16 plan. Made to look like a GPU machine with TensorRT (the plan itself is
     never opened: TensorRTEngine is replaced by a recorder)."""
     import deblur.inference.load as load
     from deblur.inference import check_engine_request
@@ -351,15 +351,21 @@ def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_
             return batch
 
     monkeypatch.setattr(load, "TensorRTEngine", Plan)
-    for backend, precision in (("tensorrt", "fp16"), ("tensorrt", "fp32"), ("auto", "fp16"), ("auto", "fp32")):
+    for backend, precision in (("tensorrt", "fp16"), ("tensorrt", None), ("auto", "fp16"), ("auto", None)):
         check_engine_request(str(folder), backend, precision, gpus=1)
         info = load_engine(str(folder), backend, precision=precision).info
         assert (info.backend, Path(info.source).name) == ("tensorrt", PLAN), (backend, precision)
-    message = "its engine.plan was built for fp16, not bf16; rebuild it with jobs/compile.py --precision bf16"
-    with pytest.raises(EngineError, match=message):
-        check_engine_request(str(folder), "tensorrt", "bf16", gpus=1)
-    with pytest.raises(EngineError, match=message):
-        load_engine(str(folder), "tensorrt", precision="bf16")
+    for other in ("bf16", "fp32"):
+        message = (
+            f"its engine.plan was built for fp16, not {other}; rebuild it with jobs/compile.py --precision {other}"
+        )
+        with pytest.raises(EngineError, match=message + ", or leave --precision out to run it as built"):
+            check_engine_request(str(folder), "tensorrt", other, gpus=1)
+        with pytest.raises(EngineError, match=message):
+            load_engine(str(folder), "tensorrt", precision=other)
+    check_engine_request(str(folder), "auto", "fp32", gpus=1)  # ONNX Runtime computes it, from the folder's graph
+    info = load_engine(str(folder), "auto", precision="fp32").info
+    assert (info.backend, info.precision, Path(info.source).name) == ("onnxruntime", "fp32", "model.onnx")
     check_engine_request(str(folder), "auto", "bf16", gpus=1)  # torch computes it, from the source checkpoint
     monkeypatch.setattr(load, "_checkpoint_engine", lambda uri, backend, *_: (backend, Path(uri).name))
     assert load_engine(str(folder), "auto", precision="bf16") == ("torch", "checkpoint.pt")

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from .. import storage
 from ..inference import (
     BACKENDS,
+    PRECISION_DOC,
     PRECISIONS,
     check_engine_choice,
     check_engine_request,
@@ -60,7 +61,7 @@ class EvalOptions(Strict):
     split: str | None = Field(None, description="default: test, else val")
     protocol: Literal[PROTOCOLS] = "gopro"
     engine: Literal[BACKENDS] = "auto"
-    precision: Literal[PRECISIONS] = Field("fp32", description="bf16/fp16 run on torch (load_engine)")
+    precision: Literal[PRECISIONS] | None = Field(None, description=PRECISION_DOC)
     lpips: bool = True
     lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
     lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")
@@ -145,7 +146,7 @@ def evaluate(
     return {"header": header, "summary": summary, "images": records, "files": files}
 
 
-def _worker_engine(model: str, engine: str, precision: str) -> Any:
+def _worker_engine(model: str, engine: str, precision: str | None) -> Any:
     """The engine on an evaluation actor: on the device Ray gave it (the CPU when it gave no GPU)."""
     return load_engine(model, engine, worker_device(), precision=precision)
 

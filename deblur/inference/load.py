@@ -7,7 +7,8 @@ is given): ONNX Runtime beats eager torch on CPU, and a checkpoint is exported t
 ONNX Runtime runs the fp32 graph only, so asking for bf16 or fp16 makes "auto" pick torch (unless a TensorRT
 engine built for that precision is there): on a CPU with AMX that is the fastest engine (bf16 weights ~1.3×
 ONNX Runtime fp32 on the shipped model, images within a few uint8 levels). A TensorRT plan's precision was
-fixed when it was built: fp32, the default, runs a plan as built; another precision must be the plan's.
+fixed when it was built: no precision (None, the default) runs a plan as built and everything else in fp32;
+a precision named, fp32 included, must be the plan's, so `fp32` never runs an fp16 plan.
 A checkpoint whose export is cached runs on ONNX Runtime without importing torch (~1.6 s that every Ray
 actor of the bulk and video jobs would pay), so torch is imported only where a model is built or run by it.
 """
@@ -31,6 +32,7 @@ from .tensorrt_engine import META, PLAN, TensorRTEngine, tensorrt_status
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_DOC = "None: fp32, or a TensorRT plan as built; bf16/fp16 run on torch unless a plan was built so"
 COMPILE_FILE, ONNX_FILE = "compile.json", "model.onnx"
 
 
@@ -39,7 +41,7 @@ def load_engine(
     backend: str = "auto",
     device: str | None = None,
     threads: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> Engine:
     """The engine for a checkpoint or a compiled directory; a clear EngineError when it cannot be had."""
     check_engine_choice(backend, precision)
@@ -55,7 +57,7 @@ def load_engine(
 def check_engine_request(
     model_uri: str,
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str | None = None,
     gpus: float | str | None = None,
     gpus_flag: str = "--gpus-per-worker",
 ) -> None:
@@ -77,7 +79,7 @@ def check_engine_request(
             _check_plan(model_uri, summary, has_plan, precision)
         if not (
             backend == "torch"
-            or (backend == "auto" and precision != "fp32" and not _plan_runs(model_uri, has_plan, precision))
+            or (backend == "auto" and _reduced(precision) and not _plan_runs(model_uri, has_plan, precision))
         ):
             return
         model_uri = _source_checkpoint(model_uri, summary)  # the torch engine is its source checkpoint's
@@ -90,7 +92,7 @@ def check_engine_request(
 
 
 def check_workers_gpus(
-    backend: str, precision: str, gpus: float, gpus_flag: str = "--gpus-per-worker", auto: str | None = None
+    backend: str, precision: str | None, gpus: float, gpus_flag: str = "--gpus-per-worker", auto: str | None = None
 ) -> None:
     """fp16 and TensorRT need a GPU: refuse them for workers given none. `auto`: where the flag was "auto" and
     `deblur.ray_env.actor_gpus` found no GPU, the Ray it looked at ("local": one this job started on this
@@ -115,10 +117,10 @@ def check_workers_gpus(
     raise EngineError(f"{what} needs a GPU and the workers are given none: {gpus_flag} 1, or use {instead}")
 
 
-def check_engine_here(backend: str, precision: str, gpus: float) -> None:
+def check_engine_here(backend: str, precision: str | None, gpus: float) -> None:
     """What this machine's hardware refuses (bf16 on a CPU that would emulate it, TensorRT not installed), for a
     job whose actors all run here (a Ray it started itself): one line now, not a traceback from every actor."""
-    if not gpus and precision != "fp32":  # fp32 runs on any CPU (and needs no torch import here)
+    if not gpus and _reduced(precision):  # fp32 runs on any CPU (and needs no torch import here)
         from .torch_engine import check_cpu_precision
 
         check_cpu_precision(precision)
@@ -126,18 +128,23 @@ def check_engine_here(backend: str, precision: str, gpus: float) -> None:
         raise EngineError(why)
 
 
-def check_engine_choice(backend: str, precision: str) -> None:
+def check_engine_choice(backend: str, precision: str | None) -> None:
     """Names and combinations an engine can never have, anywhere (the jobs' options check them when parsed)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown engine {backend!r}; choose one of {BACKENDS}")
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    if backend == "onnxruntime" and precision != "fp32":
+    if backend == "onnxruntime" and _reduced(precision):
         raise EngineError(f"ONNX Runtime runs the fp32 graph; for {precision} use the torch engine (or TensorRT)")
 
 
+def _reduced(precision: str | None) -> bool:
+    """bf16 or fp16: what ONNX Runtime's fp32 graph cannot compute (None is fp32 or a plan as built)."""
+    return precision not in (None, "fp32")
+
+
 def _compiled_engine(
-    model_uri: str, backend: str, device: str | None, threads: int | None, precision: str
+    model_uri: str, backend: str, device: str | None, threads: int | None, precision: str | None
 ) -> Engine | tuple[str, str]:
     """A compiled folder's TensorRT or ONNX Runtime engine, or (source checkpoint, "torch") for the torch one."""
     summary = _compile_summary(model_uri)
@@ -145,7 +152,7 @@ def _compiled_engine(
     multiple, model_hash = int(summary["multiple"]), summary.get("model_hash", "")
     has_plan = (local / PLAN).is_file()
     if backend == "auto":
-        fallback = "onnxruntime" if precision == "fp32" else "torch"  # ORT runs the fp32 graph only
+        fallback = "torch" if _reduced(precision) else "onnxruntime"  # ORT runs the fp32 graph only
         runs = _plan_runs(str(local), has_plan, precision) and device != "cpu" and tensorrt_status() is None
         backend = "tensorrt" if runs else fallback
     if backend == "tensorrt":
@@ -179,12 +186,13 @@ def _plan_precision(folder: str) -> str | None:
         return None
 
 
-def _plan_runs(folder: str, has_plan: bool, precision: str) -> bool:
-    """Whether the folder's plan serves `precision`: fp32 (the default) takes the plan as built."""
-    return has_plan and precision in ("fp32", _plan_precision(folder) or precision)
+def _plan_runs(folder: str, has_plan: bool, precision: str | None) -> bool:
+    """Whether the folder's plan serves `precision`: None (the default) takes the plan as built; a precision
+    named must be the plan's (a plan whose engine.json does not say is left to TensorRTEngine to refuse)."""
+    return has_plan and precision in (None, _plan_precision(folder) or precision)
 
 
-def _check_plan(model_uri: str, summary: dict, has_plan: bool, precision: str, local: str | None = None) -> None:
+def _check_plan(model_uri: str, summary: dict, has_plan: bool, precision: str | None, local: str | None = None) -> None:
     """--engine tensorrt: a plan is there, and built for the precision asked (it cannot be changed at run time)."""
     if not has_plan:
         raise _no_plan(model_uri, summary)
@@ -208,7 +216,9 @@ def _source_checkpoint(model_uri: str, summary: dict) -> str:
     return source
 
 
-def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads: int | None, precision: str) -> Engine:
+def _checkpoint_engine(
+    model_uri: str, backend: str, device: str | None, threads: int | None, precision: str | None
+) -> Engine:
     try:
         model_hash = checkpoint_hash(model_uri)
     except CheckpointError as e:
@@ -216,7 +226,7 @@ def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads
     if backend == "auto":
         cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
         on_cpu = device == "cpu" or not cuda_available()
-        backend = "onnxruntime" if (cuda_ort or on_cpu) and precision == "fp32" else "torch"
+        backend = "onnxruntime" if (cuda_ort or on_cpu) and not _reduced(precision) else "torch"
     if backend == "tensorrt":
         raise _no_plan_for_checkpoint(model_uri)
     onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE
@@ -232,7 +242,7 @@ def _checkpoint_engine(model_uri: str, backend: str, device: str | None, threads
     if backend == "onnxruntime":
         _export(model, model_hash, onnx_file.parent)
         return OnnxEngine(onnx_file, device or "auto", threads, model.multiple, model_hash)
-    return TorchEngine(model, model_uri, device, precision, model_hash=model_hash, threads=threads)
+    return TorchEngine(model, model_uri, device, precision or "fp32", model_hash=model_hash, threads=threads)
 
 
 def cuda_available() -> bool:

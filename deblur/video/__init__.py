@@ -32,7 +32,7 @@ def deblur_file(
     cpus_per_worker: float = 1.0,
     threads: int | None = None,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> dict:
     """One clip (a path or s3:// URI) to `dest`: the archive job's video path on a single file."""
     item = {"rel": posixpath.basename(source), "uri": source, "offset": -1, "size": -1, "out": posixpath.basename(dest)}

@@ -112,7 +112,7 @@ def _segment_uri(
     model: str,
     start: int | None,
     end: int | None,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> str:
     shaped_by = [
         item["uri"],
@@ -122,7 +122,7 @@ def _segment_uri(
         model,
         options.model_dump() | {"segment_seconds": 0},
     ]
-    if precision != "fp32":  # fp32's key as before, so segments kept by earlier runs stay valid
+    if precision is not None:  # the default's key as before, so segments kept by earlier runs stay valid
         shaped_by.append(precision)
     shaped_by = json.dumps(shaped_by)
     key = hashlib.sha256(shaped_by.encode()).hexdigest()[:12]
@@ -135,7 +135,7 @@ def _segment_uri(
 
 
 def plan(
-    item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str, precision: str = "fp32"
+    item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str, precision: str | None = None
 ) -> list[dict[str, Any]]:
     """One row per segment of a video (or one row with the reason it cannot be read); a segment's file is named
     by everything that shapes its frames, so a resumed run reuses only segments made the way it would make them."""
@@ -173,7 +173,9 @@ def _reason(e: Exception) -> str:
 class SegmentDeblurrer:
     """One per actor: the engine (and a stabiliser) loaded once, then segments one after another."""
 
-    def __init__(self, model: str, engine: str, threads: int | None, options: VideoOptions, precision: str = "fp32"):
+    def __init__(
+        self, model: str, engine: str, threads: int | None, options: VideoOptions, precision: str | None = None
+    ):
 
         self.options = options
         self.engine = load_engine(model, engine, worker_device(), threads=threads, precision=precision)
@@ -340,7 +342,7 @@ def deblur_videos(
     cpus_per_worker: float = 1.0,
     threads: int | None = None,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures.
     `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; jobs/video.py's default)."""
