@@ -330,8 +330,8 @@ def test_an_engine_asked_for_the_cpu_stays_there_on_a_gpu_machine(compiled, trai
 def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_path, monkeypatch):
     """A plan's precision is fixed when TensorRT builds it. No precision (the default) runs it as built; a
     precision named that is not the plan's, fp32 included, is refused for `--engine tensorrt` (in the driver's
-    check too) and sends `auto` to an engine that computes it: fp32 never runs an fp16 plan. Made to look like a GPU machine with TensorRT (the plan itself is
-    never opened: TensorRTEngine is replaced by a recorder)."""
+    check too) and sends `auto` to an engine that computes it: fp32 never runs an fp16 plan. Made to look like
+    a GPU machine with TensorRT (the plan itself is never opened: TensorRTEngine is replaced by a recorder)."""
     import deblur.inference.load as load
     from deblur.inference import check_engine_request
     from deblur.inference.tensorrt_engine import META, PLAN

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import pytest
 import requests
 import yaml
 from PIL import Image
+
+from deblur.ray_env import server_socket
 
 from conftest import ROOT, check_is_model_output, free_port
 
@@ -489,12 +490,6 @@ def _listeners(port: int) -> set[int]:
     return {int(pid) for pid in re.findall(r"pid=(\d+)", found)}
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listener on `port`, as another server would hold it (SO_REUSEADDR: a closed connection's TIME_WAIT is
-    no obstacle, as it is none to the servers the job checks for)."""
-    return socket.create_server((host, port))
-
-
 def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypatch):
     """Before Serve starts on this machine: a taken endpoint port, or a --host that is not this machine's, is one
     clear error (Serve's HAProxy failed deep inside Ray, a page of tracebacks), and the fixed ports HAProxy mode
@@ -506,7 +501,7 @@ def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypa
 
     for name in HAPROXY_SIDE_PORTS:
         monkeypatch.delenv(name, raising=False)
-    held = [_listen("127.0.0.1", 0)]
+    held = [server_socket("127.0.0.1", 0)]
     taken = held[0].getsockname()[1]
     try:
         with pytest.raises(OSError, match=rf"^127\.0\.0\.1:{taken} is already in use on this machine .*--port$"):
@@ -519,13 +514,13 @@ def test_an_endpoint_port_in_use_is_refused_and_haproxy_side_ports_move(monkeypa
             ingress_ports("nohost.invalid", free_port(), haproxy=True)  # a name that resolves nowhere (RFC 6761)
         for default in HAPROXY_SIDE_PORTS.values():  # as another endpoint's HAProxy holds them (unless one does)
             with contextlib.suppress(OSError):
-                held.append(_listen("0.0.0.0", default))
+                held.append(server_socket("0.0.0.0", default))
         moved = ingress_ports("127.0.0.1", free_port(), haproxy=True)
         assert set(moved) == set(HAPROXY_SIDE_PORTS), moved
         ports = [int(port) for port in moved.values()]
         assert len(set(ports)) == len(ports) and not set(ports) & set(HAPROXY_SIDE_PORTS.values()), moved
         for port in ports:  # free now
-            _listen("0.0.0.0", port).close()
+            server_socket("0.0.0.0", port).close()
         assert ingress_ports("127.0.0.1", free_port(), haproxy=False) == {}  # Serve's proxy has no side ports
         if ray_env.free_port("::", 0) is not None:  # IPv6 here: `--host ::` (every interface) is an address too
             assert ingress_ports("::", free_port(), haproxy=False) == {}
@@ -562,7 +557,7 @@ def test_the_serve_job_stops_on_sigterm_as_on_ctrl_c():
     held = []  # the ports HAProxy mode opens beside the endpoint taken, as by another endpoint (or one is there)
     for side in HAPROXY_SIDE_PORTS.values():
         with contextlib.suppress(OSError):
-            held.append(_listen("0.0.0.0", side))
+            held.append(server_socket("0.0.0.0", side))
     proc = subprocess.Popen(
         [sys.executable, "jobs/serve.py", "--port", str(port), "--num-cpus", "1"],
         cwd=ROOT,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .. import storage, video
 from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, encode, output_format
-from ..inference import BACKENDS, PRECISION_DOC, PRECISIONS, check_engine_choice, load_engine
+from ..inference import BACKENDS, Precision, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
 from ..ray_env import WorkerStartError, actor_gpus, actor_start_errors, worker_device
@@ -44,7 +44,7 @@ class Options(Strict):
 
     model: str = Field("default", description="checkpoint, run dir, compiled folder or shipped model name")
     engine: Literal[BACKENDS] = "auto"
-    precision: Literal[PRECISIONS] | None = Field(None, description=PRECISION_DOC)
+    precision: Precision = None
     format: Literal["same", "png", "jpg", "webp"] = "same"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused (decompression bombs)")

@@ -12,8 +12,7 @@ from pydantic import Field, model_validator
 from .. import storage
 from ..inference import (
     BACKENDS,
-    PRECISION_DOC,
-    PRECISIONS,
+    Precision,
     check_engine_choice,
     check_engine_request,
     load_engine,
@@ -61,7 +60,7 @@ class EvalOptions(Strict):
     split: str | None = Field(None, description="default: test, else val")
     protocol: Literal[PROTOCOLS] = "gopro"
     engine: Literal[BACKENDS] = "auto"
-    precision: Literal[PRECISIONS] | None = Field(None, description=PRECISION_DOC)
+    precision: Precision = None
     lpips: bool = True
     lpips_weights: str | None = Field(None, description="torchvision AlexNet ImageNet weights file")
     lpips_random: bool = Field(False, description="random AlexNet features when the weights are missing (labelled)")

@@ -21,8 +21,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Annotated, Literal
 
 import onnxruntime as ort
+from pydantic import Field
 
 from .. import storage
 from ..models.reference import CheckpointError, checkpoint_hash, resolve_checkpoint
@@ -32,7 +34,11 @@ from .tensorrt_engine import META, PLAN, TensorRTEngine, tensorrt_status
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
-PRECISION_DOC = "None: fp32, or a TensorRT plan as built; bf16/fp16 run on torch unless a plan was built so"
+#: the jobs' option: None (the default) is fp32, or a compiled folder's TensorRT plan as it was built
+Precision = Annotated[
+    Literal[PRECISIONS] | None,
+    Field(description="None: fp32, or a TensorRT plan as built; bf16/fp16 run on torch unless a plan was built so"),
+]
 COMPILE_FILE, ONNX_FILE = "compile.json", "model.onnx"
 
 

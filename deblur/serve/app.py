@@ -29,7 +29,7 @@ from ray import serve
 from ray.serve.schema import DeploymentStatus
 
 from ..imagefile import BadImage, decode, encode, output_format
-from ..inference import BACKENDS, PRECISION_DOC, PRECISIONS, check_engine_choice, load_engine
+from ..inference import BACKENDS, Precision, check_engine_choice, load_engine
 from ..inference.load import cuda_available
 from ..options import Strict
 from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, free_port, server_socket, worker_device
@@ -179,7 +179,7 @@ class AppArgs(Strict):
 
     model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))
     engine: Literal[BACKENDS] = "auto"
-    precision: Literal[PRECISIONS] | None = Field(None, description=PRECISION_DOC)
+    precision: Precision = None
     num_cpus: float | None = Field(None, gt=0, description="per replica; None: a whole node's (see sized_to_nodes)")
     num_gpus: GpuRequest = Field(
         "auto", description='per replica; "auto": 1 where the nodes have GPUs (sized_to_nodes)'
