@@ -14,7 +14,8 @@ if str(ROOT) not in sys.path:  # `ray job submit --working-dir .` ships the repo
 
 
 def entry_point(main: Callable[[list[str] | None], int]) -> None:
-    """Run a job's main; user errors (ValueError/OSError and subclasses) become one line on stderr."""
+    """Run a job's main; user errors (ValueError/OSError and subclasses) become one line on stderr, exit code 1, or
+    the error's own `exit_code` (2 for a path the cluster's nodes cannot all use: `deblur.cluster_paths`)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = main(None)
@@ -23,7 +24,7 @@ def entry_point(main: Callable[[list[str] | None], int]) -> None:
         code = 130
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        code = 1
+        code = getattr(e, "exit_code", 1)
     sys.exit(code)
 
 

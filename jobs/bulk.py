@@ -89,12 +89,16 @@ def main(argv: list[str] | None) -> int:
     from deblur import storage
     from deblur.bulk import deblur_archive
     from deblur.bulk.sources import check_input
+    from deblur.cluster_paths import check_shared, input_path, output_path
     from deblur.inference import check_engine_request
 
     storage.set_s3_endpoint(args.s3_endpoint)
+    args.input, args.output = input_path(args.input), output_path(args.output, "--output")
+    args.options.model = input_path(args.options.model)
     check_input(args.input)
-    check_engine_request(args.model, args.engine, args.precision, args.gpus_per_worker)
+    check_engine_request(args.options.model, args.engine, args.precision, args.gpus_per_worker)
     _common.init_ray_for_workers(args)
+    check_shared(reads={"--input": args.input, "--model": args.options.model}, writes={"--output": args.output})
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     s = deblur_archive(
         args.input,

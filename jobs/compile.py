@@ -36,9 +36,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None) -> int:
     args = parse(argv)
     from deblur import storage
+    from deblur.cluster_paths import input_path, output_path
     from deblur.inference.compile import compile_checkpoint, parse_shape
 
     storage.set_s3_endpoint(args.s3_endpoint)
+    args.checkpoint, args.out = input_path(args.checkpoint), output_path(args.out, "--out")  # no Ray: this machine
     shapes = [parse_shape(s) for s in (args.min_shape, args.opt_shape, args.max_shape)]
     summary = compile_checkpoint(args.checkpoint, args.out, args.precision, *shapes, max_batch=args.max_batch)
     onnx = summary["onnx"]

@@ -55,7 +55,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    from deblur.cluster_paths import input_path, output_path
     from deblur.evaluation import EvalOptions
+
+    args.out = output_path(args.out, "--out")
+    args.checkpoint, args.data, args.root, args.real = (
+        input_path(p) if p else p for p in (args.checkpoint, args.data, args.root, args.real)
+    )
     from deblur.options import ConfigError
 
     try:  # checked here, before any model loads

@@ -49,9 +49,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None) -> int:
     args = parse(argv)
     from deblur import storage
+    from deblur.cluster_paths import check_shared, output_path
     from deblur.data import layouts, shards
 
     storage.set_s3_endpoint(args.s3_endpoint)
+    args.out = output_path(args.out, "--out")  # written here; trainings on other nodes check it as they start
     synth = {
         "kind": args.kernel,
         "mode": args.blur_mode,
@@ -79,6 +81,7 @@ def main(argv: list[str] | None) -> int:
         from deblur.ray_env import init_ray
 
         init_ray(num_cpus=None if args.workers == "auto" else int(args.workers), announce=True)
+        check_shared(reads={"--root": args.root})  # Ray's tasks read the pairs' files
         encoder = ray_map_ordered
     manifest = shards.prepare(
         pairs,

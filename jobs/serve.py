@@ -41,14 +41,17 @@ def main(argv: list[str] | None) -> int:
     args = parse(argv)
     from ray import serve
 
+    from deblur.cluster_paths import check_shared, input_path
     from deblur.inference import check_engine_request
     from deblur.ray_env import init_ray
     from deblur.serve.app import AppArgs, build_app, node_resources, run, sized_to_nodes, start
-    from deblur.serve.limits import Limits
+    from deblur.serve.limits import configured_token
 
-    Limits.from_env()  # a token source that gives no token is one line here, not a replica crash loop
+    args.model = input_path(args.model)
+    configured_token()  # a token source that gives no token is one line here, not a replica crash loop
     check_engine_request(args.model, args.engine, args.precision, args.num_gpus, "--num-gpus")  # a wrong path too
     where = init_ray(announce=True)
+    check_shared(reads={"--model": args.model})  # every replica loads it on its node
     _common.resolve_gpus(args, "num_gpus", "--num-gpus", where)
     if where == "local":
         sized = sized_to_nodes(  # the replica's CPUs as the app will size them (unset: a node's, or its GPU share)

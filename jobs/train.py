@@ -118,6 +118,10 @@ def main(argv: list[str] | None) -> int:
 
     cfg = load_config(args.config, args.overrides)  # errors here, before Ray starts
     storage.set_s3_endpoint(args.s3_endpoint)
+    from deblur.cluster_paths import check_shared, input_path, output_path
+
+    cfg.run.storage_path = output_path(cfg.run.storage_path, "run.storage_path")
+    cfg.data.uri = output_path(cfg.data.uri, "data.uri") if cfg.data.prepare else input_path(cfg.data.uri)
     if cfg.loss.lambda_per > 0 and not cfg.loss.allow_random_vgg:
         from torchvision.models import VGG19_Weights
 
@@ -132,6 +136,7 @@ def main(argv: list[str] | None) -> int:
 
     t0 = time.time()
     init_ray(log_level="INFO" if args.verbose else "WARNING", quiet_workers=True, announce=True)
+    check_shared(reads={"data.uri": cfg.data.uri}, writes={"run.storage_path": cfg.run.storage_path})
     print(
         f"run {cfg.run.name!r} in {cfg.run.storage_path}; {cfg.scaling.num_workers} worker(s), "
         f"{'GPU' if cfg.scaling.use_gpu else 'CPU'}; {cfg.train.epochs} epochs"

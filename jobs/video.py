@@ -51,10 +51,13 @@ def main(argv: list[str] | None) -> int:
     import ray
 
     from deblur import storage
+    from deblur.cluster_paths import check_shared, input_path, output_path
     from deblur.inference import check_engine_request
     from deblur.video import deblur_file, drop_leftovers
 
     storage.set_s3_endpoint(args.s3_endpoint)
+    args.input, args.output = input_path(args.input), output_path(args.output, "output")
+    args.model = input_path(args.model)
     if not storage.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
     check_engine_request(args.model, args.engine, args.precision, args.gpus_per_worker)
@@ -67,6 +70,7 @@ def main(argv: list[str] | None) -> int:
         print(f"{args.output} exists already: nothing to do (delete it to deblur again)")
         return 0
     _common.init_ray_for_workers(args)
+    check_shared(reads={"input": args.input, "--model": args.model}, writes={"the output's folder": folder or "."})
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     r = deblur_file(
         args.input,

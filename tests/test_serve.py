@@ -294,7 +294,7 @@ def test_haproxy_is_found_as_serve_finds_it(monkeypatch, tmp_path):
     ],
 )
 def test_a_configured_token_source_without_a_token_stops_the_replica(setup, reason, tmp_path, monkeypatch):
-    from deblur.serve.limits import AuthConfigError, Limits
+    from deblur.serve.limits import AuthConfigError, Limits, configured_token
 
     (tmp_path / "empty").write_text("")
     (tmp_path / "blank").write_text(" \n\t\n")
@@ -303,13 +303,19 @@ def test_a_configured_token_source_without_a_token_stops_the_replica(setup, reas
     for k, v in setup.items():
         monkeypatch.setenv(k, v.format(tmp=tmp_path))
     with pytest.raises(AuthConfigError, match=reason) as e:
-        Limits.from_env()
+        configured_token()
     assert "\n" not in str(e.value)
     monkeypatch.delenv("DEBLUR_API_TOKEN", raising=False)
     monkeypatch.delenv("DEBLUR_API_TOKEN_FILE", raising=False)
-    assert Limits.from_env().token is None  # nothing configured: auth off, as documented
-    (tmp_path / "good").write_text("tok\n")
-    assert Limits.from_env(token_file=str(tmp_path / "good")).token == "tok"
+    assert configured_token() is None  # nothing configured: auth off, as documented
+    (tmp_path / "good").write_text("s3cr3t-value\n")
+    check = configured_token(token_file=str(tmp_path / "good"))
+    limits = Limits.of(token=check)
+    assert limits.authorised("Bearer s3cr3t-value") and limits.authorised("bearer  s3cr3t-value ")
+    assert not limits.authorised("Bearer s3cr3t-valu") and not limits.authorised("s3cr3t-value")
+    assert not limits.authorised(None)
+    assert "s3cr3t" not in repr(check) + repr(limits) + check.digest + check.salt  # the replicas get a hash only
+    assert configured_token(token_file=str(tmp_path / "good")).salt != check.salt  # salted afresh
 
 
 def test_serve_job_refuses_a_token_file_that_gives_no_token(tmp_path):

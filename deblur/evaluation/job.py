@@ -10,6 +10,7 @@ import ray.data
 from pydantic import Field, model_validator
 
 from .. import storage
+from ..cluster_paths import check_shared
 from ..inference import (
     BACKENDS,
     Precision,
@@ -156,6 +157,10 @@ def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
     if check:  # fp16 or TensorRT for actors given no GPU: one line, before Ray where the GPUs are known
         check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
     where = init_ray(announce=True)
+    check_shared(
+        reads={"--model": o.model, "--data": o.data, "--root": o.root, "--lpips-weights": o.lpips_weights},
+        writes={"--out": o.out},
+    )
     gpus = resolve_actor_gpus(o.gpus_per_worker, o.engine, o.precision, where)
     workers = min(o.workers, gpu_actor_cap(gpus)) if o.gpus_per_worker == "auto" and gpus else o.workers
     if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever

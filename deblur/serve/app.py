@@ -33,7 +33,7 @@ from ..inference import BACKENDS, Precision, check_engine_choice, load_engine
 from ..inference.load import cuda_available
 from ..options import Strict
 from ..ray_env import GpuRequest, WorkerStartError, actor_gpus, error_line, free_port, server_socket, worker_device
-from .limits import Limits, RequestError, check_content_type
+from .limits import Limits, RequestError, TokenCheck, check_content_type, configured_token
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
 PAGE = Path(__file__).with_name("page.html")
@@ -63,10 +63,10 @@ class DeblurEndpoint:
         threads: int | None = None,
         max_bytes: int | None = None,
         max_pixels: int | None = None,
-        token_file: str | None = None,
+        token: TokenCheck | None = None,
         precision: str | None = None,
     ):
-        self.limits = Limits.from_env(max_bytes, max_pixels, token_file)
+        self.limits = Limits.of(max_bytes, max_pixels, token)
         self.engine = load_engine(model, engine, worker_device(), threads=threads, precision=precision)
         self.model = model
         self.batch_sizes: Counter = Counter()
@@ -365,7 +365,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
         a.threads,
         a.max_bytes,
         a.max_pixels,
-        a.token_file,
+        configured_token(a.token_file),  # read where the app is built; the replicas get its hash only
         a.precision,
     )
 
@@ -386,4 +386,9 @@ def run(app: serve.Application, name: str = "deblur", route_prefix: str = "/") -
         raise WorkerStartError(f"the endpoint could not start: {error_line(failed[0])}") from None
 
 
-app = build_app(AppArgs())
+def __getattr__(name: str) -> Any:
+    """`app` (what `serve run deblur.serve.app:app` names), built when asked for: not on every import of this
+    module (each replica imports it), where it would read the token and size replicas on a node for nothing."""
+    if name == "app":
+        return build_app(AppArgs())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

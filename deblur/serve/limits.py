@@ -3,12 +3,22 @@
 Kept free of Ray and FastAPI so the rules read in one place: body size, content type, the pixel budget
 (checked from the image header before any decoding), and the optional bearer token (constant-time
 comparison; the token is never logged or echoed).
+
+The token itself stays where it was configured: the process that builds the app (the driver of
+`jobs/serve.py`, or the task `serve deploy` builds it in) reads it and hands the replicas only a salted SHA-256
+of it (`TokenCheck`), as the replicas' constructor arguments. So the token reaches every replica on every node
+(a cluster's workers do not have the driver's environment or files) and never appears in a replica's
+environment, Serve's config or status, Ray's dashboard, a log or the process list. Use a long random token
+(`openssl rand -hex 32`): a salted hash of a short one could be guessed by someone who can read the cluster's
+internals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,49 +33,75 @@ class RequestError(Exception):
         self.status, self.error, self.detail = status, error, detail
 
 
+@dataclass(frozen=True)
+class TokenCheck:
+    """What a replica needs to check a bearer token without holding it: a random salt and SHA-256(salt + token)."""
+
+    salt: str
+    digest: str
+
+    @classmethod
+    def of(cls, token: str) -> "TokenCheck":
+        salt = secrets.token_hex(16)
+        return cls(salt, cls._hash(salt, token))
+
+    @staticmethod
+    def _hash(salt: str, token: str) -> str:
+        return hashlib.sha256(f"{salt}:{token}".encode()).hexdigest()
+
+    def matches(self, given: str) -> bool:
+        return hmac.compare_digest(self._hash(self.salt, given), self.digest)
+
+    def __repr__(self) -> str:  # nothing of it in a log line or an error
+        return "TokenCheck(...)"
+
+
+def configured_token(token_file: str | None = None) -> TokenCheck | None:
+    """The endpoint's token from $DEBLUR_API_TOKEN, or a file (`token_file`, else $DEBLUR_API_TOKEN_FILE), as the
+    `TokenCheck` the replicas get; neither set → None (auth off). A source that is set but missing, unreadable
+    or empty is an AuthConfigError (one line): it never turns auth off silently."""
+    env_token = os.environ.get("DEBLUR_API_TOKEN")
+    if env_token is not None:
+        if not env_token.strip():
+            raise AuthConfigError("DEBLUR_API_TOKEN is set but empty; unset it to run without auth")
+        return TokenCheck.of(env_token.strip())
+    token_file = token_file or os.environ.get("DEBLUR_API_TOKEN_FILE")
+    if token_file is None:
+        return None
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as e:
+        raise AuthConfigError(
+            f"API token file {token_file}: {e.strerror or type(e).__name__}; the endpoint will "
+            "not start without it (mount the secret, or unset DEBLUR_API_TOKEN_FILE)"
+        ) from None
+    except UnicodeDecodeError:
+        raise AuthConfigError(f"API token file {token_file}: not text") from None
+    if not token:
+        raise AuthConfigError(f"API token file {token_file} is empty; the endpoint will not start without a token")
+    return TokenCheck.of(token)
+
+
 @dataclass
 class Limits:
     max_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 24_000_000  # 24 Mpx, e.g. 6000×4000
-    token: str | None = None
+    token: TokenCheck | None = None
 
     @property
     def auth(self) -> bool:
         return self.token is not None
 
     @classmethod
-    def from_env(
-        cls, max_bytes: int | None = None, max_pixels: int | None = None, token_file: str | None = None
-    ) -> "Limits":
-        """Token from $DEBLUR_API_TOKEN, or a file (`token_file`, else $DEBLUR_API_TOKEN_FILE); neither set →
-        auth off. A source that is set but missing, unreadable or empty is an AuthConfigError (one line): it
-        never turns auth off silently."""
-        env_token = os.environ.get("DEBLUR_API_TOKEN")
-        if env_token is not None:
-            if not env_token.strip():
-                raise AuthConfigError("DEBLUR_API_TOKEN is set but empty; unset it to run without auth")
-            return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, env_token.strip())
-        token_file = token_file or os.environ.get("DEBLUR_API_TOKEN_FILE")
-        if token_file is None:
-            return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, None)
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise AuthConfigError(
-                f"API token file {token_file}: {e.strerror or type(e).__name__}; the endpoint will "
-                "not start without it (mount the secret, or unset DEBLUR_API_TOKEN_FILE)"
-            ) from None
-        except UnicodeDecodeError:
-            raise AuthConfigError(f"API token file {token_file}: not text") from None
-        if not token:
-            raise AuthConfigError(f"API token file {token_file} is empty; the endpoint will not start without a token")
+    def of(cls, max_bytes: int | None = None, max_pixels: int | None = None, token: TokenCheck | None = None):
+        """The limits with the defaults where a value is None."""
         return cls(max_bytes or cls.max_bytes, max_pixels or cls.max_pixels, token)
 
     def authorised(self, authorization: str | None) -> bool:
         if self.token is None:
             return True
         scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+        return scheme.lower() == "bearer" and self.token.matches(given.strip())
 
     def check_auth(self, authorization: str | None) -> None:
         if not self.authorised(authorization):
