@@ -143,7 +143,12 @@ def test_submitted_training_keeps_its_run_and_resumes(bare_cluster, bucket, tiny
     refused = train(1, None)
     assert refused.returncode != 0
     errors = sorted({line for line in refused.stdout.splitlines() if line.startswith("error: ")})  # Ray says it twice
-    assert "exit code 2" in refused.stdout and len(errors) == 1 and "run.storage_path runs" in errors[0] and "DEBLUR_STORAGE" in errors[0], refused.stdout
+    assert (
+        "exit code 2" in refused.stdout
+        and len(errors) == 1
+        and "run.storage_path runs" in errors[0]
+        and "DEBLUR_STORAGE" in errors[0]
+    ), refused.stdout
     assert "Traceback" not in refused.stdout
 
     first = train(1, {"DEBLUR_STORAGE": base})
