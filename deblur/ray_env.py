@@ -16,7 +16,8 @@ import socket
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from pydantic import PlainValidator
 
@@ -125,8 +126,10 @@ def _join_or_start(num_cpus: int | None, object_store_mb: int | None, log_level:
     """`init_ray`'s work: how Ray was joined or started, and what `ray.init` returned (None: it was up)."""
     import ray
 
+    global _own_ray
     if ray.is_initialized():
         return "existing", None
+    _own_ray = False
     quiet_ray_libraries(log_level)
     quiet = {
         "log_to_driver": True,
@@ -179,6 +182,7 @@ def _join_or_start(num_cpus: int | None, object_store_mb: int | None, log_level:
             if port == 0:
                 raise
         else:
+            _own_ray = True
             return "local", context
     raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
 
@@ -296,9 +300,10 @@ GpuRequest = Annotated[float | str, PlainValidator(gpu_request)]
 
 def actor_gpus(requested: float | str, node_gpus: Iterable[float] | None = None) -> float:
     """GPUs per actor: `requested`, or for "auto" (the jobs' default) one when a node of the Ray cluster has a
-    GPU now and none otherwise, so a job submitted to a GPU cluster runs its models on the GPUs without being
-    told, and on CPUs where there are none. `node_gpus`: each node's GPUs (default: the connected cluster's
-    live nodes). GPU nodes an autoscaler has not started yet do not count: ask for them with a number."""
+    GPU now or its autoscaler's config has GPU nodes (`configured_most`), and none otherwise, so a job submitted
+    to a GPU cluster runs its models on the GPUs without being told (an autoscaler at 0 GPU nodes brings them
+    up), and on CPUs where there are none. `node_gpus`: each node's GPUs (default: the connected cluster's live
+    nodes and its autoscaler's config)."""
     if requested != "auto":
         return float(requested)
     if node_gpus is None:
@@ -307,6 +312,7 @@ def actor_gpus(requested: float | str, node_gpus: Iterable[float] | None = None)
         if not ray.is_initialized():
             init_ray()
         node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]]
+        node_gpus.append(configured_most("GPU") or 0.0)
     return 1.0 if any(g >= 1 for g in node_gpus) else 0.0
 
 
@@ -323,12 +329,57 @@ def resolve_actor_gpus(
     return gpus
 
 
-def gpu_actor_cap(gpus: float) -> int:
-    """How many actors of `gpus` GPUs each the connected Ray cluster holds now: where "auto" gave the actors a
-    GPU, an explicit --workers beyond it would leave the rest pending for the whole run."""
+def configured_most(resource: str) -> float | None:
+    """The most of `resource` ("CPU", "GPU") the connected cluster's autoscaler may bring up: each node type's
+    `max_workers` times its resources, as the cluster launcher or KubeRay reported them to Ray (what Ray Data's
+    own autoscaling reads). None where there is no such config (a cluster of `ray start`s, a job's own Ray)."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API of Ray's: where it moved or fails, there is no config to go by
+        return None
+    return float(most[resource]) if most and most.get(resource) else None
+
+
+@dataclass(frozen=True)
+class ActorPool:
+    """How many engine actors a stage of a job runs: `initial` at its start, up to `most` as nodes join (an
+    autoscaler's or any other), down to `least`. A Ray of the job's own gets a pool of fixed size (no node joins
+    it)."""
+
+    least: int
+    initial: int
+    most: int
+
+    def strategy(self, **kwargs: Any):
+        import ray.data
+
+        if self.least == self.most:
+            return ray.data.ActorPoolStrategy(size=self.most, **kwargs)
+        return ray.data.ActorPoolStrategy(min_size=self.least, max_size=self.most, initial_size=self.initial, **kwargs)
+
+
+def actor_pool(workers: int | None, cpus: float, gpus: float, items: int) -> ActorPool:
+    """The actor pool for `items` pieces of work, actors of `cpus` CPUs and `gpus` GPUs each. It starts with as
+    many as the cluster holds now and, on a cluster, may grow to `workers` (a flag: "at most") or else to what
+    the autoscaler's config allows (`configured_most`; without one, what the nodes up now hold), as Ray Data
+    scales actor pools; never more than `items`. So a job started while an autoscaler's GPU group is at 0 nodes
+    still grows onto the GPU nodes it brings up, where a pool sized at the start ran one actor for the job."""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("GPU", 0.0) // gpus))
+    resource, per = ("GPU", gpus) if gpus else ("CPU", cpus)
+    have = ray.cluster_resources().get(resource, 0.0)
+    now = max(1, int(have // per))
+    cap = max(1, items)
+    if _own_ray:
+        size = min(workers or now, cap)
+        return ActorPool(size, size, size)
+    most = max(1, min(workers or int((configured_most(resource) or have) // per), cap))
+    return ActorPool(1, min(now, most), most)
+
+
+_own_ray = False  # whether this process's Ray is one `init_ray` started for it (no node ever joins it)
 
 
 def _actor_init_failure(error: BaseException | None) -> bool:

@@ -104,11 +104,14 @@ def resolve_gpus(args: argparse.Namespace, attr: str, flag: str, where: str) -> 
     gpus = resolve_actor_gpus(getattr(args, attr), args.engine, args.precision, where, flag)
     setattr(args, attr, gpus)
     if args.gpus_auto and (gpus or where != "local"):  # a laptop without a GPU is no news; a cluster's choice is
-        total = ray.cluster_resources().get("GPU", 0.0)
+        from deblur.ray_env import configured_most
+
+        total, most = ray.cluster_resources().get("GPU", 0.0), configured_most("GPU")
         print(
-            f"{flag} auto: {gpus:g} GPU each ({total:g} in the Ray cluster)"
+            f"{flag} auto: {gpus:g} GPU each ({total:g} in the Ray cluster"
+            + (f", up to {most:g} as its autoscaler adds nodes)" if most else ")")
             if gpus
-            else f"{flag} auto: 0, no GPU node is up (a number asks an autoscaler for them); the models run on CPUs",
+            else f"{flag} auto: 0, the Ray cluster has no GPU node (a number asks for them); the models run on CPUs",
             flush=True,
         )
 
@@ -151,27 +154,6 @@ def init_ray_for_workers(args: argparse.Namespace) -> None:
             cpus=("--cpus-per-worker", args.cpus_per_worker),
             gpus=("--gpus-per-worker", args.gpus_per_worker),
         )
-
-
-def default_workers(args: argparse.Namespace) -> int:
-    """--workers, or one actor per GPU (GPU clusters) or per `--cpus-per-worker` CPUs: single-threaded actors
-    on every core keep the cores busy while others decode and encode. Where --gpus-per-worker "auto" gave the
-    actors a GPU, no more of them than the cluster's GPUs hold (the rest would stay pending all run)."""
-    import ray
-
-    from deblur.ray_env import gpu_actor_cap
-
-    if args.workers:
-        if getattr(args, "gpus_auto", False) and args.gpus_per_worker:
-            return min(args.workers, gpu_actor_cap(args.gpus_per_worker))
-        return args.workers
-    resources = ray.cluster_resources()
-    return max(
-        1,
-        int(resources.get("GPU", 0) // args.gpus_per_worker)
-        if args.gpus_per_worker
-        else int(resources.get("CPU", 1) // args.cpus_per_worker),
-    )
 
 
 def video_options(args: argparse.Namespace) -> dict:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,35 @@ def test_serve_token_protects_every_replica_and_appears_nowhere(bare_cluster, re
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
     assert token not in out + err and "Traceback" not in err, err[-2000:]
+
+
+def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket):
+    """As an autoscaler adds a node while a job runs: bulk starts with the actors the cluster holds (4 CPUs, 4
+    actors) and at most --workers 6; once its first images are written a worker raylet joins (`cluster/local.py
+    add-worker`), and the actor pool grows onto it: the new node deblurs images too (the summary's nodes)."""
+    fs, _ = storage.filesystem(bucket)
+    photos = _photos(24)
+    for k, p in enumerate(photos * 2):
+        fs.pipe_file(f"{bucket[5:]}/many/{k:03d}-{p.name}", p.read_bytes())
+    cmd = [sys.executable, "jobs/bulk.py", "--input", f"{bucket}/many", "--output", f"{bucket}/grown"]
+    cmd += ["--engine", "torch", "--workers", "6", "--no-progress"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=bare_cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 300
+        while not fs.exists(f"{bucket[5:]}/grown") or not fs.find(f"{bucket[5:]}/grown", refresh=True):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(1)
+        nodes = bare_cluster.local.add_worker(bare_cluster.state, cpus=1)["nodes"]
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    fs.invalidate_cache()  # the polling above listed the folder before the summary was written
+    summary = json.loads(storage.read_text(f"{bucket}/grown/_summary.json"))
+    new = run_driver(bare_cluster, f"result = [n['NodeID'] for n in ray.nodes() if n['Resources'].get('node{nodes}')]")
+    assert len(new) == 1 and summary["workers"] == 6, summary
+    assert summary["nodes"].get(new[0], 0) > 0, (summary["nodes"], new)  # the joined node's actor took images
+    assert summary["done"] == len(photos) * 2

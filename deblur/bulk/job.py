@@ -26,7 +26,7 @@ from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, 
 from ..inference import BACKENDS, Precision, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
-from ..ray_env import WorkerStartError, actor_gpus, actor_start_errors, worker_device
+from ..ray_env import WorkerStartError, actor_gpus, actor_pool, actor_start_errors, worker_device
 from ..video import VideoOptions
 from .sources import list_inputs, read_input
 
@@ -110,6 +110,7 @@ class ImageDeblurrer:
         )
         info = self.engine.info
         self.engine_name = f"{info.backend} {info.precision} ({info.device})"
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         rel = str(item["rel"])
@@ -122,6 +123,7 @@ class ImageDeblurrer:
             "seconds": 0.0,
             "blur": -1.0,
             "engine": self.engine_name,
+            "node": self.node,
             "started": time.time(),  # when this image's work began (the job's start-up ends at the earliest)
         }
         t0 = time.perf_counter()
@@ -173,14 +175,15 @@ def deblur_archive(
     input_uri: str,
     output: str,
     options: Options,
-    workers: int = 1,
+    workers: int | None = None,
     gpus_per_worker: float | str = 0.0,
     cpus_per_worker: float = 1.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The whole job: list → skip what is done → images → videos → summary (also written to
     `output/_summary.json`, which is returned). `gpus_per_worker`: a number, or "auto"
-    (`deblur.ray_env.actor_gpus`; jobs/bulk.py's default, which also caps the workers at the GPUs)."""
+    (`deblur.ray_env.actor_gpus`; jobs/bulk.py's default). `workers`: the most engine actors on a cluster, the
+    exact number on a Ray of the job's own (None: `deblur.ray_env.actor_pool`'s default)."""
     t0 = time.time()
     gpus_per_worker = actor_gpus(gpus_per_worker)
     options = Options.parse(options, "bulk options")
@@ -205,7 +208,8 @@ def deblur_archive(
         "output": output,
         "model": options.model,
         "engines": sorted(tally["engines"]),
-        "workers": workers,
+        "nodes": dict(sorted(tally["nodes"].items())),  # Ray node id → images its actors deblurred
+        "workers": max(tally["pool"], clips.get("pool", 0)),  # the most actors a stage could run
         "gpus_per_worker": gpus_per_worker,
         "images": len(items) + len(rejected) + len(collisions) - listed_videos,
         "done": tally["done"],
@@ -242,7 +246,7 @@ def _deblur_images(
     todo: list[dict[str, Any]],
     output: str,
     options: Options,
-    workers: int,
+    workers: int | None,
     gpus_per_worker: float,
     cpus_per_worker: float,
     progress: bool,
@@ -259,15 +263,19 @@ def _deblur_images(
         "scores": [],
         "first_started": None,  # when the earliest image began (rows carry their start; a block may hold many)
         "engines": set(),  # what the actors ran: backend, precision, device
+        "pool": 0,
+        "nodes": {},  # images per node that deblurred them
     }
     if not todo:
         return tally
+    pool = actor_pool(workers, cpus_per_worker, gpus_per_worker, len(todo))
+    tally["pool"] = pool.most
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
     ds = ds.map(
         ImageDeblurrer,
         fn_constructor_args=(options, output),
         # no more actors than images: each would start a process and load the engine for nothing
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(todo)))),
+        compute=pool.strategy(),
         num_gpus=gpus_per_worker or None,
         num_cpus=cpus_per_worker,
     )
@@ -280,6 +288,7 @@ def _deblur_images(
             tally["first_started"] = min(tally["first_started"] or started, started)
             tally[row["status"]] += 1
             tally["engines"].add(row["engine"])
+            tally["nodes"][row["node"]] = tally["nodes"].get(row["node"], 0) + 1
             tally["bytes_in"] += int(row["bytes_in"])
             tally["bytes_out"] += int(row["bytes_out"])
             tally["seconds"] += float(row["seconds"])
@@ -297,7 +306,7 @@ def _deblur_videos(
     videos: list[dict[str, Any]],
     output: str,
     options: Options,
-    workers: int,
+    workers: int | None,
     gpus_per_worker: float,
     cpus_per_worker: float,
     progress: bool,

@@ -6,7 +6,6 @@ import datetime as dt
 from functools import partial
 from typing import Any, Callable, Literal
 
-import ray.data
 from pydantic import Field, model_validator
 
 from .. import storage
@@ -24,9 +23,9 @@ from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
 from ..ray_env import (
     GpuRequest,
+    actor_pool,
     actor_start_errors,
     check_actors_fit,
-    gpu_actor_cap,
     init_ray,
     resolve_actor_gpus,
     worker_device,
@@ -162,10 +161,9 @@ def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
         writes={"--out": o.out},
     )
     gpus = resolve_actor_gpus(o.gpus_per_worker, o.engine, o.precision, where)
-    workers = min(o.workers, gpu_actor_cap(gpus)) if o.gpus_per_worker == "auto" and gpus else o.workers
     if where == "local":  # no autoscaler: actors asking for GPUs this machine lacks would wait forever
         check_actors_fit({"GPU": (f"--gpus-per-worker {gpus:g}", gpus)})
-    return o.model_copy(update={"gpus_per_worker": gpus, "workers": workers})
+    return o.model_copy(update={"gpus_per_worker": gpus})
 
 
 def _engine_label(info: Any) -> str:
@@ -188,9 +186,9 @@ def _score_with_ray(
             info = self.engine.info
             return self.score_row(row) | {"engine": _engine_label(info), "model_hash": info.model_hash}
 
-    ds = source.ray_dataset().map(
-        RayScorer, compute=ray.data.ActorPoolStrategy(size=o.workers), num_gpus=o.gpus_per_worker or None
-    )
+    # on a cluster at most `workers` actors, as many as fit at first, more as nodes join (`actor_pool`)
+    pool = actor_pool(o.workers, 1.0, o.gpus_per_worker, source.total or o.workers)
+    ds = source.ray_dataset().map(RayScorer, compute=pool.strategy(), num_gpus=o.gpus_per_worker or None)
     with actor_start_errors("the scorer (engine and LPIPS)"):
         records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]
     engines = sorted({str(r.pop("engine")) for r in records})

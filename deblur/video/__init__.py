@@ -27,7 +27,7 @@ def deblur_file(
     model: str = "default",
     engine: str = "auto",
     options: VideoOptions | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     gpus_per_worker: float | str = 0.0,
     cpus_per_worker: float = 1.0,
     threads: int | None = None,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .. import storage
 from ..inference import load_engine
 from ..options import Strict
-from ..ray_env import actor_gpus, actor_start_errors, worker_device
+from ..ray_env import actor_gpus, actor_pool, actor_start_errors, worker_device
 from .media import (
     CODECS,
     PRESETS,
@@ -337,7 +337,7 @@ def deblur_videos(
     model: str,
     engine: str,
     options: VideoOptions,
-    workers: int = 1,
+    workers: int | None = None,
     gpus_per_worker: float | str = 0.0,
     cpus_per_worker: float = 1.0,
     threads: int | None = None,
@@ -345,17 +345,21 @@ def deblur_videos(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures.
-    `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; jobs/video.py's default)."""
+    `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; jobs/video.py's default). `workers`:
+    the most engine actors on a cluster, the exact number on a Ray of the job's own (`deblur.ray_env.actor_pool`;
+    None: its default)."""
     gpus_per_worker = actor_gpus(gpus_per_worker)
+    most = actor_pool(workers, cpus_per_worker, gpus_per_worker, 1 << 30).most  # videos are cut for this many
 
     report = {"videos": len(videos), "done": 0, "failed": 0, "frames": 0, "segments": 0, "seconds": 0.0, "errors": []}
+    report["pool"] = most
     if not videos:
         return report
     # probing is small parallel work; its rows come back so that every segment becomes its own block (a
     # fused flat_map would hand all of a video's segments to one actor)
     planned = (
         ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000)))
-        .flat_map(plan, fn_args=(options, workers, model, output, precision))
+        .flat_map(plan, fn_args=(options, most, model, output, precision))
         .take_all()
     )
     failed: dict[str, str] = {r["rel"]: r["error"] for r in planned if r["error"]}
@@ -365,7 +369,7 @@ def deblur_videos(
     joiner = ray.remote(num_cpus=0)(join_video)
     # joins read and write whole videos: a few at a time, so a node's disk and network are not all theirs
     pending_joins: dict[Any, str] = {}
-    max_joins = max(2, workers)
+    max_joins = max(2, most)
 
     def settle(limit: int) -> None:
         """Collect finished joins until at most `limit` are running."""
@@ -387,8 +391,8 @@ def deblur_videos(
             SegmentDeblurrer,
             fn_constructor_args=(model, engine, threads, options, precision),
             # one segment at a time per actor: a queued segment waits for a free actor, not behind a busy one
-            compute=ray.data.ActorPoolStrategy(
-                size=max(1, min(workers, len(segments))), max_tasks_in_flight_per_actor=1
+            compute=actor_pool(workers, cpus_per_worker, gpus_per_worker, len(segments)).strategy(
+                max_tasks_in_flight_per_actor=1
             ),
             num_gpus=gpus_per_worker or None,
             num_cpus=cpus_per_worker,
