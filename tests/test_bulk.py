@@ -118,6 +118,89 @@ def test_real_archive_on_s3_and_in_a_tar(trained_checkpoint, tmp_path, bucket, r
     )
 
 
+class CountingProxy:
+    """A TCP proxy on loopback in front of an S3 endpoint, counting every byte the endpoint sends back (bodies
+    and HTTP headers): what a job's reads cost on the wire."""
+
+    def __init__(self, upstream: str):
+        import socket
+        import threading
+
+        self.sent = 0
+        self._lock = threading.Lock()
+        host, port = upstream.split("://", 1)[1].split(":")
+        self._upstream = (host, int(port))
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._upstream)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, counted: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if counted:
+                    with self._lock:
+                        self.sent += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_an_s3_tar_is_listed_from_its_headers_and_read_member_by_member(bucket, s3_endpoint, tmp_path, monkeypatch):
+    """A .tar on S3: the listing reads the member headers alone and each worker one ranged read of its member,
+    so what the endpoint sends (counted on the wire, HTTP headers included) is at most 1.2 times the images'
+    bytes; s3fs's default 50 MiB read-ahead fetched the whole archive for the listing and again per member."""
+    from deblur.bulk.sources import list_inputs, read_input
+
+    photos = lai_photos(16)
+    archive = tmp_path / "photos.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:  # what GNU tar writes
+        for k, p in enumerate(photos):
+            tar.add(p, arcname=f"album/{'long-' * 30 if k == 3 else ''}{p.name}")  # a GNU long name too
+    fs, _ = storage.filesystem(bucket)
+    fs.put_file(str(archive), f"{bucket[5:]}/photos.tar")
+    proxy = CountingProxy(s3_endpoint)
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(storage, "_ENDPOINT", proxy.endpoint)
+    try:
+        items, rejected = list_inputs(f"{bucket}/photos.tar")
+        listed = proxy.sent
+        data = [read_input(item) for item in items]
+        read = proxy.sent - listed
+        again, _ = list_inputs(f"{bucket}/photos.tar")  # indexed on this machine: headers not read again
+        relisted = proxy.sent - listed - read
+    finally:
+        proxy.close()
+    images = sum(p.stat().st_size for p in photos)
+    assert rejected == [] and again == items and [len(d) for d in data] == [p.stat().st_size for p in photos]
+    assert data[3] == photos[3].read_bytes() and items[3]["rel"].startswith("album/long-long-")
+    ratio = (listed + read) / images
+    print(f"\nS3 tar, {len(photos)} members, {images / 1e6:.2f} MB of images: listing {listed / 1e3:.1f} kB, "
+          f"reads {read / 1e6:.3f} MB, relisting {relisted / 1e3:.1f} kB; requested / images = {ratio:.3f}")  # fmt: skip
+    assert ratio <= 1.2 and listed < 0.05 * images and relisted < 4000, (listed, read, relisted, images)
+
+
 def test_hostile_tar_members_are_listed_and_never_written(trained_checkpoint, real_photo, tmp_path, ray_session):
     jpeg = cv2.imencode(".jpg", real_photo[:64, :96, ::-1])[1].tobytes()
     archive = tmp_path / "hostile.tar"

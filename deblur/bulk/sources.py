@@ -1,8 +1,11 @@
 """What to deblur: the images and videos under a folder, an s3:// prefix, or inside an uncompressed .tar archive.
 
 Each input is a small dict {"rel": relative path, "uri": where to read it, "offset"/"size" for tar
-members}; workers read the bytes themselves (ranged reads for tar members, local or on S3), so the
-driver only ever holds the listing.
+members}; workers read the bytes themselves (one ranged read of exactly a member's bytes, local or on S3),
+so the driver only ever holds the listing. A tar archive is listed by reading its member headers alone (one
+512-byte read each, seeking past the data: never the archive itself, where s3fs's default 50 MiB read-ahead
+would fetch it whole), and that index of member offsets is kept in this machine's cache (`storage.cache_dir`),
+keyed by the archive's URI, size and ETag or mtime, so a resumed run does not read the headers again.
 
 Every name becomes a relative path that stays inside the output (`safe_relative`): a tar member, S3 key
 or file whose name is absolute or climbs out with `..`, and tar links and devices, are rejected with a
@@ -11,6 +14,9 @@ reason (the job lists them in `_errors.jsonl`) and never read or written.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import posixpath
 import tarfile
 from typing import Any
@@ -75,9 +81,34 @@ def list_inputs(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
 
 
 def _tar_members(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The archive's members, from this machine's index of it where the archive is unchanged, else from its
+    headers (then indexed)."""
     fs, path = storage.filesystem(uri)
+    info = fs.info(path)
+    version = f"{uri}\n{info.get('size')}\n{info.get('ETag') or info.get('mtime') or info.get('LastModified')}"
+    index = os.path.join(storage.cache_dir(), "tar-index", hashlib.sha256(version.encode()).hexdigest() + ".json")
+    try:
+        with open(index) as f:
+            listed = json.load(f)
+        return listed["items"], listed["rejected"]
+    except (OSError, ValueError, KeyError):
+        pass
+    items, rejected = _read_tar_headers(fs, path, uri)
+    try:
+        os.makedirs(os.path.dirname(index), exist_ok=True)
+        with open(index + ".tmp", "w") as f:
+            json.dump({"items": items, "rejected": rejected}, f)
+        os.replace(index + ".tmp", index)
+    except OSError:  # a read-only cache: the next run reads the headers again
+        pass
+    return items, rejected
+
+
+def _read_tar_headers(fs, path: str, uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     items, rejected = [], []
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:  # headers only: seeks past data
+    # no read-ahead: tarfile reads each 512-byte header and seeks past the member's data, so only the headers
+    # are requested (s3fs's default cache would fetch 50 MiB from each header on)
+    with fs.open(path, "rb", block_size=512, cache_type="none") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for m in tar:
             if m.isdir() or not m.name.lower().endswith(SUFFIXES):
                 continue
@@ -93,9 +124,10 @@ def _tar_members(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
 
 
 def read_input(item: dict[str, Any]) -> bytes:
+    """An input's bytes: a file or object whole, a tar member as one ranged read of exactly its bytes."""
     if item["offset"] < 0:
         return storage.read_bytes(item["uri"])
     fs, path = storage.filesystem(item["uri"])
-    with fs.open(path, "rb") as f:
-        f.seek(item["offset"])
-        return f.read(item["size"])
+    if not item["size"]:
+        return b""
+    return fs.cat_file(path, start=item["offset"], end=item["offset"] + item["size"])
