@@ -129,6 +129,7 @@ def start(
     (module docstring); `can_share_nothing()` says whether this machine can make them."""
     if share_nothing and (reason := can_share_nothing()):
         raise RuntimeError(f"--share-nothing: {reason}")
+    hidden = hidden_paths(hide or []) if share_nothing else []  # a path that cannot be hidden fails here
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (exported for a one-node Ray on loopback, or set by a job's
     # `init_ray` in this process) would refuse the second raylet on one machine
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | auth_env(state)
@@ -162,7 +163,7 @@ def start(
         "nodes": 1,
         "temp_dir": temp,
         "share_nothing": share_nothing,
-        "hide": hidden_paths(hide or []) if share_nothing else [],
+        "hide": hidden,
         "object_store_mb": object_store_mb,
     }
     state.mkdir(parents=True, exist_ok=True)
@@ -218,8 +219,11 @@ def hidden_paths(extra: list[str]) -> list[str]:
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.write_text(text)
-    path.chmod(0o600)
+    """`text` in a file only this user can read, from its first byte (it may hold credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def can_share_nothing() -> str | None:
@@ -283,12 +287,13 @@ def _node(hide: list[str], cmd: list[str]) -> None:
         subprocess.run(["mount", *args], check=True)
 
     keep = kept_paths(hide)
-    mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp")
-    mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/dev/shm")
-    aside = Path("/tmp/.node-image")
+    aside = Path("/mnt")  # this namespace's own empty mount there holds the kept paths while /tmp and the rest go
+    mount("-t", "tmpfs", "-o", "mode=700", "tmpfs", str(aside))
     for k, path in enumerate(keep):
         (aside / str(k)).mkdir(parents=True)
         mount("--bind", path, str(aside / str(k)))
+    mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp")
+    mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/dev/shm")
     for path in hide:
         if Path(path).is_dir() and not _under(path, "/tmp"):
             mount("-t", "tmpfs", "-o", "mode=755", "tmpfs", path)

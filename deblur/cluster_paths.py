@@ -60,28 +60,44 @@ def _relative(path: str) -> bool:
     return not storage.is_remote(path) and not os.path.isabs(os.path.expanduser(path.removeprefix("file://")))
 
 
+def _storage_base() -> str | None:
+    """`$DEBLUR_STORAGE`, which must name a place every node shares: s3://... or an absolute path."""
+    base = os.environ.get(STORAGE_ENV)
+    if base and _relative(base):
+        raise PathError(
+            f"{STORAGE_ENV}={base}: give s3://... or an absolute path every node mounts, not a relative one"
+        )
+    return base or None
+
+
+def _under_base(base: str, path: str) -> str:
+    rel = os.path.normpath(path.removeprefix("file://"))
+    if rel == ".." or rel.startswith("../"):
+        raise PathError(f"{path}: a relative path that climbs out of {STORAGE_ENV} ({base})")
+    return storage.join(base, "" if rel == "." else rel)
+
+
 def output_path(path: str, what: str) -> str:
     """Where a job writes `path` (named by `what`, e.g. "--output", "run.storage_path"): under a submitted job, a
     relative path goes under `$DEBLUR_STORAGE`, or is refused without it (module docstring); else unchanged."""
     if submitted_job() is None or not _relative(path):
         return path
-    base = os.environ.get(STORAGE_ENV)
+    base = _storage_base()
     if not base:
         raise PathError(
             f"{what} {path}: a relative path under `ray job submit` names the job's temporary copy of the working "
             f"dir, deleted with the job; give an absolute path every node shares or s3://..., or set {STORAGE_ENV} "
             f"(e.g. s3://bucket/deblur) on the cluster or in the job's runtime env to keep relative paths there"
         )
-    return storage.join(base, path.removeprefix("./"))
+    return _under_base(base, path)
 
 
 def input_path(path: str) -> str:
     """Where a job reads `path`: under a submitted job, a relative path that is not in the working dir's copy
     but is under `$DEBLUR_STORAGE` (a run a submitted training wrote there) names that; else unchanged."""
-    base = os.environ.get(STORAGE_ENV)
-    if submitted_job() is None or not _relative(path) or os.path.exists(path) or not base:
+    if submitted_job() is None or not _relative(path) or os.path.exists(path) or not (base := _storage_base()):
         return path
-    placed = storage.join(base, path.removeprefix("./"))
+    placed = _under_base(base, path)
     return placed if storage.exists(placed) else path
 
 
@@ -119,19 +135,22 @@ def check_shared(reads: dict[str, str] | None = None, writes: dict[str, str] | N
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    submitted = submitted_job() is not None  # the probe runs in the job's working dir on each node, as it does
-    reads = {k: p if submitted else os.path.abspath(p) for k, p in _local(reads) if fingerprint(p) is not None}
-    writes = {k: p if submitted else os.path.abspath(p) for k, p in _local(writes)}
-    if len(nodes) < 2 or not (reads or writes):
+    if len(nodes) < 2:
         return
-    expected = {label: fingerprint(path) for label, path in reads.items()}
-    markers = {}
-    for label, path in writes.items():
-        os.makedirs(path, exist_ok=True)
-        markers[label] = os.path.join(path, f"{_MARKER}{uuid.uuid4().hex}")
-        open(markers[label], "w").close()
+    submitted = submitted_job() is not None  # the probe runs in the job's working dir on each node, as it does
+    reads = {k: p if submitted else os.path.abspath(p) for k, p in _local(reads)}
+    expected = {label: found for label, path in reads.items() if (found := fingerprint(path)) is not None}
+    reads = {label: reads[label] for label in expected}
+    writes = {k: p if submitted else os.path.abspath(p) for k, p in _local(writes)}
+    if not (reads or writes):
+        return
+    markers: dict[str, str] = {}
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     try:
+        for label, path in writes.items():
+            os.makedirs(path, exist_ok=True)
+            markers[label] = os.path.join(path, f"{_MARKER}{uuid.uuid4().hex}")
+            open(markers[label], "w").close()
         pending = {
             probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
                 reads, markers
@@ -147,7 +166,11 @@ def check_shared(reads: dict[str, str] | None = None, writes: dict[str, str] | N
                 timeout_s,
             )
         for ref in done:
-            seen = ray.get(ref)
+            try:
+                seen = ray.get(ref)
+            except ray.exceptions.RayError as e:  # the node went away meanwhile, or its worker could not start
+                log.warning("could not check the job's paths on node %s: %s", _name(pending[ref]), type(e).__name__)
+                continue
             for label, path in (reads | writes).items():
                 want = "marker" if label in markers else expected[label]
                 if seen[label] != want:
@@ -168,7 +191,7 @@ def check_shared(reads: dict[str, str] | None = None, writes: dict[str, str] | N
 def _local(paths: dict[str, str] | None) -> Iterable[tuple[str, str]]:
     for label, path in (paths or {}).items():
         if path and not storage.is_remote(path):
-            yield label, path.removeprefix("file://")
+            yield label, os.path.expanduser(path.removeprefix("file://"))
 
 
 def _name(node: dict) -> str:

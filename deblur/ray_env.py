@@ -126,10 +126,8 @@ def _join_or_start(num_cpus: int | None, object_store_mb: int | None, log_level:
     """`init_ray`'s work: how Ray was joined or started, and what `ray.init` returned (None: it was up)."""
     import ray
 
-    global _own_ray
     if ray.is_initialized():
         return "existing", None
-    _own_ray = False
     quiet_ray_libraries(log_level)
     quiet = {
         "log_to_driver": True,
@@ -182,7 +180,6 @@ def _join_or_start(num_cpus: int | None, object_store_mb: int | None, log_level:
             if port == 0:
                 raise
         else:
-            _own_ray = True
             return "local", context
     raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
 
@@ -365,21 +362,35 @@ def actor_pool(workers: int | None, cpus: float, gpus: float, items: int) -> Act
     many as the cluster holds now and, on a cluster, may grow to `workers` (a flag: "at most") or else to what
     the autoscaler's config allows (`configured_most`; without one, what the nodes up now hold), as Ray Data
     scales actor pools; never more than `items`. So a job started while an autoscaler's GPU group is at 0 nodes
-    still grows onto the GPU nodes it brings up, where a pool sized at the start ran one actor for the job."""
+    still grows onto the GPU nodes it brings up, where a pool sized at the start ran one actor for the job. On a
+    Ray this process started (`own_ray`), no node will join: exactly as many as fit, at most `workers` (more
+    would wait all run)."""
     import ray
 
     resource, per = ("GPU", gpus) if gpus else ("CPU", cpus)
     have = ray.cluster_resources().get(resource, 0.0)
     now = max(1, int(have // per))
     cap = max(1, items)
-    if _own_ray:
-        size = min(workers or now, cap)
+    if own_ray():
+        size = min(workers or now, now, cap)
         return ActorPool(size, size, size)
-    most = max(1, min(workers or int((configured_most(resource) or have) // per), cap))
+    most = max(1, min(workers or int(min(configured_most(resource) or have, MOST_ACTORS * per) // per), cap))
     return ActorPool(1, min(now, most), most)
 
 
-_own_ray = False  # whether this process's Ray is one `init_ray` started for it (no node ever joins it)
+#: actors a pool may grow to where the autoscaler's config sets no maximum (an unbounded node group)
+MOST_ACTORS = 1024
+
+
+def own_ray() -> bool:
+    """Whether the connected Ray is one this process started (`init_ray` on a machine without a cluster, or
+    `ray.init()`): its head node is this process's, and no other node will join it."""
+    import ray
+
+    try:
+        return ray.is_initialized() and bool(ray._private.worker._global_node.head)
+    except AttributeError:  # Ray's internals moved: take it for a cluster (a pool that may grow)
+        return False
 
 
 def _actor_init_failure(error: BaseException | None) -> bool:

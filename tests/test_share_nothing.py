@@ -106,11 +106,10 @@ def test_worker_nodes_see_nothing_of_the_driver(bare_cluster, tmp_path):
     if SHARED_DATA.is_dir():
         paths.append(str(SHARED_DATA))
     views = list(run_driver(bare_cluster, NODE_VIEW % paths).values())
-    assert len(views) == 3
     heads = [v for v in views if v["sees"]]
     workers = [v for v in views if not v["sees"]]
     assert len(heads) == 1 and heads[0]["sees"] == paths and DRIVER_ONLY in heads[0]["env"]
-    assert len(workers) == 2
+    assert len(workers) == len(views) - 1 >= 2
     for view in workers:
         assert DRIVER_ONLY not in view["env"] and "AWS_ENDPOINT_URL" not in view["env"], view["env"]
         assert "AWS_ACCESS_KEY_ID" in view["env"] and view["home"] == "/tmp/node-home"  # the node's own
@@ -182,6 +181,8 @@ def test_bulk_over_s3_writes_every_output(bare_cluster, bucket):
     assert f"{len(photos)} done, 0 skipped, 0 failed" in res.stdout, res.stdout[-3000:]
     written = {Path(p).name for p in fs.find(f"{bucket[5:]}/sharp")}
     assert {p.name for p in photos} <= written
+    summary = json.loads(storage.read_text(f"{bucket}/sharp/_summary.json"))
+    assert len(summary["nodes"]) >= 2, summary["nodes"]  # a worker node's actor wrote its share
 
 
 @pytest.mark.parametrize("job", ["bulk", "train", "evaluate"])
@@ -317,7 +318,7 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket):
     add-worker`), and the actor pool grows onto it: the new node deblurs images too (the summary's nodes)."""
     fs, _ = storage.filesystem(bucket)
     photos = _photos(24)
-    for k, p in enumerate(photos * 2):
+    for k, p in enumerate(photos * 4):  # work for a minute and more on 2 cores: the new node's actor gets some
         fs.pipe_file(f"{bucket[5:]}/many/{k:03d}-{p.name}", p.read_bytes())
     cmd = [sys.executable, "jobs/bulk.py", "--input", f"{bucket}/many", "--output", f"{bucket}/grown"]
     cmd += ["--engine", "torch", "--workers", "6", "--no-progress"]
@@ -340,4 +341,4 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket):
     new = run_driver(bare_cluster, f"result = [n['NodeID'] for n in ray.nodes() if n['Resources'].get('node{nodes}')]")
     assert len(new) == 1 and summary["workers"] == 6, summary
     assert summary["nodes"].get(new[0], 0) > 0, (summary["nodes"], new)  # the joined node's actor took images
-    assert summary["done"] == len(photos) * 2
+    assert summary["done"] == len(photos) * 4

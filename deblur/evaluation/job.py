@@ -22,6 +22,7 @@ from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
 from ..ray_env import (
+    ActorPool,
     GpuRequest,
     actor_pool,
     actor_start_errors,
@@ -110,8 +111,13 @@ def evaluate(
             f"{e} For evaluation: --lpips-weights FILE, --no-lpips, or --lpips-random "
             "(random AlexNet features, labelled as such)"
         ) from None
+    actors = ""
     if o.workers > 0:
-        records, engines, hashes = _score_with_ray(factory, source, o)
+        # on a cluster at most `workers` actors, as many as fit at first, more as nodes join (`actor_pool`)
+        pool = actor_pool(o.workers, 1.0, o.gpus_per_worker, source.total or o.workers)
+        records, engines, hashes = _score_with_ray(factory, source, o, pool)
+        count = f"{pool.most}" if pool.least == pool.most else f"{pool.initial} to {pool.most} (as nodes join)"
+        actors = f"{count} Ray actor{'s' if pool.most != 1 else ''}, {o.gpus_per_worker:g} GPU each"
     else:
         scorer = Scorer(lambda: probe, o.out, o.protocol, metric)
         records = score_locally(scorer, source.rows(), source.total, o.progress)
@@ -120,11 +126,7 @@ def evaluate(
     header = {
         "model": o.model,
         "engine": ", ".join(engines) or "none ran (no images)",  # what scored the images
-        **(
-            {"actors": f"{o.workers} Ray actor{'s' if o.workers != 1 else ''}, {o.gpus_per_worker:g} GPU each"}
-            if o.workers
-            else {}
-        ),
+        **({"actors": actors} if actors else {}),
         "model hash": ", ".join(hashes) or "none ran (no images)",
         **({"real photos drawn by": _engine_label(probe.info)} if o.real and o.workers else {}),
         "data": o.data or f"{o.dataset} at {o.root}",
@@ -151,8 +153,7 @@ def _worker_engine(model: str, engine: str, precision: str | None) -> Any:
 
 
 def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
-    """Ray joined or started, `gpus_per_worker` resolved ("auto": `actor_gpus`, and no more actors than GPUs),
-    and what the actors could never run refused in one line first (`check`: a model reference of our own)."""
+    """Ray joined or started, `gpus_per_worker` resolved ("auto": `actor_gpus`), and what the actors could never run refused in one line first (`check`: a model reference of our own)."""
     if check:  # fp16 or TensorRT for actors given no GPU: one line, before Ray where the GPUs are known
         check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
     where = init_ray(announce=True)
@@ -171,7 +172,7 @@ def _engine_label(info: Any) -> str:
 
 
 def _score_with_ray(
-    factory: Callable[[], Any], source: Any, o: EvalOptions
+    factory: Callable[[], Any], source: Any, o: EvalOptions, pool: ActorPool
 ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Spread the images over a Ray cluster: an actor pool, each actor holding one engine and LPIPS. Returns the
     records, and the engines the actors ran (on their nodes' devices, which the driver's may not be) and their
@@ -186,8 +187,6 @@ def _score_with_ray(
             info = self.engine.info
             return self.score_row(row) | {"engine": _engine_label(info), "model_hash": info.model_hash}
 
-    # on a cluster at most `workers` actors, as many as fit at first, more as nodes join (`actor_pool`)
-    pool = actor_pool(o.workers, 1.0, o.gpus_per_worker, source.total or o.workers)
     ds = source.ray_dataset().map(RayScorer, compute=pool.strategy(), num_gpus=o.gpus_per_worker or None)
     with actor_start_errors("the scorer (engine and LPIPS)"):
         records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in ds.iter_rows()]

@@ -10,7 +10,9 @@ of it (`TokenCheck`), as the replicas' constructor arguments. So the token reach
 (a cluster's workers do not have the driver's environment or files) and never appears in a replica's
 environment, Serve's config or status, Ray's dashboard, a log or the process list. Use a long random token
 (`openssl rand -hex 32`): a salted hash of a short one could be guessed by someone who can read the cluster's
-internals.
+internals. With `serve deploy`, give the token as a file (`DEBLUR_API_TOKEN_FILE`, a mounted secret, as
+cluster/serve.yaml does): a `DEBLUR_API_TOKEN` written into the config's runtime_env would be in that config. A
+new token takes effect when the app is built again (a redeploy), not when a replica restarts.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 
 class AuthConfigError(ValueError):
-    """A token source that was configured but gives no token: the replica must not start without auth."""
+    """A token source that was configured but gives no token: the endpoint must not start without auth."""
 
 
 class RequestError(Exception):

@@ -349,17 +349,17 @@ def deblur_videos(
     the most engine actors on a cluster, the exact number on a Ray of the job's own (`deblur.ray_env.actor_pool`;
     None: its default)."""
     gpus_per_worker = actor_gpus(gpus_per_worker)
-    most = actor_pool(workers, cpus_per_worker, gpus_per_worker, 1 << 30).most  # videos are cut for this many
 
     report = {"videos": len(videos), "done": 0, "failed": 0, "frames": 0, "segments": 0, "seconds": 0.0, "errors": []}
-    report["pool"] = most
     if not videos:
         return report
+    # videos are cut for the actors that run at the start (a pool that grows later gets more segments queued)
+    present = actor_pool(workers, cpus_per_worker, gpus_per_worker, 1 << 20).initial
     # probing is small parallel work; its rows come back so that every segment becomes its own block (a
     # fused flat_map would hand all of a video's segments to one actor)
     planned = (
         ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000)))
-        .flat_map(plan, fn_args=(options, most, model, output, precision))
+        .flat_map(plan, fn_args=(options, present, model, output, precision))
         .take_all()
     )
     failed: dict[str, str] = {r["rel"]: r["error"] for r in planned if r["error"]}
@@ -369,7 +369,7 @@ def deblur_videos(
     joiner = ray.remote(num_cpus=0)(join_video)
     # joins read and write whole videos: a few at a time, so a node's disk and network are not all theirs
     pending_joins: dict[Any, str] = {}
-    max_joins = max(2, most)
+    max_joins = max(2, present)
 
     def settle(limit: int) -> None:
         """Collect finished joins until at most `limit` are running."""
@@ -387,13 +387,13 @@ def deblur_videos(
 
     finished: dict[str, dict[int, dict[str, Any]]] = {}
     if segments:
+        pool = actor_pool(workers, cpus_per_worker, gpus_per_worker, len(segments))
+        report["pool"] = pool.most
         ds = ray.data.from_items(segments, override_num_blocks=min(len(segments), 10_000)).map(
             SegmentDeblurrer,
             fn_constructor_args=(model, engine, threads, options, precision),
             # one segment at a time per actor: a queued segment waits for a free actor, not behind a busy one
-            compute=actor_pool(workers, cpus_per_worker, gpus_per_worker, len(segments)).strategy(
-                max_tasks_in_flight_per_actor=1
-            ),
+            compute=pool.strategy(max_tasks_in_flight_per_actor=1),
             num_gpus=gpus_per_worker or None,
             num_cpus=cpus_per_worker,
         )
