@@ -22,7 +22,7 @@ import requests
 
 from deblur import storage
 
-from conftest import ROOT, SHARED_DATA, free_port, local_cluster_module, tiny_overrides
+from conftest import ROOT, SHARED_DATA, free_port, local_cluster_module, tiny_overrides, write_clip, write_image
 
 pytestmark = pytest.mark.slow
 DRIVER_ONLY = "DEBLUR_TEST_DRIVER_ONLY"  # set in this process only: no node may have it
@@ -185,8 +185,10 @@ def test_bulk_over_s3_writes_every_output(bare_cluster, bucket):
     assert len(summary["nodes"]) >= 2, summary["nodes"]  # a worker node's actor wrote its share
 
 
-@pytest.mark.parametrize("job", ["bulk", "train", "evaluate"])
-def test_a_local_path_the_workers_cannot_see_is_one_line_and_exit_code_2(bare_cluster, job, tmp_path, tiny_shards):
+@pytest.mark.parametrize("job", ["bulk", "train", "evaluate", "video", "prepare"])
+def test_a_local_path_the_workers_cannot_see_is_one_line_and_exit_code_2(
+    bare_cluster, job, tmp_path, tiny_shards, real_photo
+):
     """A driver on this machine with local paths in its /tmp: the worker nodes do not see them, so the job stops
     before any work with one line naming the path (no outputs, no per-file errors)."""
     if job == "bulk":
@@ -199,10 +201,20 @@ def test_a_local_path_the_workers_cannot_see_is_one_line_and_exit_code_2(bare_cl
         sets = tiny_overrides(tiny_shards, str(tmp_path / "runs"), "local", epochs=1)
         args = ["jobs/train.py", *[a for s in sets for a in ("--set", s)]]
         named = f"data.uri {tiny_shards}"
-    else:
+    elif job == "evaluate":
         args = ["jobs/evaluate.py", "--data", tiny_shards, "--out", str(tmp_path / "report"), "--workers", "2"]
         args += ["--no-lpips", "--engine", "torch"]
         named = f"--data {tiny_shards}"
+    elif job == "video":
+        clip = write_clip(tmp_path / "clip.mp4", np.ascontiguousarray(real_photo[:64, :96]))
+        args = ["jobs/video.py", str(clip), str(tmp_path / "out" / "sharp.mp4"), "--engine", "torch"]
+        named = f"input {clip}"
+    else:  # prepare encodes through Ray tasks, which read the pairs' files
+        for kind in ("blur", "sharp"):
+            write_image(tmp_path / "pairs" / kind / "a.png", real_photo[:64, :64])
+        args = ["jobs/prepare_data.py", "--dataset", "paired", "--root", str(tmp_path / "pairs")]
+        args += ["--out", str(tmp_path / "out"), "--workers", "2"]
+        named = f"--root {tmp_path / 'pairs'}"
     res = subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=bare_cluster.env(), timeout=600
     )
