@@ -72,6 +72,18 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_workers_argument(p: argparse.ArgumentParser) -> None:
+    """--workers of the jobs whose engine actors form a pool (bulk, video; `deblur.ray_env.actor_pool`)."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="engine actors: on a cluster at most this many, the pool growing as nodes join (default: as many as "
+        "the cluster's autoscaler allows, else its nodes hold); on a Ray of the job's own, this many where they fit "
+        "(default: one per --cpus-per-worker CPUs)",
+    )
+
+
 def add_gpus_argument(p: argparse.ArgumentParser, flag: str, per: str) -> None:
     """`flag` (--gpus-per-worker, Serve's --num-gpus): a number of GPUs, or "auto" (the default), resolved once
     Ray is up by `deblur.ray_env.actor_gpus`."""

@@ -51,14 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         f"changes it); every score goes to _blur.jsonl",
     )
     _common.add_video_arguments(p)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="engine actors: on a cluster at most this many, the pool growing as nodes join (default: as many as "
-        "the cluster's autoscaler allows, else its nodes hold); on a Ray of the job's own, exactly this many "
-        "(default: one per --cpus-per-worker CPUs)",
-    )
+    _common.add_workers_argument(p)
     _common.add_gpus_argument(p, "--gpus-per-worker", "actor")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger images (decompression bombs)")

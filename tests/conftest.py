@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -212,6 +213,29 @@ def bucket(s3_endpoint, request):
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{free_port()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+def start_serve_job(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """`python jobs/serve.py <args>` in a session of its own (a test stops it with SIGTERM, as docker does), read
+    until it says it serves: (the process, the lines it printed). Killed with its group where it never does."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "jobs/serve.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    while not (lines and lines[-1].startswith("serving")) and (line := proc.stdout.readline()):
+        lines.append(line)
+    if not (lines and lines[-1].startswith("serving")):
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the serve job did not start:\n" + "".join(lines) + proc.stderr.read()[-3000:])
+    return proc, lines
 
 
 def local_cluster_module():

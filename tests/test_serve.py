@@ -28,7 +28,7 @@ from PIL import Image
 
 from deblur.ray_env import server_socket
 
-from conftest import ROOT, check_is_model_output, free_port
+from conftest import ROOT, check_is_model_output, free_port, start_serve_job
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
@@ -566,20 +566,9 @@ def test_the_serve_job_stops_on_sigterm_as_on_ctrl_c():
     for side in HAPROXY_SIDE_PORTS.values():
         with contextlib.suppress(OSError):
             held.append(server_socket("0.0.0.0", side))
-    proc = subprocess.Popen(
-        [sys.executable, "jobs/serve.py", "--port", str(port), "--num-cpus", "1"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc, lines = start_serve_job(["--port", str(port), "--num-cpus", "1"], env)
     try:
-        lines = []
-        while not (lines and lines[-1].startswith("serving")) and (line := proc.stdout.readline()):
-            lines.append(line)
-        assert lines and lines[-1].startswith("serving") and "HAProxy" in lines[-1], "".join(lines) + proc.stderr.read()
+        assert "HAProxy" in lines[-1], "".join(lines)
         assert re.match(
             r"Ray: a local instance for this job \(\d+ CPUs.*, dashboard http://127\.0\.0\.1:\d+$", lines[0]
         )

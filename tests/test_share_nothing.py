@@ -22,7 +22,16 @@ import requests
 
 from deblur import storage
 
-from conftest import ROOT, SHARED_DATA, free_port, local_cluster_module, tiny_overrides, write_clip, write_image
+from conftest import (
+    ROOT,
+    SHARED_DATA,
+    free_port,
+    local_cluster_module,
+    start_serve_job,
+    tiny_overrides,
+    write_clip,
+    write_image,
+)
 
 pytestmark = pytest.mark.slow
 DRIVER_ONLY = "DEBLUR_TEST_DRIVER_ONLY"  # set in this process only: no node may have it
@@ -270,22 +279,9 @@ def test_serve_token_protects_every_replica_and_appears_nowhere(bare_cluster, re
 
     token = "endpoint-" + os.urandom(16).hex()
     port = free_port()
-    cmd = [sys.executable, "jobs/serve.py", "--port", str(port), "--engine", "torch", "--num-cpus", "1"]
-    cmd += ["--min-replicas", "3", "--max-replicas", "3", "--max-batch-size", "1"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=bare_cluster.env(DEBLUR_API_TOKEN=token),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    args = ["--port", str(port), "--engine", "torch", "--num-cpus", "1", "--min-replicas", "3", "--max-replicas", "3"]
+    proc, _ = start_serve_job(args + ["--max-batch-size", "1"], bare_cluster.env(DEBLUR_API_TOKEN=token))
     try:
-        lines = []
-        while not (lines and lines[-1].startswith("serving")) and (line := proc.stdout.readline()):
-            lines.append(line)
-        assert lines and lines[-1].startswith("serving"), "".join(lines) + proc.stderr.read()
         replicas = run_driver(
             bare_cluster,
             "from ray.util.state import list_actors\n"
