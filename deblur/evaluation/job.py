@@ -116,7 +116,7 @@ def evaluate(
         # on a cluster at most `workers` actors, as many as fit at first, more as nodes join (`actor_pool`)
         pool = actor_pool(o.workers, 1.0, o.gpus_per_worker, source.total or o.workers)
         records, engines, hashes = _score_with_ray(factory, source, o, pool)
-        count = f"{pool.most}" if pool.least == pool.most else f"{pool.initial} to {pool.most} (as nodes join)"
+        count = f"{pool.most}" if pool.initial == pool.most else f"{pool.initial} to {pool.most} (as nodes join)"
         actors = f"{count} Ray actor{'s' if pool.most != 1 else ''}, {o.gpus_per_worker:g} GPU each"
     else:
         scorer = Scorer(lambda: probe, o.out, o.protocol, metric)
