@@ -67,8 +67,7 @@ def auth_env(state: Path) -> dict[str, str]:
         path = state / "token"
         if not path.exists():
             state.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
+            _write_private(path, secrets.token_hex(32))
         token = path.read_text().strip()
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -130,11 +129,8 @@ def start(
     if share_nothing and (reason := can_share_nothing()):
         raise RuntimeError(f"--share-nothing: {reason}")
     hidden = hidden_paths(hide or []) if share_nothing else []  # a path that cannot be hidden fails here
-    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (exported for a one-node Ray on loopback, or set by a job's
-    # `init_ray` in this process) would refuse the second raylet on one machine
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | auth_env(state)
+    env = _start_env(state)
     port, dash = free_port(), free_port()
-    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     # A temp dir of its own (short: Ray's socket paths must fit 107 bytes): the head then does not overwrite
     # /tmp/ray/ray_current_cluster, through which Ray processes of another cluster on this machine find
     # "their" cluster; sharing it sends them to this one.
@@ -153,7 +149,7 @@ def start(
             f"--temp-dir={temp}",
             *own_ports(),
             f"--object-store-memory={object_store_mb * 1024 * 1024}",
-            *common,
+            *COMMON_ARGS,
         ],
         env,
     )
@@ -183,7 +179,7 @@ def add_worker(state: Path = STATE, cpus: int = 1) -> dict:
     share-nothing cluster's in a namespace of its own); returns the cluster's info with the node counted. Worker
     k (2, 3, ...) gets the custom resource `node{k}`."""
     info = json.loads((state / "cluster.json").read_text())
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | auth_env(state)
+    env = _start_env(state)
     k = info["nodes"] + 1
     cmd = [
         ray_bin(),
@@ -195,8 +191,7 @@ def add_worker(state: Path = STATE, cpus: int = 1) -> dict:
         f"--object-store-memory={info.get('object_store_mb', 600) // 2 * 1024 * 1024}",
         f"--temp-dir={info['temp_dir']}",
         *own_ports(),
-        "--node-ip-address=127.0.0.1",
-        "--disable-usage-stats",
+        *COMMON_ARGS,
     ]
     if info.get("share_nothing"):
         env = node_environment(state)
@@ -206,6 +201,16 @@ def add_worker(state: Path = STATE, cpus: int = 1) -> dict:
     info["nodes"] = k
     _write_private(state / "cluster.json", json.dumps(info))
     return info
+
+
+COMMON_ARGS = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]  # every raylet's `ray start`
+
+
+def _start_env(state: Path) -> dict[str, str]:
+    """The environment `ray start` runs in on this machine: this process's with the cluster's token, less
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (=0, exported for a one-node Ray on loopback or set by a job's `init_ray`
+    in this process, it would refuse the second raylet on one machine)."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | auth_env(state)
 
 
 def hidden_paths(extra: list[str]) -> list[str]:

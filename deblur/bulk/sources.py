@@ -97,10 +97,7 @@ def _tar_members(uri: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         pass
     items, rejected = _read_tar_headers(fs, path, uri)
     try:
-        os.makedirs(os.path.dirname(index), exist_ok=True)
-        with open(index + ".tmp", "w") as f:
-            json.dump({"items": items, "rejected": rejected}, f)
-        os.replace(index + ".tmp", index)
+        storage.write_text(index, json.dumps({"items": items, "rejected": rejected}))
     except OSError:  # a read-only cache: the next run reads the headers again
         pass
     return items, rejected

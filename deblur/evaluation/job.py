@@ -153,7 +153,9 @@ def _worker_engine(model: str, engine: str, precision: str | None) -> Any:
 
 
 def _ready_actors(o: EvalOptions, check: bool) -> EvalOptions:
-    """Ray joined or started, `gpus_per_worker` resolved ("auto": `actor_gpus`), and what the actors could never run refused in one line first (`check`: a model reference of our own)."""
+    """Ray joined or started, the job's paths checked on every node (`check_shared`), `gpus_per_worker` resolved
+    ("auto": `actor_gpus`), and what the actors could never run refused in one line first (`check`: a model
+    reference of our own)."""
     if check:  # fp16 or TensorRT for actors given no GPU: one line, before Ray where the GPUs are known
         check_engine_request(o.model, o.engine, o.precision, gpus=o.gpus_per_worker)
     where = init_ray(announce=True)
