@@ -47,6 +47,12 @@ class ModelConfig(Strict):
     generator_kwargs: dict[str, Any] = Field(default_factory=dict)
     critic: str = "patchgan"
     critic_kwargs: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = Field(
+        None,
+        description="start the generator from these weights (a shipped name such as `default`, a checkpoint, a "
+        "run folder, s3://...): fine-tuning; the architecture must match. A resumed run continues from its own "
+        "checkpoint instead.",
+    )
 
 
 class LossConfig(Strict):

@@ -6,6 +6,7 @@ report with comparison grids and training curves.
   python jobs/evaluate.py --checkpoint s3://b/runs/gopro --dataset gopro --root /data/GOPRO_Large --out report/
   python jobs/evaluate.py --checkpoint model/ --dataset realblur --root /data/RealBlur --protocol realblur --out r/
   python jobs/evaluate.py --checkpoint ckpt.pt --data ./my_pairs --out report/      # my_pairs/{blur,sharp}/
+  python jobs/evaluate.py --data ./levin --protocol shift --out report/   # recorded shake: best integer shift
   python jobs/evaluate.py --data runs/data/sample --real ../shared/data/realblur/lai-real --out report/  # the shipped model
   ray job submit --working-dir . -- python jobs/evaluate.py ... --workers 8 [--gpus-per-worker 1]  # over the cluster
 """
@@ -34,7 +35,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", default="J", choices=["J", "R"], help="RealBlur: J or R")
     p.add_argument("--split", help="split to score (default: test, else val)")
     p.add_argument("--out", default="report", help="report folder (local or s3://)")
-    p.add_argument("--protocol", default="gopro", choices=PROTOCOLS)
+    p.add_argument(
+        "--protocol",
+        default="gopro",
+        choices=PROTOCOLS,
+        help="gopro (default), basicsr, realblur (ECC-aligned, for RealBlur), shift (blind deblurring of recorded "
+        "shake, e.g. Levin et al.'s: gray, best integer shift within ±10 px, 15 px border cropped)",
+    )
     _common.add_engine_arguments(p)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--lpips-weights", help="torchvision AlexNet ImageNet weights file (else the torch hub cache)")

@@ -73,3 +73,20 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_model_init_starts_from_matching_weights_and_refuses_another_architecture():
+    import torch
+
+    from deblur.models import load_generator
+    from deblur.models.checkpoint import CheckpointError
+    from deblur.train.loop import initial_weights
+
+    shake = load_config(ROOT / "jobs" / "configs" / "shake.yaml")
+    assert shake.model.init == "default"
+    weights = initial_weights(shake)
+    shipped = load_generator("default").state_dict()
+    assert set(weights) == set(shipped) and all(torch.equal(weights[k], shipped[k].float()) for k in shipped)
+    other = load_config(ROOT / "jobs" / "configs" / "shake.yaml", ["model.generator_kwargs.base_channels=8"])
+    with pytest.raises(CheckpointError, match="model.init 'default' is a NAFNetGenerator"):
+        initial_weights(other)

@@ -269,6 +269,30 @@ def test_realblur_protocol_undoes_a_shift_and_an_exposure_change(real_photo):
     assert 0.9 < mask.mean() < 1.0  # the warped-in border is masked out
 
 
+def test_shift_protocol_finds_the_offset_and_scores_gray_on_the_cropped_truth(real_photo):
+    from deblur.evaluation.protocols import SHIFT_BORDER, best_shift, gray
+
+    sharp = real_photo
+    moved = np.roll(sharp, (7, -4), axis=(0, 1))  # a recorded kernel's off-centre blur moves the picture so
+    dy, dx, o, t = best_shift(gray(moved), gray(sharp))
+    assert (dy, dx) == (7, -4)
+    h, w = sharp.shape[:2]
+    assert t.shape == (h - 2 * SHIFT_BORDER, w - 2 * SHIFT_BORDER) == o.shape
+    assert score(moved, sharp, "shift")[0] == 100.0  # exactly the truth, once aligned (capped, as reports show)
+    assert score(moved, sharp, "gopro")[0] < 25
+    # Gray: a colour-only change that keeps MATLAB's luma scores (nearly) perfectly; a real error does not.
+    swapped = sharp.astype(np.float64)
+    swapped[..., 0] += 10 * 0.5870 / 0.2989
+    swapped[..., 1] -= 10
+    swapped = np.clip(np.rint(swapped), 0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 2)
+    assert score(swapped, sharp, "shift")[0] > 40 > score(blurred, sharp, "shift")[0]
+    # Beyond the window it cannot align: a shift of 14 px scores like the blurred image, not like the truth.
+    assert score(np.roll(sharp, 14, axis=1), sharp, "shift")[0] < 30
+    with pytest.raises(ValueError, match="too small"):
+        score(sharp[:30, :30], sharp[:30, :30], "shift")
+
+
 def test_ecc_recovers_a_subpixel_shift(real_photo):
     sharp = real_photo.astype(np.float32) / 255.0
     dy, dx = 0.3, -0.7

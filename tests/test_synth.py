@@ -139,3 +139,64 @@ def test_defocus_kernel_is_a_centred_disk():
         k[c, c] == k.max() and np.allclose(k, k.T, atol=1e-3 * k.max()) and np.allclose(k, k[::-1], atol=1e-3 * k.max())
     )
     assert k.sum() / k.max() == pytest.approx(np.pi * 4.0**2, rel=0.05)  # the disk's area, anti-aliased edges included
+
+
+# The camera's parts of a BlurRecipe: each on its own, seeded, doing what its docstring says.
+
+
+def test_shake_field_blurs_differently_across_the_frame_and_stays_registered(real_photo):
+    img = real_photo[:160, :160]
+    field = synth.shake_field(np.random.default_rng(4), (160, 160), length=30, roll_px=20, frame=0.5)
+    corners = [field.kernel_at(x, y) for x, y in ((0, 0), (159, 0), (0, 159), (159, 159))]
+    assert len({k.shape for k in corners}) > 1 or max(np.abs(a - corners[0]).max() for a in corners) > 0.01
+    blurred = synth.expose(img, field)
+    drift = [abs((field.positions(x, y) - complex(x, y)).mean()) for x, y in ((80, 80), (0, 0), (159, 159))]
+    assert max(drift) < 1.0  # paths centred on their mean: the blurred picture stays registered with the sharp
+    # where the field is nearly uniform (no roll), it is the convolution with its local kernel
+    still = synth.shake_field(np.random.default_rng(4), (160, 160), length=30, roll_px=0, frame=8.0)
+    as_kernel = synth.expose(img, still.kernel_at(80, 80))
+    inner = (slice(40, 120), slice(40, 120))
+    assert np.abs(synth.expose(img, still)[inner].astype(int) - as_kernel[inner]).mean() < 1.5
+    again = synth.shake_field(np.random.default_rng(4), (160, 160), length=30, roll_px=20, frame=0.5)
+    assert np.array_equal(synth.expose(img, again), blurred)  # seeded
+
+
+def test_saturated_highlights_streak_brighter_than_white_allows():
+    scene = np.full((96, 96, 3), 20, np.uint8)
+    scene[46:50, 46:50] = 255  # a lamp: clipped at white in the sharp photo, far brighter in the world
+    k = synth.normalise_kernel(synth.linear_kernel(21, 0))
+    plain = synth.expose(scene, k, gamma=2.2)
+    lamp = synth.expose(scene, k, gamma=2.2, highlight_gain=8.0)
+    row = slice(46, 50)
+    assert lamp[row].max() == 255 and plain[row].max() < 200  # the streak saturates only with its real energy
+    assert (lamp[row] >= 250).sum() > 4 * (scene[row] >= 250).sum() / 3  # ... along its length, not just the lamp
+    assert np.array_equal(lamp[:30], plain[:30])  # dark parts of the scene are left as they were
+
+
+def test_shot_noise_grows_with_light_and_read_noise_does_not():
+    ramp = np.zeros((200, 100, 3), np.uint8)
+    ramp[:100], ramp[100:] = 30, 230
+    one = np.ones((1, 1), np.float32)
+    shot = synth.expose(ramp, one, shot_noise=8.0, rng=np.random.default_rng(0)).astype(float)
+    read = synth.expose(ramp, one, noise_sigma=4.0, rng=np.random.default_rng(0)).astype(float)
+    dark, bright = shot[:100].std(), shot[100:].std()
+    assert bright > 2 * dark and bright == pytest.approx(8.0 * np.sqrt(230 / 255), rel=0.1)
+    assert read[:100].std() == pytest.approx(read[100:].std(), rel=0.1)
+
+
+def test_recipe_camera_parts_are_drawn_only_when_on(real_photo):
+    img = real_photo[:120, :120]
+    plain = synth.BlurRecipe(kinds={"linear": 1.0}, jpeg_prob=0, gamma_prob=0.5)
+    camera = plain.model_copy(update={"saturation_prob": 1.0, "shot_noise": (3.0, 6.0), "crf_gamma": (1.8, 2.6)})
+    a, ka = synth.degrade(img, np.random.default_rng(5), plain)
+    b, kb = synth.degrade(img, np.random.default_rng(5), camera)
+    assert np.array_equal(ka, kb) and not np.array_equal(a, b)  # same kernel; the camera changed the picture
+    shake = synth.BlurRecipe(kinds={"shake": 1.0}, shake_length=(20, 20), jpeg_prob=0)
+    out, k = synth.degrade(img, np.random.default_rng(1), shake)
+    assert k is not None and abs(k.sum() - 1) < 1e-5 and (k > 0).sum() >= 10  # the PSF at the centre: a path
+    field = synth.shake_field(np.random.default_rng(1), (120, 120), length=20, roll_px=0)
+    assert np.abs(np.diff(field.positions(60, 60))).sum() == pytest.approx(20, rel=0.1)  # its length, as asked
+    assert shake.margin >= 20 + shake.shake_roll_px
+    for bad in ({"crf_gamma": (0.5, 2.0)}, {"shake_length": (10, 200)}, {"saturation_gain": (0.5, 2)}):
+        with pytest.raises(ValueError):
+            synth.BlurRecipe(**bad)

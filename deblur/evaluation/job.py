@@ -17,7 +17,7 @@ from ..inference import (
     check_engine_request,
     load_engine,
 )
-from ..metrics import LPIPS, describe_convention
+from ..metrics import LPIPS
 from ..models.reference import resolve_checkpoint
 from ..options import Strict
 from ..pretrained import PretrainedWeightsMissing
@@ -132,7 +132,7 @@ def evaluate(
         "data": o.data or f"{o.dataset} at {o.root}",
         "images": len(records),
         "protocol": o.protocol,
-        "convention": describe(o.protocol) if o.protocol == "realblur" else describe_convention(o.protocol),
+        "convention": describe(o.protocol),
         "LPIPS": metric.label if metric else "not computed",
         "baselines": "unsharp mask (x + 0.6 (x - G_2 x)); Wiener with the true kernel where the data records it",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

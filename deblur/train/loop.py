@@ -198,6 +198,23 @@ class WorkerState:
     runlog: Any = None  # RunLog on rank 0
 
 
+def initial_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """`model.init`'s generator weights (loaded with weights_only), refused in one line when its
+    architecture is not the one the config builds: a silent partial load would train something else."""
+    from ..models import load_generator
+    from ..models.checkpoint import CheckpointError
+
+    source = load_generator(cfg.model.init)
+    target = build_generator(cfg.model.generator, **cfg.model.generator_kwargs)
+    shapes = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+    if type(source) is not type(target) or shapes != {k: tuple(v.shape) for k, v in target.state_dict().items()}:
+        raise CheckpointError(
+            f"model.init {cfg.model.init!r} is a {type(source).__name__} of {sum(map(np.prod, shapes.values())):,.0f} "
+            f"parameters, not the {cfg.model.generator} {cfg.model.generator_kwargs} this config trains"
+        )
+    return {k: v.float() for k, v in source.state_dict().items()}
+
+
 def set_up(config: dict[str, Any]) -> WorkerState:
     """Models, optimisers and the run log for this worker, restored from Ray Train's latest checkpoint
     when there is one (a restarted worker or a resubmitted run continues where it stopped)."""
@@ -220,6 +237,10 @@ def set_up(config: dict[str, Any]) -> WorkerState:
         g.load_state_dict(state["generator"])
         d.load_state_dict(state["critic"])
         start_epoch, global_step = int(state["epoch"]) + 1, int(state["step"])
+    elif cfg.model.init:
+        g.load_state_dict(initial_weights(cfg))
+        if rank == 0:
+            print(f"generator initialised from {cfg.model.init}")
     # channels-last, as the engines run: oneDNN (CPU) and cuDNN (tensor cores) convolve NHWC fastest
     g = ray.train.torch.prepare_model(g.to(memory_format=torch.channels_last))
     d = ray.train.torch.prepare_model(d.to(memory_format=torch.channels_last))

@@ -38,11 +38,15 @@ def _storage(cfg: Config) -> tuple[str, Any]:
 
 
 def check_data(cfg: Config) -> dict[str, Any]:
-    """Fail before any worker starts when the shards or a split are missing."""
+    """Fail before any worker starts when the shards or a split are missing, or `model.init` cannot load."""
     manifest = read_manifest(cfg.data.uri)
     for split in (cfg.data.train_split, cfg.data.val_split):
         if split not in manifest["splits"]:
             raise ValueError(f"{cfg.data.uri}: no {split!r} split (has {sorted(manifest['splits'])})")
+    if cfg.model.init:
+        from .loop import initial_weights
+
+        initial_weights(cfg)  # a wrong path or architecture stops here, not in every worker after start-up
     pairs = manifest["splits"][cfg.data.train_split]["pairs"]
     if pairs < cfg.data.batch_size * cfg.scaling.num_workers:
         raise ValueError(
