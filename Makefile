@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast format bench shipped-model image-gpu image-cpu clean
+.PHONY: install browser train test test-gpu test-fast format bench shipped-model image-gpu image-cpu clean
 
 install: $(STAMP)
 
@@ -19,10 +19,32 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(PY) jobs/train.py $(ARGS)
 
-test: $(STAMP)
+# The upload page's test drives a real headless Chromium: Debian's chromium and chromium-driver, installed here
+# (once) where apt-get can; elsewhere install both yourself, or that test fails saying so.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "no apt-get here: install chromium and chromedriver yourself, or the browser test fails"; \
+	else echo "installing chromium and chromium-driver (apt-get) for the browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "apt-get could not install chromium (not root? offline?): the browser test will fail until it is"; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# On a machine with an NVIDIA GPU: the `gpu` tests (every engine's numbers against the fp32 reference on a real
+# photo, actors on the device they claim; TensorRT where its wheels install, else those tests say why they skip),
+# then the GPU columns of the engines benchmark on the shipped model.
+test-gpu: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,tensorrt]' || \
+	echo "the tensorrt extra did not install (NVIDIA's wheels unreachable?): the TensorRT tests will skip"
+	$(PY) -m pytest -m gpu -rs $(PYTEST_ARGS)
+	$(PY) benchmarks/engines.py --model default --sizes 800x800,1280x720
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -27,6 +27,9 @@ Image.MAX_IMAGE_PIXELS = None  # the pixel budget below is checked from the head
 #: Pillow's format for each suffix in images.IMAGE_SUFFIXES ("jpg" → "JPEG"), and the suffix each is written with
 FORMATS = {s[1:]: Image.registered_extensions()[s] for s in IMAGE_SUFFIXES}
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+#: formats read as another: a camera JPEG with an embedded preview (Multi-Picture Format) is, to Pillow, an
+#: "MPO" whose first frame is the photo itself, and it is written back as the JPEG it is
+READ_AS = {"MPO": "JPEG"}
 #: zlib level for PNG outputs: 1 writes with zlib's RLE strategy and the Paeth filter (see `_png`), ~8x faster
 #: than Pillow's default level 6 for about the same bytes on photos; 2-9 use the standard strategy at that level.
 PNG_COMPRESSION = 1
@@ -60,7 +63,7 @@ def _header(data: bytes, name: str, max_pixels: int) -> Image.Image:
             f"{w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the pixel budget of {max_pixels / 1e6:.0f} Mpx "
             "(refused before decoding; raise --max-megapixels if it is real)"
         )
-    if img.format not in EXTENSIONS:
+    if img.format not in EXTENSIONS and img.format not in READ_AS:
         raise BadImage(f"unsupported format {img.format}")
     return img
 
@@ -79,7 +82,7 @@ def _sixteen_bit(img: Image.Image, data: bytes) -> bool:
 def decode(data: bytes, name: str = "<bytes>", max_pixels: int = 100_000_000) -> Decoded:
     img = _header(data, name, max_pixels)
     info = {k: img.info[k] for k in ("icc_profile",) if img.info.get(k)}
-    fmt = img.format
+    fmt = READ_AS.get(img.format, img.format)  # an MPO's first frame (Pillow opens at it) is the photo
     try:
         deep = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if _sixteen_bit(img, data) else None
         if deep is not None and deep.dtype == np.uint16:  # 16 bits per channel: OpenCV keeps them

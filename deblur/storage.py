@@ -171,6 +171,30 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def remove(uri: str) -> None:
+    """Delete a file or a whole folder (nothing when it is not there)."""
+    fs, path = filesystem(uri)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    except Exception as e:
+        raise _wrap(uri, "remove", e) from None
+
+
+def subfolders(uri: str) -> list[str]:
+    """Sorted names of the folders directly under `uri` ([] when it does not exist)."""
+    fs, path = filesystem(uri)
+    try:
+        if not fs.exists(path):
+            return []
+        entries = fs.ls(path, detail=True)
+    except Exception as e:
+        raise _wrap(uri, "list", e) from None
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+
+
 def listdir(uri: str, suffix: str = "") -> list[str]:
     """Sorted URIs of the files directly under `uri` ending in `suffix` ([] when it does not exist)."""
     fs, path = filesystem(uri)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None) -> int:
     print(f"ONNX: max |onnxruntime - torch| = {onnx['max_abs_error']:.2e} (limit {onnx['tolerance_max_abs']:.0e})")
     trt = summary["tensorrt"]
     print("TensorRT: " + (f"{trt['precision']} engine built" if trt["built"] else f"not built ({trt['reason']})"))
-    print(f"wrote {', '.join(summary['files'])} to {args.out}")
+    print(f"wrote {', '.join(summary['files'])} to {args.out}/{summary['version']} and switched compile.json to it")
     print(json.dumps({"out": args.out, "model_hash": summary["model_hash"]}))
     return 0
 

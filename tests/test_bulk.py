@@ -609,6 +609,36 @@ def test_bf16_archive_is_the_fp32_image_within_a_few_levels(trained_checkpoint, 
     check_outputs(read_tree(src), read_tree(tmp_path / "out"), trained_checkpoint)
 
 
+def test_only_blurred_flag_alone_uses_the_measured_default(trained_checkpoint, cbsd68, tmp_path, ray_cluster):
+    """`jobs/bulk.py --only-blurred` with no value: the documented default threshold (SHARP_BELOW) decides."""
+    from deblur.bulk.job import SHARP_BELOW
+    from deblur.images import read_image
+    from deblur.metrics import blur_score
+
+    src = tmp_path / "mixed"
+    src.mkdir()
+    streak = np.zeros((21, 21), np.float32)
+    streak[10] = 1 / 21
+    sharp = [p for p in cbsd68 if blur_score(read_image(str(p))[:160, :224]) < SHARP_BELOW - 0.05][:2]
+    for k, path in enumerate(sharp):
+        photo = read_image(str(path))[:160, :224]
+        write_image(src / f"sharp{k}.png", photo)
+        write_image(src / f"shaken{k}.png", cv2.filter2D(photo, -1, streak))
+    scores = {p.name: blur_score(read_image(str(p))) for p in src.iterdir()}
+    assert len(sharp) == 2 and all(v > SHARP_BELOW + 0.05 for k, v in scores.items() if k.startswith("shaken"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "jobs/bulk.py", "--input", str(src), "--output", str(out), "--only-blurred"]
+    cmd += ["--model", str(trained_checkpoint), "--engine", "torch", "--workers", "1", "--no-progress"]
+    res = subprocess.run(cmd, cwd=ROOT, env=job_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["blur"]["only_blurred"] == SHARP_BELOW == 0.35 and summary["copied_sharp"] == 2, summary
+    assert "2 sharp ones copied" in res.stdout
+    for k in range(2):
+        assert (out / f"sharp{k}.png").read_bytes() == (src / f"sharp{k}.png").read_bytes()
+        assert (out / f"shaken{k}.png").read_bytes() != (src / f"shaken{k}.png").read_bytes()
+
+
 def test_only_blurred_copies_sharp_photos_through(trained_checkpoint, cbsd68, tmp_path, ray_session):
     """Real photos and the same photos motion-blurred: the blur score tells them apart, the sharp files come
     back byte for byte, the blurred ones are the model's output, and every score is recorded."""

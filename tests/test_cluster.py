@@ -391,7 +391,8 @@ def test_local_cluster_end_to_end(ray_cluster, ray_session, bucket, tiny_shards)
     assert bulk.returncode == 0, bulk.stdout[-3000:] + bulk.stderr[-3000:]
     assert "4 done, 0 skipped, 0 failed" in bulk.stdout
     # where each job ran and where to watch it (Ray's own line is below the jobs' log level)
-    joined = f"Ray: joined a cluster of 3 node(s) (4 CPUs, 0 GPUs), dashboard {ray_cluster.dashboard_url}\n"
+    gpus = ray_session.cluster_resources().get("GPU", 0)  # the head finds the machine's GPUs, if it has any
+    joined = f"Ray: joined a cluster of 3 node(s) (4 CPUs, {gpus:g} GPUs), dashboard {ray_cluster.dashboard_url}\n"
     assert joined in train.stdout and joined in bulk.stdout, train.stdout[:2000] + bulk.stdout[:2000]
     assert sorted(fs.ls(f"{bucket[5:]}/deblurred"))[-1].endswith((".jpg", "_summary.json"))
     assert ray_cluster.env_vars["RAY_AUTH_TOKEN"] not in train.stdout + train.stderr + bulk.stdout + bulk.stderr

@@ -295,8 +295,9 @@ def test_sample_dataset_is_embedded_and_split(tmp_path, monkeypatch):
     assert all(p.online and p.blur is None and os.path.isfile(p.sharp) for p in by_split["train"])
     assert sum(p.key.startswith("deadleaves") for p in by_split["train"]) == 3
     made = sorted((tmp_path / "deadleaves").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in made]
     assert len(made) == 3 and layouts.sample(dead_leaves=3, dead_leaves_size=96)  # a second call reuses them
-    assert sorted((tmp_path / "deadleaves").iterdir()) == made and made[0].stat().st_mtime == made[0].stat().st_mtime
+    assert sorted((tmp_path / "deadleaves").iterdir()) == made and [p.stat().st_mtime_ns for p in made] == stamps
     online = shards.encode_pair(by_split["train"][0])
     assert online["blur"] is None and online["kernel"] is None
     held_out = shards.encode_pair(by_split["test"][0])

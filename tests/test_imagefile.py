@@ -3,9 +3,9 @@
 import io
 
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 
-from deblur.imagefile import decode, encode
+from deblur.imagefile import decode, encode, output_format
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -80,6 +80,22 @@ def _plain(rgb):
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return decode(buf.getvalue())
+
+
+def test_camera_jpeg_with_an_embedded_preview_is_read_as_the_jpeg_it_is(real_photo):
+    """Phones and cameras write Multi-Picture JPEGs (the photo, then a preview); Pillow calls them MPO."""
+    photo = Image.fromarray(real_photo[:48, :64])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    buf = io.BytesIO()
+    photo.save(buf, format="MPO", save_all=True, append_images=[photo.resize((16, 12))], exif=exif, quality=95)
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    img = decode(buf.getvalue(), "IMG_0001.JPG")
+    assert img.format == "JPEG" and output_format("same", img.format) == "JPEG"
+    assert img.rgb.shape == (64, 48, 3)  # the photo (not its 16×12 preview), upright
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
+    assert np.array_equal(img.rgb, upright)
+    assert Image.open(io.BytesIO(encode(img.rgb, img, "JPEG"))).format == "JPEG"
 
 
 def test_png_output_keeps_profile_exif_alpha_and_gray(real_photo):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,8 +44,13 @@ def compiled(trained_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
+def version_of(compiled: Path) -> Path:
+    """The folder compile.json names: where a compiled model's files are."""
+    return compiled / json.loads((compiled / "compile.json").read_text())["version"]
+
+
 def test_torch_engine_matches_the_model_at_any_size(trained_checkpoint, real_photo):
-    engine = load_engine(str(trained_checkpoint), "torch")
+    engine = load_engine(str(trained_checkpoint), "torch", "cpu")  # the model's own numbers: fp32 on the CPU
     model = load_generator(str(trained_checkpoint))
     assert engine.info.backend == "torch" and engine.info.multiple == 128 and len(engine.info.model_hash) == 16
     for h, w in SIZES:
@@ -59,7 +65,10 @@ def test_torch_engine_matches_the_model_at_any_size(trained_checkpoint, real_pho
 
 def test_compile_job_writes_a_verified_onnx_folder(compiled, trained_checkpoint):
     summary = json.loads((compiled / "compile.json").read_text())
-    assert {"model.onnx", "compile.json"} <= set(summary["files"]) <= {p.name for p in compiled.iterdir()}
+    assert {p.name for p in compiled.iterdir()} == {"compile.json", summary["version"]}
+    assert "model.onnx" in summary["files"] and set(summary["files"]) == {
+        p.name for p in version_of(compiled).iterdir()
+    }
     from deblur.models.reference import checkpoint_hash
 
     assert summary["model_hash"] == checkpoint_hash(str(trained_checkpoint))  # names what it was compiled from
@@ -71,8 +80,8 @@ def test_compile_job_writes_a_verified_onnx_folder(compiled, trained_checkpoint)
 @pytest.mark.parametrize("source", ["compiled", "checkpoint"])
 def test_onnxruntime_agrees_with_torch(source, compiled, trained_checkpoint, real_photo, tmp_path, monkeypatch):
     monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path))  # the checkpoint path exports on the fly into the cache
-    engine = load_engine(str(compiled if source == "compiled" else trained_checkpoint), "onnxruntime", threads=2)
-    reference = load_engine(str(trained_checkpoint), "torch")
+    engine = load_engine(str(compiled if source == "compiled" else trained_checkpoint), "onnxruntime", "cpu", 2)
+    reference = load_engine(str(trained_checkpoint), "torch", "cpu")
     assert engine.info.backend == "onnxruntime" and engine.info.model_hash == reference.info.model_hash
     for h, w in SIZES:
         x = photo_batch(real_photo, h, w)
@@ -103,12 +112,12 @@ def test_a_nafnet_checkpoint_runs_on_onnx_runtime_through_its_faster_graph(real_
     for folder in others:  # this checkpoint's exports by older and newer code, and another checkpoint's
         folder.mkdir(parents=True)
         (folder / "model.onnx").write_bytes(b"other")
-    engine = load_engine(str(path), "onnxruntime", threads=2)
+    engine = load_engine(str(path), "onnxruntime", "cpu", threads=2)
     assert Path(engine.info.source).parent.name == f"{model_hash}-v{EXPORT_VERSION}"
     assert [folder.exists() for folder in others] == [False, False, True, True]  # this checkpoint's older ones go
     ops = {node.op_type for node in onnx.load(engine.info.source, load_external_data=False).graph.node}
     assert {"Conv", "ReduceMean"} <= ops and not ops & {"LayerNormalization", "Split"}, ops
-    reference = load_engine(str(path), "torch")
+    reference = load_engine(str(path), "torch", "cpu")
     x = photo_batch(real_photo, 75, 130)
     expected = reference.deblur_batch(x)
     assert np.abs(expected - x).mean() > 1e-3  # the model changes the image
@@ -140,14 +149,13 @@ def test_a_cached_export_runs_in_a_process_that_never_imports_torch(
     """What each bulk/video actor does: once a checkpoint's ONNX export is cached, importing the job and
     loading its engine ("auto" too, on a machine without CUDA) leave torch unimported (~1.6 s per actor)."""
     monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path))
-    first = load_engine(str(trained_checkpoint), "onnxruntime", threads=1)  # exports into the cache
+    first = load_engine(str(trained_checkpoint), "onnxruntime", "cpu", threads=1)  # exports into the cache
     np.save(tmp_path / "photo.npy", real_photo[:96, :128])
     code = f"""
 import sys, numpy as np
 import deblur.bulk.job
 from deblur.inference import load_engine
-from deblur.inference.load import cuda_available
-engine = load_engine({str(trained_checkpoint)!r}, "auto" if not cuda_available() else "onnxruntime", threads=1)
+engine = load_engine({str(trained_checkpoint)!r}, "auto", "cpu", threads=1)  # a CPU actor's engine
 np.save({str(tmp_path / "out.npy")!r}, engine.deblur_image(np.load({str(tmp_path / "photo.npy")!r})))
 print(engine.info.backend, engine.info.multiple, engine.info.model_hash, "torch" in sys.modules)
 """
@@ -157,6 +165,30 @@ print(engine.info.backend, engine.info.multiple, engine.info.model_hash, "torch"
     assert (backend, int(multiple), model_hash) == ("onnxruntime", first.info.multiple, first.info.model_hash)
     assert torch_imported == "False"
     assert np.array_equal(np.load(tmp_path / "out.npy"), first.deblur_image(real_photo[:96, :128]))
+
+
+def test_actors_starting_together_export_a_checkpoint_once(trained_checkpoint, tmp_path):
+    """A fresh node's actors all want the checkpoint's ONNX export at once: one makes it, the others wait and
+    load that one (each process counts the exports it ran into a shared file)."""
+    count = tmp_path / "exports"
+    code = f"""
+import deblur.inference.load as load
+real = load._export
+def counted(*args):
+    with open({str(count)!r}, "a") as f:
+        f.write("x")
+    real(*args)
+load._export = counted
+print(load.load_engine({str(trained_checkpoint)!r}, "onnxruntime", "cpu", threads=1).info.source)
+"""
+    env = {**os.environ, "DEBLUR_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    sources = {p.communicate(timeout=600)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(sources) == 1, sources
+    assert count.read_text() == "x"
 
 
 @pytest.mark.slow
@@ -170,7 +202,10 @@ def test_every_generator_exports_to_onnx_with_dynamic_batch_and_size(name, real_
     assert name in GENERATORS
     model = small_generator(name)
     export_onnx(model, tmp_path / "model.onnx", model.multiple)
-    ort, ref = OnnxEngine(tmp_path / "model.onnx", "cpu", 2, model.multiple), TorchEngine(model, threads=2)
+    ort, ref = (
+        OnnxEngine(tmp_path / "model.onnx", "cpu", 2, model.multiple),
+        TorchEngine(model, device="cpu", threads=2),
+    )
     for n, h, w in ((1, 96, 160), (2, 75, 130)):
         x = np.concatenate([photo_batch(real_photo[k * 10 :], h, w) for k in range(n)])
         expected = ref.deblur_batch(x)
@@ -298,7 +333,7 @@ def test_a_precision_picks_the_engine_that_computes_it(compiled, trained_checkpo
     (moved / "compile.json").write_text(json.dumps(summary | {"checkpoint": "/elsewhere/best.pt"}))
     check_engine_request(str(moved), "onnxruntime")
     for backend, precision in (("torch", "fp32"), ("auto", "bf16")):
-        if backend == "auto" and (moved / "engine.plan").is_file():
+        if backend == "auto" and (version_of(moved) / "engine.plan").is_file():
             continue  # the actors may run its TensorRT plan
         with pytest.raises(EngineError, match="/elsewhere/best.pt: checkpoint not found"):
             check_engine_request(str(moved), backend, precision)
@@ -338,9 +373,14 @@ def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_
 
     folder = tmp_path / "fp16-plan"
     shutil.copytree(compiled, folder)
-    (folder / PLAN).write_bytes(b"a plan")
-    (folder / META).write_text(json.dumps({"precision": "fp16"}))
+    (version_of(folder) / PLAN).write_bytes(b"a plan")
+    here = {"tensorrt_version": "10.8.0", "gpu_name": "NVIDIA A10G", "compute_capability": "8.6"}
+    shapes = {"min_shape": [1, 3, 64, 64], "opt_shape": [1, 3, 720, 1280], "max_shape": [4, 3, 2160, 3840]}
+    (version_of(folder) / META).write_text(json.dumps({"precision": "fp16", **here, **shapes}))
+    summary = json.loads((folder / "compile.json").read_text())
+    (folder / "compile.json").write_text(json.dumps(summary | {"files": summary["files"] + [PLAN, META]}))
     monkeypatch.setattr(load, "tensorrt_status", lambda: None)
+    monkeypatch.setattr(load, "current_platform", lambda: here)
     from deblur.inference.engine import Engine, EngineInfo
 
     class Plan(Engine):  # what loading the plan would give, without TensorRT
@@ -371,10 +411,81 @@ def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_
     assert load_engine(str(folder), "auto", precision="bf16") == ("torch", "checkpoint.pt")
 
 
+def test_a_plan_built_elsewhere_is_not_run_by_auto_and_named_for_tensorrt(compiled, tmp_path, monkeypatch, capsys):
+    """A plan is tied to the TensorRT version and GPU architecture that built it (an A100's plan does not run
+    on an A10G): `auto` checks engine.json first and falls back to ONNX Runtime with one warning line;
+    `--engine tensorrt` says what to rebuild. Made to look like a GPU machine with TensorRT, as above."""
+    import deblur.inference.load as load
+    from deblur.inference.tensorrt_engine import META, PLAN
+
+    folder = tmp_path / "a100-plan"
+    shutil.copytree(compiled, folder)
+    built = {"tensorrt_version": "10.8.0", "gpu_name": "NVIDIA A100", "compute_capability": "8.0"}
+    shapes = {"min_shape": [1, 3, 64, 64], "opt_shape": [1, 3, 720, 1280], "max_shape": [4, 3, 2160, 3840]}
+    (version_of(folder) / PLAN).write_bytes(b"a plan")
+    (version_of(folder) / META).write_text(json.dumps({"precision": "fp16", **built, **shapes}))
+    summary = json.loads((folder / "compile.json").read_text())
+    (folder / "compile.json").write_text(json.dumps(summary | {"files": summary["files"] + [PLAN, META]}))
+    monkeypatch.setattr(load, "tensorrt_status", lambda: None)
+    monkeypatch.setattr(
+        load, "current_platform", lambda: {**built, "gpu_name": "NVIDIA A10G", "compute_capability": "8.6"}
+    )
+    info = load_engine(str(folder), "auto").info
+    assert (info.backend, Path(info.source).name) == ("onnxruntime", "model.onnx")
+    warning = capsys.readouterr().err.strip()
+    assert warning.count("\n") == 0 and "NVIDIA A100 (compute capability 8.0)" in warning and "onnxruntime" in warning
+    with pytest.raises(EngineError, match="rebuild the engine here with jobs/compile.py"):
+        load_engine(str(folder), "tensorrt")
+
+
+def test_a_recompile_serves_one_whole_model_and_leaves_nothing_stale(
+    trained_checkpoint, compiled, tmp_path, monkeypatch
+):
+    """Recompiling into a folder that held a TensorRT plan, on a machine without TensorRT, must not leave that
+    plan to run under the new model's hash: every compile publishes a version folder of its own and switches
+    compile.json to it last. A reader that took the previous compile.json still finds its files."""
+    import deblur.inference.compile as compile_module
+    from deblur.inference.compile import compile_checkpoint
+    from deblur.inference.tensorrt_engine import META, PLAN
+
+    monkeypatch.setattr(compile_module, "tensorrt_status", lambda: "TensorRT is not installed (here: made so)")
+    out = tmp_path / "served"
+    shutil.copytree(compiled, out)
+    old = json.loads((out / "compile.json").read_text())
+    (version_of(out) / PLAN).write_bytes(b"an older model's plan")
+    (version_of(out) / META).write_text("{}")
+    (out / "compile.json").write_text(json.dumps(old | {"files": old["files"] + [PLAN, META]}))
+    (out / "model.onnx").write_bytes(b"left by the single-folder layout")
+    (out / "v-0123456789ab-20260101T000000000000Z").mkdir()  # an older version than the previous one
+    summary = compile_checkpoint(str(trained_checkpoint), str(out), progress=lambda m: None)
+    assert summary["version"] != old["version"] and PLAN not in summary["files"]
+    assert {p.name for p in out.iterdir()} == {"compile.json", summary["version"], old["version"]}
+    assert (out / old["version"] / "model.onnx").is_file()  # the previous version, for readers mid-load
+    info = load_engine(str(out), "auto", "cpu").info
+    assert info.backend == "onnxruntime" and Path(info.source).parent.name == summary["version"]
+    compile_checkpoint(str(trained_checkpoint), str(out), progress=lambda m: None)
+    assert not (out / old["version"]).exists()  # two compiles later it is gone
+
+
 def test_auto_picks_what_this_machine_has(compiled):
     engine = load_engine(str(compiled), "auto")
     expected = "tensorrt" if tensorrt_status() is None else "onnxruntime"
     assert engine.info.backend == expected
+
+
+def test_a_batch_goes_to_the_backend_within_the_pixel_budget(trained_checkpoint, real_photo):
+    """Serve hands an engine up to 8 same-size photos at once: no backend call may hold more pixels than the
+    budget (a GPU sized for one 4 Mpx photo would run out of memory on eight); the output is the same."""
+    engine = load_engine(str(trained_checkpoint), "torch", "cpu")
+    x = np.concatenate([photo_batch(real_photo[k * 7 :], 96, 128) for k in range(5)])
+    whole = engine.deblur_batch(x)
+    calls = []
+    infer = engine._infer
+    engine._infer = lambda batch: calls.append(batch.shape) or infer(batch)
+    engine.configure_tiling(max_pixels=2 * 128 * 128)  # two padded images a call (the model's stride is 128)
+    parts = engine.deblur_batch(x)
+    assert [c[0] for c in calls] == [2, 2, 1] and all(n * h * w <= 2 * 128 * 128 for n, _, h, w in calls)
+    assert np.abs(parts - whole).max() < 1e-5
 
 
 def test_tiled_output_matches_the_whole_image(trained_checkpoint, real_photo):
@@ -399,13 +510,66 @@ def test_deblur_image_keeps_size_and_dtype(trained_checkpoint, real_photo):
 
 
 def test_compile_to_s3_and_load_from_it(trained_checkpoint, bucket, tmp_path, monkeypatch):
+    """A compiled folder on S3: fetched once per machine, for the engine that needs it, named by the folder and
+    its version; after recompiles the two newest copies stay (a reader of the one before keeps its files)."""
+    import hashlib
+
     from deblur.inference.compile import compile_checkpoint
 
-    summary = compile_checkpoint(str(trained_checkpoint), f"{bucket}/models/tiny", progress=lambda m: None)
-    engine = load_engine(f"{bucket}/models/tiny", "onnxruntime")
-    assert engine.info.model_hash == summary["model_hash"]
+    uri = f"{bucket}/models/tiny"
+    key = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    versions = [compile_checkpoint(str(trained_checkpoint), uri, progress=lambda m: None)["version"]]
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path / "cache"))
+    copies = tmp_path / "cache" / "compiled"
+
+    def cached() -> list[str]:
+        return sorted(p.name for p in copies.iterdir() if p.is_dir())
+
+    assert load_engine(uri, "torch", "cpu").info.backend == "torch" and not copies.exists()  # fetched nothing
+    engine = load_engine(uri, "onnxruntime", "cpu")
+    assert cached() == [f"{key}-{versions[0]}"] and Path(engine.info.source).parent.name == f"{key}-{versions[0]}"
+    stamp = (copies / f"{key}-{versions[0]}" / "model.onnx").stat().st_mtime_ns
+    assert load_engine(uri, "onnxruntime", "cpu").info.source == engine.info.source
+    assert (copies / f"{key}-{versions[0]}" / "model.onnx").stat().st_mtime_ns == stamp  # reused, not fetched again
+    for _ in range(2):
+        versions.append(compile_checkpoint(str(trained_checkpoint), uri, progress=lambda m: None)["version"])
+        load_engine(uri, "onnxruntime", "cpu")
+    assert cached() == sorted(f"{key}-{v}" for v in versions[1:])  # the oldest copy removed
     x = np.zeros((1, 3, 100, 90), np.float32)
     assert engine.deblur_batch(x).shape == x.shape
+
+
+def test_a_folder_compiled_before_versions_still_loads(compiled, tmp_path, bucket, monkeypatch):
+    """The single-folder layout (files beside compile.json, whose list names compile.json too), local and on S3;
+    a plan left there by an earlier compile, not in the list, is never run."""
+    from deblur.inference.tensorrt_engine import PLAN
+
+    old = tmp_path / "old"
+    old.mkdir()
+    summary = json.loads((compiled / "compile.json").read_text())
+    for name in summary["files"]:
+        shutil.copy(version_of(compiled) / name, old / name)
+    legacy = {k: v for k, v in summary.items() if k != "version"} | {"files": summary["files"] + ["compile.json"]}
+    (old / "compile.json").write_text(json.dumps(legacy))
+    (old / PLAN).write_bytes(b"a plan an earlier compile left")
+    info = load_engine(str(old), "auto", "cpu").info
+    assert (info.backend, Path(info.source).parent) == ("onnxruntime", old)
+    from deblur import storage
+
+    for path in old.iterdir():
+        storage.write_bytes(f"{bucket}/old/{path.name}", path.read_bytes())
+    monkeypatch.setenv("DEBLUR_CACHE", str(tmp_path / "cache"))
+    assert load_engine(f"{bucket}/old", "onnxruntime", "cpu").info.model_hash == summary["model_hash"]
+
+
+def test_onnxruntime_on_cuda_asks_cudnn_for_heuristics_not_an_exhaustive_search():
+    from deblur.inference.onnx_engine import ort_providers
+
+    cuda, cpu = ort_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert cuda == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}) and cpu == "CPUExecutionProvider"
+    assert ort_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(EngineError, match="onnxruntime-gpu"):
+        ort_providers("cuda", ["CPUExecutionProvider"])
 
 
 def test_broken_onnx_files_are_named(compiled, tmp_path):
@@ -413,16 +577,16 @@ def test_broken_onnx_files_are_named(compiled, tmp_path):
 
     truncated = tmp_path / "truncated"
     shutil.copytree(compiled, truncated)
-    data = (truncated / "model.onnx").read_bytes()
-    (truncated / "model.onnx").write_bytes(data[: len(data) // 3])
+    data = (version_of(truncated) / "model.onnx").read_bytes()
+    (version_of(truncated) / "model.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(EngineError, match="model.onnx"):
         load_engine(str(truncated), "onnxruntime")
-    assert (compiled / "model.onnx.data").exists()  # the exporter keeps weights beside the graph
+    assert (version_of(compiled) / "model.onnx.data").exists()  # the exporter keeps weights beside the graph
     orphan = tmp_path / "orphan"
     shutil.copytree(compiled, orphan)
-    (orphan / "model.onnx.data").unlink()
+    (version_of(orphan) / "model.onnx.data").unlink()
     with pytest.raises(EngineError, match=r"model\.onnx\.data is missing"):
-        OnnxEngine(orphan / "model.onnx")
+        OnnxEngine(version_of(orphan) / "model.onnx")
     with pytest.raises(EngineError, match="not found"):
         OnnxEngine(tmp_path / "nothing.onnx")
 
@@ -470,7 +634,7 @@ def test_tensorrt_engine_agrees_with_onnxruntime(trained_checkpoint, real_photo,
     out = tmp_path / "trt"
     summary = compile_checkpoint(str(trained_checkpoint), str(out), "fp16", (64, 64), (720, 1280), (1080, 1920))
     assert summary["tensorrt"]["built"]
-    meta = json.loads((out / "engine.json").read_text())
+    meta = json.loads((version_of(out) / "engine.json").read_text())
     assert meta["precision"] == "fp16" and meta["model_hash"] == summary["model_hash"]
     trt_engine = load_engine(str(out), "tensorrt")
     ort_engine = load_engine(str(out), "onnxruntime")

@@ -185,7 +185,7 @@ def test_bulk_over_s3_writes_every_output(bare_cluster, bucket):
     for p in photos:
         fs.pipe_file(f"{bucket[5:]}/archive/{p.name}", p.read_bytes())
     args = ["python", "jobs/bulk.py", "--input", f"{bucket}/archive", "--output", f"{bucket}/sharp"]
-    res = bare_cluster.submit(args + ["--engine", "torch", "--workers", "3", "--no-progress"])
+    res = bare_cluster.submit(args + ["--engine", "torch", "--workers", "3", "--gpus-per-worker", "0", "--no-progress"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"{len(photos)} done, 0 skipped, 0 failed" in res.stdout, res.stdout[-3000:]
     written = {Path(p).name for p in fs.find(f"{bucket[5:]}/sharp")}
@@ -279,7 +279,8 @@ def test_serve_token_protects_every_replica_and_appears_nowhere(bare_cluster, re
 
     token = "endpoint-" + os.urandom(16).hex()
     port = free_port()
-    args = ["--port", str(port), "--engine", "torch", "--num-cpus", "1", "--min-replicas", "3", "--max-replicas", "3"]
+    args = ["--port", str(port), "--engine", "torch", "--num-cpus", "1", "--num-gpus", "0"]
+    args += ["--min-replicas", "3", "--max-replicas", "3"]  # CPU replicas on every node, a GPU machine's head too
     proc, _ = start_serve_job(args + ["--max-batch-size", "1"], bare_cluster.env(DEBLUR_API_TOKEN=token))
     try:
         replicas = run_driver(
@@ -331,7 +332,7 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket):
     for k, p in enumerate(photos * 4):  # work for a minute and more on 2 cores: the new node's actor gets some
         fs.pipe_file(f"{bucket[5:]}/many/{k:03d}-{p.name}", p.read_bytes())
     cmd = [sys.executable, "jobs/bulk.py", "--input", f"{bucket}/many", "--output", f"{bucket}/grown"]
-    cmd += ["--engine", "torch", "--workers", "6", "--no-progress"]
+    cmd += ["--engine", "torch", "--workers", "6", "--gpus-per-worker", "0", "--no-progress"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=bare_cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -117,3 +117,18 @@ def test_epoch_line_shows_validation_when_there_was_one():
     assert epoch_line(m, 6) == (
         "epoch 3/6  loss_g 0.1234  loss_d 0.5000  val PSNR 25.50 dB (input 24.25, +1.25)  SSIM 0.8123  12.3 img/s  61 s"
     )
+
+
+def test_bf16_only_where_the_gpu_computes_it_in_hardware():
+    """`torch.cuda.is_bf16_supported()` says yes on a V100 or T4, where bf16 is emulated and slower than fp16:
+    the choice is by compute capability, 8.0 (Ampere) and later."""
+    from deblur.models.common import cuda_has_native_bf16
+    from deblur.train.step import amp_dtype
+
+    assert [cuda_has_native_bf16(c) for c in ((7, 0), (7, 5), (8, 0), (8, 6), (9, 0))] == [False] * 2 + [True] * 3
+    if torch.cuda.is_available():
+        expected = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
+        assert amp_dtype("auto", torch.device("cuda")) == expected
+    else:
+        assert not cuda_has_native_bf16()
+    assert amp_dtype("off", torch.device("cpu")) is None and amp_dtype("fp16", torch.device("cuda")) == torch.float16

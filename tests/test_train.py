@@ -244,3 +244,26 @@ def test_bad_input_is_one_clear_line(sets, message, tmp_path):
     assert res.returncode == 1
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_run_log_uploads_each_epoch_once_and_tensorboard_reads_them_as_one_run(tmp_path, real_photo):
+    """A run's TensorBoard events grow every epoch (scalars, full-size validation images): each epoch's go to an
+    event file of their own, written to storage once, so no epoch re-sends the ones before it."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    from deblur.train.runlog import RunLog
+
+    run = tmp_path / "run"
+    log = RunLog(str(run))
+    seen: dict[str, int] = {}
+    for epoch in range(3):
+        log.log({"epoch": epoch, "val_psnr": 25.0 + epoch}, [("val/0", real_photo)])
+        files = {p.name: p.stat().st_mtime_ns for p in (run / "tensorboard").iterdir()}
+        assert len(files) == epoch + 1 and all(files[name] == t for name, t in seen.items())  # earlier ones untouched
+        seen = files
+    log.close()
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "tensorboard").iterdir()} == seen
+    events = EventMultiplexer().AddRunsFromDirectory(str(run)).Reload()
+    scalars = [s for r in events.Runs() for s in events.Scalars(r, "val_psnr")] if events.Runs() else []
+    assert sorted((s.step, s.value) for s in scalars) == [(0, 25.0), (1, 26.0), (2, 27.0)]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -446,12 +447,14 @@ def test_memory_does_not_grow_with_the_length(tmp_path):
 def test_an_interrupted_video_reuses_its_finished_segments(trained_checkpoint, clip, tmp_path, ray_session):
     """A run killed after its first segment: the next run uses that segment as it is (here a planted one, its
     frames inverted, so its use shows in the output) and deblurs only the rest."""
+    from deblur.inference.load import model_fingerprint
     from deblur.video.job import _info_from, plan
 
     out = tmp_path / "out"
     options = VideoOptions(segment_seconds=4.0)
     item = {"rel": "shaky.mp4", "uri": str(clip), "offset": -1, "size": -1, "out": "shaky.mp4"}
-    rows = plan(item, options, 2, str(trained_checkpoint), str(out))
+    key = model_fingerprint(str(trained_checkpoint))
+    rows = plan(item, options, 2, key, str(out))
     assert len(rows) == 2
     planted = Path(rows[0]["segment"])
     planted.parent.mkdir(parents=True)
@@ -472,10 +475,18 @@ def test_an_interrupted_video_reuses_its_finished_segments(trained_checkpoint, c
     assert len(got) == FPS * SECONDS and len(kept) < len(got)
     assert not planted.exists() and not (out / "_segments").exists()  # removed once joined
     # other settings (here another crf) never reuse a segment made with these: the key in its name differs
-    other = plan(item, VideoOptions(segment_seconds=4.0, crf=30), 2, str(trained_checkpoint), str(out))
+    other = plan(item, VideoOptions(segment_seconds=4.0, crf=30), 2, key, str(out))
     assert other[0]["segment"] != rows[0]["segment"] and Path(other[0]["segment"]).name == planted.name
-    # nor a precision named (fp32 too: on a compiled folder it refuses the TensorRT plan the default may run); the
-    # default keeps the key segments of earlier runs were named by
-    default, fp32, bf16 = (plan(item, options, 2, str(trained_checkpoint), str(out), p) for p in (None, "fp32", "bf16"))
+    # nor a precision named (fp32 too: on a compiled folder it refuses the TensorRT plan the default may run)
+    default, fp32, bf16 = (plan(item, options, 2, key, str(out), p) for p in (None, "fp32", "bf16"))
     assert default[0]["segment"] == rows[0]["segment"]
     assert len({rows[0]["segment"], fp32[0]["segment"], bf16[0]["segment"]}) == 3
+    # nor another model under the same name: a run's best.json, or an s3:// object, that changed between runs
+    model = tmp_path / "model.pt"
+    shutil.copy(trained_checkpoint, model)
+    before = model_fingerprint(str(model))
+    from deblur.models.shipped import shipped_path
+
+    shutil.copy(shipped_path("default"), model)
+    assert model_fingerprint(str(model)) != before
+    assert plan(item, options, 2, model_fingerprint(str(model)), str(out))[0]["segment"] != rows[0]["segment"]

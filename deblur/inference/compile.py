@@ -78,8 +78,9 @@ def compile_checkpoint(
     max_batch: int = 4,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build `out/` = model.onnx[.data] (+ engine.plan, engine.json, timing.cache) + compile.json:
-    export → verify ONNX Runtime against torch → build and verify TensorRT where it runs → publish."""
+    """Build `out/` = compile.json + its version folder of model.onnx[.data] (+ engine.plan, engine.json,
+    timing.cache): export → verify ONNX Runtime against torch → build and verify TensorRT where it runs →
+    publish (`_publish`)."""
     if precision not in REDUCED_TOLERANCE:
         raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(REDUCED_TOLERANCE)}")
     source = resolve_checkpoint(checkpoint)
@@ -161,11 +162,36 @@ def _profile_shapes(
     return [(1, 3, *align(min_shape)), (1, 3, *align(opt_shape)), (max_batch, 3, *align(max_shape))]
 
 
+#: what compiled folders held at their top level before each compile got its own version folder
+LEGACY_FILES = (ONNX_FILE, ONNX_FILE + ".data", "engine.plan", "engine.json", "timing.cache")
+
+
 def _publish(staging: Path, out: str, summary: dict[str, Any]) -> None:
-    """Copy the staged files to `out`, compile.json last: its presence marks a complete folder."""
-    summary["files"] = sorted(p.name for p in staging.iterdir()) + [COMPILE_FILE]
-    (staging / COMPILE_FILE).write_text(json.dumps(summary, indent=2))
-    for path in sorted(staging.iterdir()):
-        if path.name != COMPILE_FILE:
-            storage.write_bytes(storage.join(out, path.name), path.read_bytes())
-    storage.write_bytes(storage.join(out, COMPILE_FILE), (staging / COMPILE_FILE).read_bytes())
+    """Make `out` serve the staged model, whole or not at all, whoever is reading it.
+
+    The files go to a version folder of their own (`v-<model hash>-<time>`), never written into again; then
+    compile.json, written atomically, switches readers to it (a reader takes compile.json first and the files
+    it names from its version). A recompile thus never pairs a new model.onnx with an old model.onnx.data, nor
+    leaves an older engine.plan to be run under the new model's hash. The version compile.json named before
+    stays for readers that were loading it; older versions go, and so do the files of the single-folder layout,
+    one publish after the folder left it.
+    """
+    previous = None
+    if storage.exists(storage.join(out, COMPILE_FILE)):
+        try:
+            previous = json.loads(storage.read_text(storage.join(out, COMPILE_FILE))).get("version")
+        except ValueError:
+            previous = None  # an unreadable summary is replaced below
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    version = f"v-{summary['model_hash'][:12]}-{stamp}"
+    summary["version"] = version
+    summary["files"] = sorted(p.name for p in staging.iterdir())
+    for name in summary["files"]:
+        storage.write_bytes(storage.join(out, version, name), (staging / name).read_bytes())
+    storage.write_text(storage.join(out, COMPILE_FILE), json.dumps(summary, indent=2))
+    for name in storage.subfolders(out):
+        if name.startswith("v-") and name not in (version, previous):
+            storage.remove(storage.join(out, name))
+    if previous:  # the single-folder layout's files outlive one versioned publish, for its readers mid-load
+        for name in LEGACY_FILES:
+            storage.remove(storage.join(out, name))

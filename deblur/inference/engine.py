@@ -44,7 +44,9 @@ class Engine:
     """Base class: subclasses set `info` and implement `_infer` on stride-aligned float32 batches."""
 
     info: EngineInfo
-    #: above this many pixels an image is deblurred in tiles (bounded memory, same result to ~1e-3)
+    #: the pixel budget of one backend call: an image above it is deblurred in tiles (same result to ~1e-3), and a
+    #: batch of images under it goes in as many calls as keep each within it (Serve batches up to 8 same-size
+    #: photos of up to ~4 Mpx: one call would hold 8× the activations a GPU was sized for)
     max_pixels: int = 2048 * 2048
     #: the largest (height, width) the backend accepts at all (a TensorRT profile's max); beyond either side: tiles
     max_hw: tuple[int, int] | None = None
@@ -81,9 +83,14 @@ class Engine:
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
             raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
-        if not self.fits(batch.shape[2], batch.shape[3]):
+        n, _, h, w = batch.shape
+        if not self.fits(h, w):
             return np.stack([self._tiled(img) for img in batch])
-        return run_padded(self._infer, batch.astype(np.float32, copy=False), self.info.multiple)
+        batch = batch.astype(np.float32, copy=False)
+        m = self.info.multiple
+        per_call = max(1, self.max_pixels // ((-(-h // m) * m) * (-(-w // m) * m)))  # padded to the stride
+        parts = [run_padded(self._infer, batch[k : k + per_call], self.info.multiple) for k in range(0, n, per_call)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def fits(self, h: int, w: int) -> bool:
         """Whether an h×w image can go to the backend whole: within the pixel budget and, once padded to the

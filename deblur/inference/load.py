@@ -15,10 +15,14 @@ actor of the bulk and video jobs would pay), so torch is imported only where a m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -30,7 +34,7 @@ from .. import storage
 from ..models.reference import CheckpointError, checkpoint_hash, resolve_checkpoint
 from .engine import Engine, EngineError
 from .onnx_engine import EXPORT_VERSION, OnnxEngine, add_metadata, export_onnx
-from .tensorrt_engine import META, PLAN, TensorRTEngine, tensorrt_status
+from .tensorrt_engine import META, PLAN, TensorRTEngine, check_engine_metadata, current_platform, tensorrt_status
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -60,6 +64,20 @@ def load_engine(
     return _checkpoint_engine(model_uri, backend, device, threads, precision)
 
 
+def model_fingerprint(model_uri: str) -> str:
+    """What a model reference holds now, by content: a checkpoint's sha256 (its file, wherever the reference points:
+    a run's best.json, a shipped name), or a compiled folder's model hash and the version its compile.json names.
+    Work cached under this key (video segments) is never mixed across two models that one reference named."""
+    model_uri = str(model_uri)
+    try:
+        if storage.exists(storage.join(model_uri, COMPILE_FILE)):
+            summary = _compile_summary(model_uri)
+            return f"{summary.get('model_hash', '')}:{summary.get('version', '')}"
+        return checkpoint_hash(model_uri)
+    except CheckpointError as e:
+        raise EngineError(str(e)) from None
+
+
 def check_engine_request(
     model_uri: str,
     backend: str = "auto",
@@ -80,12 +98,13 @@ def check_engine_request(
     model_uri = str(model_uri)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)
-        has_plan = storage.exists(storage.join(model_uri, PLAN))
+        folder, files = _compiled_files(model_uri, summary)
+        has_plan = PLAN in files
         if backend == "tensorrt":
-            _check_plan(model_uri, summary, has_plan, precision)
+            _check_plan(model_uri, summary, has_plan, precision, folder)
         if not (
             backend == "torch"
-            or (backend == "auto" and _reduced(precision) and not _plan_runs(model_uri, has_plan, precision))
+            or (backend == "auto" and _reduced(precision) and not _plan_runs(folder, has_plan, precision))
         ):
             return
         model_uri = _source_checkpoint(model_uri, summary)  # the torch engine is its source checkpoint's
@@ -152,23 +171,60 @@ def _reduced(precision: str | None) -> bool:
 def _compiled_engine(
     model_uri: str, backend: str, device: str | None, threads: int | None, precision: str | None
 ) -> Engine | tuple[str, str]:
-    """A compiled folder's TensorRT or ONNX Runtime engine, or (source checkpoint, "torch") for the torch one."""
+    """A compiled folder's TensorRT or ONNX Runtime engine, or (source checkpoint, "torch") for the torch one.
+
+    compile.json names the version folder that holds the model's files (see compile._publish): they are
+    read from there only, so a file another compile left behind is never run. A folder compiled before
+    versions existed keeps its files beside compile.json, which lists them.
+    """
     summary = _compile_summary(model_uri)
-    local = _local_copy(model_uri, [COMPILE_FILE, ONNX_FILE, ONNX_FILE + ".data", PLAN, META])
+    folder, files = _compiled_files(model_uri, summary)
     multiple, model_hash = int(summary["multiple"]), summary.get("model_hash", "")
-    has_plan = (local / PLAN).is_file()
+    has_plan = PLAN in files
     if backend == "auto":
         fallback = "torch" if _reduced(precision) else "onnxruntime"  # ORT runs the fp32 graph only
-        runs = _plan_runs(str(local), has_plan, precision) and device != "cpu" and tensorrt_status() is None
-        backend = "tensorrt" if runs else fallback
+        runs = _plan_runs(folder, has_plan, precision) and device != "cpu" and tensorrt_status() is None
+        problem = _plan_problem(folder) if runs else None
+        if problem:
+            print(
+                f"deblur: not running {PLAN}: {problem.split(': ', 1)[-1]}; using {fallback} instead", file=sys.stderr
+            )
+        backend = "tensorrt" if runs and not problem else fallback
     if backend == "tensorrt":
         if device == "cpu":
             raise EngineError("TensorRT needs a GPU, and this engine was asked to run on the CPU")
-        _check_plan(model_uri, summary, has_plan, precision, str(local))
+        _check_plan(model_uri, summary, has_plan, precision, folder)
+        if why := tensorrt_status():
+            raise EngineError(f"{model_uri}: cannot run its TensorRT engine here: {why}")
+        if problem := _plan_problem(folder):
+            raise EngineError(problem)  # names what built it and says to rebuild here, before any copy or CUDA call
+        local = _local_copy(model_uri, folder, [PLAN, META], summary)
         return TensorRTEngine(local / PLAN, multiple, model_hash)
     if backend == "onnxruntime":
+        local = _local_copy(model_uri, folder, sorted(files & {ONNX_FILE, ONNX_FILE + ".data"}), summary)
         return OnnxEngine(local / ONNX_FILE, device or "auto", threads, multiple, model_hash)
     return _source_checkpoint(model_uri, summary), "torch"
+
+
+def _compiled_files(model_uri: str, summary: dict) -> tuple[str, set[str]]:
+    """(the folder holding the compiled model's files, their names), as compile.json gives them."""
+    folder = storage.join(model_uri, summary["version"]) if summary.get("version") else model_uri
+    return folder, set(summary.get("files") or [ONNX_FILE])
+
+
+def _plan_problem(folder: str) -> str | None:
+    """Why this machine cannot run the folder's plan (another TensorRT version or GPU architecture built
+    it; a plan built on an A100 does not run on an A10G), or None."""
+    try:
+        meta = json.loads(storage.read_text(storage.join(folder, META)))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        check_engine_metadata(meta, current_platform(), storage.join(folder, PLAN))
+    except EngineError as e:
+        return str(e)
+    except (storage.StorageError, ValueError) as e:
+        return f"{storage.join(folder, META)} is missing or unreadable ({e})"
+    return None
 
 
 def _compile_summary(model_uri: str) -> dict:
@@ -235,20 +291,38 @@ def _checkpoint_engine(
         backend = "onnxruntime" if (cuda_ort or on_cpu) and not _reduced(precision) else "torch"
     if backend == "tensorrt":
         raise _no_plan_for_checkpoint(model_uri)
-    onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE
-    if backend == "onnxruntime" and onnx_file.is_file():  # exported before: the graph records the stride
-        return OnnxEngine(onnx_file, device or "auto", threads, model_hash=model_hash)
-    from ..models.checkpoint import load_generator
+    if backend == "onnxruntime":
+        onnx_file = Path(storage.cache_dir()) / "onnx" / f"{model_hash}-v{EXPORT_VERSION}" / ONNX_FILE
+        with _node_lock(onnx_file.parent):  # one export per machine, however many actors start on it at once
+            if not onnx_file.is_file():
+                _export(_generator(model_uri), model_hash, onnx_file.parent)
+        return OnnxEngine(onnx_file, device or "auto", threads, model_hash=model_hash)  # the graph records the stride
     from .torch_engine import TorchEngine
 
+    model = _generator(model_uri)
+    return TorchEngine(model, model_uri, device, precision or "fp32", model_hash=model_hash, threads=threads)
+
+
+def _generator(model_uri: str):
+    from ..models.checkpoint import load_generator
+
     try:
-        model = load_generator(model_uri)
+        return load_generator(model_uri)
     except CheckpointError as e:
         raise EngineError(str(e)) from None
-    if backend == "onnxruntime":
-        _export(model, model_hash, onnx_file.parent)
-        return OnnxEngine(onnx_file, device or "auto", threads, model.multiple, model_hash)
-    return TorchEngine(model, model_uri, device, precision or "fp32", model_hash=model_hash, threads=threads)
+
+
+@contextlib.contextmanager
+def _node_lock(folder: Path):
+    """Hold `<folder>.lock` exclusively (flock: released when the process dies, so a killed actor never leaves
+    the others waiting): the processes of one machine make a cached file one at a time, the later ones find it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cuda_available() -> bool:
@@ -282,13 +356,30 @@ def _export(model, model_hash: str, folder: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)  # a newer version's export (newer code beside) stays
 
 
-def _local_copy(uri: str, names: list[str]) -> Path:
-    """Compiled files on s3:// are fetched to a temporary folder (ONNX Runtime and TensorRT read files)."""
-    if not storage.is_remote(uri):
-        return Path(uri)
-    folder = Path(tempfile.mkdtemp(prefix="deblur-model-"))
-    for name in names:
-        src = storage.join(uri, name)
-        if storage.exists(src):
-            (folder / name).write_bytes(storage.read_bytes(src))
-    return folder
+def _local_copy(model_uri: str, folder: str, names: list[str], summary: dict) -> Path:
+    """A compiled version's files where ONNX Runtime and TensorRT can open them: the folder itself when it is
+    local; for s3:// a copy per machine in the cache, named by the compiled folder's URI and the version its
+    compile.json names (a folder of the single-folder layout: by its compile.json's bytes), fetched once under
+    a lock, each file moved in whole, never rewritten while another process may open it. The two newest copies
+    of a compiled folder stay (a reader mid-load of the version before keeps its files); older ones go."""
+    if not storage.is_remote(folder):
+        return Path(folder)
+    version = summary.get("version") or "single-" + hashlib.sha256(json.dumps(summary).encode()).hexdigest()[:12]
+    cache = Path(storage.cache_dir()) / "compiled"
+    key = hashlib.sha256(model_uri.rstrip("/").encode()).hexdigest()[:12]
+    target = cache / f"{key}-{version}"
+    with _node_lock(target):
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not (target / name).is_file():
+                tmp = target / f".{name}.{os.getpid()}"
+                try:
+                    tmp.write_bytes(storage.read_bytes(storage.join(folder, name)))
+                    os.replace(tmp, target / name)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    copies = sorted((p for p in cache.glob(f"{key}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in copies[2:]:
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -82,10 +82,16 @@ def onnx_files(path: str | os.PathLike) -> list[Path]:
     return sorted(files)
 
 
-def ort_providers(device: str = "auto") -> list[str]:
-    available = ort.get_available_providers()
+#: cuDNN's convolution algorithm choice: ONNX Runtime's default, EXHAUSTIVE, benchmarks every algorithm for every
+#: new input shape, and photos come in many sizes (seconds on each new size); HEURISTIC asks cuDNN's heuristics
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def ort_providers(device: str = "auto", available: list[str] | None = None) -> list:
+    """ONNX Runtime's providers (with options) for a device: CUDA first where it is available and allowed."""
+    available = ort.get_available_providers() if available is None else available
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", dict(CUDA_OPTIONS)), "CPUExecutionProvider"]
     if device == "cuda":
         raise EngineError("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
     return ["CPUExecutionProvider"]

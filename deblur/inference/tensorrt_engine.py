@@ -99,6 +99,10 @@ def build_engine(
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "bf16":
+        from ..models.common import cuda_has_native_bf16
+
+        if not cuda_has_native_bf16():
+            raise EngineError("this GPU has no bf16 in hardware (compute capability 8.0 or later); build fp16")
         config.set_flag(trt.BuilderFlag.BF16)
     elif precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")

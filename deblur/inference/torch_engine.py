@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..images import to_model_input
-from ..models.common import cpu_has_native_bf16, to_device, tune_cuda
+from ..models.common import cpu_has_native_bf16, cuda_has_native_bf16, to_device, tune_cuda
 from .engine import REDUCED_TOLERANCE, Engine, EngineError, EngineInfo, cpu_threads
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,8 +42,15 @@ class TorchEngine(Engine):
             check_cpu_precision(precision)
             torch.set_num_threads(threads or cpu_threads())
         else:
-            if precision == "bf16" and not torch.cuda.is_bf16_supported():
-                raise EngineError(f"{torch.cuda.get_device_name(self.device)} has no bf16; use fp16 or fp32")
+            if precision == "bf16" and not cuda_has_native_bf16(torch.cuda.get_device_capability(self.device)):
+                name, (major, minor) = (
+                    torch.cuda.get_device_name(self.device),
+                    torch.cuda.get_device_capability(self.device),
+                )
+                raise EngineError(
+                    f"{name} (compute capability {major}.{minor}) has no bf16 in hardware (it needs 8.0 or later); "
+                    "use fp16 or fp32"
+                )
             tune_cuda(fixed_shapes=False)
         model = fp32_model = model.eval().to(self.device)
         if self.cast_weights:

@@ -63,6 +63,17 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def cuda_has_native_bf16(capability: tuple[int, int] | None = None) -> bool:
+    """Whether the GPU computes bf16 in hardware: compute capability 8.0 (Ampere) or later. On a V100 (7.0) or a
+    T4 (7.5) `torch.cuda.is_bf16_supported()` is True too, but there bf16 is emulated and slower than fp16, so
+    these GPUs get fp16 (with a GradScaler in training)."""
+    if capability is None:
+        if not torch.cuda.is_available():
+            return False
+        capability = torch.cuda.get_device_capability()
+    return tuple(capability) >= (8, 0)
+
+
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device; on a GPU through pinned memory, so the copy runs asynchronously."""
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)

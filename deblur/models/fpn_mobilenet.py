@@ -8,7 +8,8 @@ stages back to full size, a 3×3 conv, tanh, and the global residual clamp(input
 
 Layout facts of the published file (VITA-Group/DeblurGANv2, `models/fpn_mobilenet.py` and
 `models/mobilenet_v2.py`), all reproduced here because strict loading needs them:
-- the backbone is registered twice: as `fpn.features` (all 19 MobileNetV2 stages, the last three unused)
+- the backbone is registered twice: as `fpn.features` (all 19 MobileNetV2 stages, the last three unused, so
+  frozen here)
   and as `fpn.enc0` … `fpn.enc4`, slices holding the same modules, so every used stage's tensors appear
   under both names;
 - InstanceNorms are `affine=False, track_running_stats=True` (buffers, no weights); BatchNorms are
@@ -114,6 +115,11 @@ class FPN(nn.Module):
         for level, (a, b) in enumerate(ENCODER_SLICES):
             stages = list(self.features)[a:b]  # the same modules, registered a second time (numbered from 0)
             setattr(self, f"enc{level}", nn.Sequential(*stages))
+        # The stages past the last slice never run: kept so the published file loads strictly, frozen so they are
+        # no parameters to train. DistributedDataParallel expects a gradient for every trainable parameter and
+        # stops with "Expected to have finished reduction" on two or more workers when one never gets one.
+        for stage in list(self.features)[ENCODER_SLICES[-1][1] :]:
+            stage.requires_grad_(False)
         self.td1, self.td2, self.td3 = (_smooth(pyramid, pyramid) for _ in range(3))
         widths = [self.features[b - 1].conv[-1].num_features for _, b in ENCODER_SLICES]  # 16, 24, 32, 64, 160
         for level in (4, 3, 2, 1):

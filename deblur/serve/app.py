@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import Field, model_validator
 from ray import serve
 from ray.serve.schema import DeploymentStatus
+from starlette.formparsers import MultiPartParser
 
 from ..imagefile import BadImage, decode, encode, output_format
 from ..inference import BACKENDS, Precision, check_engine_choice, load_engine
@@ -93,27 +94,34 @@ class DeblurEndpoint:
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
         }
 
+    async def _capped(self, request: Request):
+        """The body as it arrives, stopped with a 413 at the byte limit whatever its encoding: a lying or
+        missing Content-Length (chunked transfer) cannot get more than the limit read, nor spooled to disk."""
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > self.limits.max_bytes:
+                raise RequestError(413, "body too large", f"over the limit of {self.limits.max_bytes} bytes")
+            yield chunk
+
     async def _body(self, request: Request) -> bytes:
         self.limits.check_length(request.headers.get("content-length"))
         kind = check_content_type(request.headers.get("content-type", ""))
         if kind == "raw":
-            data = bytearray()
-            async for chunk in request.stream():  # counted as it arrives: a lying Content-Length cannot help
-                data += chunk
-                if len(data) > self.limits.max_bytes:
-                    raise RequestError(413, "body too large", f"over the limit of {self.limits.max_bytes} bytes")
-            return bytes(data)
-        try:
-            form = await request.form(max_files=1, max_fields=8)
+            return b"".join([chunk async for chunk in self._capped(request)])
+        try:  # Starlette's own multipart parser, fed the capped stream rather than the request's
+            form = await MultiPartParser(request.headers, self._capped(request), max_files=1, max_fields=8).parse()
+        except RequestError:
+            raise
         except Exception as e:
             raise RequestError(400, "malformed multipart", str(e)[:200] or type(e).__name__) from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "malformed multipart", "no file field named 'file'")
-        data = await upload.read(self.limits.max_bytes + 1)
-        if len(data) > self.limits.max_bytes:
-            raise RequestError(413, "body too large", f"over the limit of {self.limits.max_bytes} bytes")
-        return data
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(400, "malformed multipart", "no file field named 'file'")
+            return await upload.read()
+        finally:
+            await form.close()
 
     @api.post("/v1/deblur", summary="Deblur one image", response_class=Response)
     async def deblur(self, request: Request, format: str | None = None, quality: int = 95) -> Response:

@@ -29,12 +29,13 @@ from ..losses import (
     interpolate,
     penalty_from_scores,
 )
-from ..models.common import cpu_has_native_bf16, unwrap
+from ..models.common import cpu_has_native_bf16, cuda_has_native_bf16, unwrap
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware has it (GPU, or a CPU with AMX/AVX512-BF16; no scaler needed), fp16 on
-    older GPUs; full precision on other CPUs unless asked."""
+    """bf16 where the hardware has it (a GPU of compute capability ≥ 8.0, or a CPU with AMX/AVX512-BF16; no
+    scaler needed), fp16 on older GPUs (V100, T4: their bf16 is emulated); full precision on other CPUs unless
+    asked."""
     if setting == "off":
         return None
     if device.type != "cuda":
@@ -43,7 +44,7 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if setting == "bf16" else torch.float16
     if setting == "fp16":
         return torch.float16
-    if setting == "bf16" or torch.cuda.is_bf16_supported():
+    if setting == "bf16" or cuda_has_native_bf16():
         return torch.bfloat16
     return torch.float16
 

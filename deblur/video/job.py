@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .. import storage
 from ..inference import load_engine
+from ..inference.load import model_fingerprint
 from ..options import Strict
 from ..ray_env import actor_gpus, actor_pool, actor_start_errors, worker_device
 from .media import (
@@ -109,7 +110,7 @@ def _segment_uri(
     item: dict[str, Any],
     info: VideoInfo,
     options: VideoOptions,
-    model: str,
+    model_key: str,
     start: int | None,
     end: int | None,
     precision: str | None = None,
@@ -119,10 +120,10 @@ def _segment_uri(
         item["offset"],
         item["size"],
         _info_json(info),
-        model,
+        model_key,
         options.model_dump() | {"segment_seconds": 0},
     ]
-    if precision is not None:  # the default's key as before, so segments kept by earlier runs stay valid
+    if precision is not None:
         shaped_by.append(precision)
     shaped_by = json.dumps(shaped_by)
     key = hashlib.sha256(shaped_by.encode()).hexdigest()[:12]
@@ -135,10 +136,11 @@ def _segment_uri(
 
 
 def plan(
-    item: dict[str, Any], options: VideoOptions, workers: int, model: str, output: str, precision: str | None = None
+    item: dict[str, Any], options: VideoOptions, workers: int, model_key: str, output: str, precision: str | None = None
 ) -> list[dict[str, Any]]:
     """One row per segment of a video (or one row with the reason it cannot be read); a segment's file is named
-    by everything that shapes its frames, so a resumed run reuses only segments made the way it would make them."""
+    by everything that shapes its frames (the model by its content: `model_fingerprint`), so a resumed run reuses
+    only segments made the way it would make them."""
     base = {"rel": item["rel"], "uri": item["uri"], "offset": item["offset"], "size": item["size"], "out": item["out"]}
     try:
         info = probe(item)
@@ -160,7 +162,7 @@ def plan(
             "open_start": s is None,
             "open_end": e is None,
             "info": _info_json(info),
-            "segment": _segment_uri(output, item, info, options, model, s, e, precision),
+            "segment": _segment_uri(output, item, info, options, model_key, s, e, precision),
         }
         for k, (s, e) in enumerate(bounds)
     ]
@@ -344,7 +346,9 @@ def deblur_videos(
     progress: bool = True,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures.
+    """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures. Segments are
+    kept under a key of the model's content (`model_fingerprint`), not its name: a resumed run after best.json
+    or an s3:// object changed makes them again rather than mixing two models in one video.
     `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; jobs/video.py's default). `workers`:
     the most engine actors on a cluster, the exact number on a Ray of the job's own (`deblur.ray_env.actor_pool`;
     None: its default)."""
@@ -359,7 +363,7 @@ def deblur_videos(
     # fused flat_map would hand all of a video's segments to one actor)
     planned = (
         ray.data.from_items(videos, override_num_blocks=max(1, min(len(videos), 10_000)))
-        .flat_map(plan, fn_args=(options, present, model, output, precision))
+        .flat_map(plan, fn_args=(options, present, model_fingerprint(model), output, precision))
         .take_all()
     )
     failed: dict[str, str] = {r["rel"]: r["error"] for r in planned if r["error"]}
