@@ -1,4 +1,5 @@
-"""On a GPU, every engine's numbers against the fp32 reference, on a real photo; actors on the device they claim.
+"""On a GPU, every engine's numbers against the fp32 reference, on a real photo; bulk actors and Serve replicas on
+the device they claim.
 
 Skipped where CUDA is not visible (this suite's CI has none); `make test-gpu` runs them, with TensorRT where
 NVIDIA's wheels install. Tolerances: fp16/bf16 outputs within 40 dB PSNR of the fp32 CPU reference (a few 8-bit
@@ -86,3 +87,35 @@ def test_bulk_actors_run_on_the_gpu_they_are_given(reference, tmp_path, ray_sess
     assert summary["done"] == 2 and summary["engines"] and all("cuda" in e for e in summary["engines"]), summary
     assert metrics.psnr(read_image(str(tmp_path / "out" / "p0.png")), expected) > 45
     assert json.loads((tmp_path / "out" / "_summary.json").read_text())["gpus_per_worker"] == 1
+
+
+def test_a_serve_replica_given_a_gpu_runs_there_and_matches(reference, ray_session):
+    import io
+
+    import requests
+    from PIL import Image
+    from ray import serve
+
+    from deblur.serve.app import build_app, start
+
+    from conftest import free_port
+
+    photo, expected = reference
+    port = free_port()
+    start("127.0.0.1", port, 120)
+    serve.run(build_app({"engine": "torch", "num_gpus": 1, "max_replicas": 1}), name="gpu", route_prefix="/gpu")
+    try:
+        info = requests.get(f"http://127.0.0.1:{port}/gpu/v1/model", timeout=60).json()
+        assert info["device"].startswith("cuda"), info
+        body = io.BytesIO()
+        Image.fromarray(photo).save(body, format="PNG")
+        res = requests.post(
+            f"http://127.0.0.1:{port}/gpu/v1/deblur",
+            data=body.getvalue(),
+            headers={"Content-Type": "image/png"},
+            timeout=300,
+        )
+        assert res.status_code == 200
+        assert metrics.psnr(np.asarray(Image.open(io.BytesIO(res.content)).convert("RGB")), expected) > 45
+    finally:
+        serve.delete("gpu")
