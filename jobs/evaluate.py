@@ -8,6 +8,8 @@ report with comparison grids and training curves.
   python jobs/evaluate.py --checkpoint ckpt.pt --data ./my_pairs --out report/      # my_pairs/{blur,sharp}/
   python jobs/evaluate.py --data ./levin --protocol shift --out report/   # recorded shake: best integer shift
   python jobs/evaluate.py --data runs/data/sample --real ../shared/data/realblur/lai-real --out report/  # the shipped model
+  python jobs/evaluate.py --checkpoint runs/shake --data runs/data/shake --real ../shared/data/realblur/kohler \
+      --real-compare deblur-nafnet-v1 --out report/   # real shake: blurred | unsharp | v1 | this model
   ray job submit --working-dir . -- python jobs/evaluate.py ... --workers 8 [--gpus-per-worker 1]  # over the cluster
 """
 
@@ -59,6 +61,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "grids of blurred | unsharp mask | model in the report",
     )
     p.add_argument("--real-limit", type=int, default=12, help="at most this many --real photos")
+    p.add_argument(
+        "--real-compare",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also draw this model in the --real grids, before the one evaluated (repeatable; e.g. deblur-nafnet-v1)",
+    )
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -93,6 +102,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 "progress": not args.no_progress,
                 "real": args.real,
                 "real_limit": args.real_limit,
+                "real_compare": [input_path(m) for m in args.real_compare],
             },
             "evaluation",
         )

@@ -224,9 +224,24 @@ def test_real_blurred_photos_are_shown_beside_unsharp_masking(
         f"real/{g.name}" in result["files"] for g in grids
     )
     grid = cv2.imread(str(grids[0]))
-    assert grid.shape[1] > 3 * 160  # blurred | unsharp mask | model, side by side
+    assert 3 * 160 < grid.shape[1] < 4 * 160  # blurred | unsharp mask | model, side by side
     page = (tmp_path / "r" / "index.html").read_text()
     assert "Real blurred photos" in page and "real/shake1.png" in page
+    # beside another model (the shipped one, as a new model's report shows the one it replaces)
+    evaluate(
+        str(trained_checkpoint),
+        str(tmp_path / "c"),
+        data=mcmaster_shards,
+        engine="torch",
+        lpips=False,
+        progress=False,
+        real=str(folder),
+        real_compare=["deblur-nafnet-v1"],
+    )
+    wide = cv2.imread(str(tmp_path / "c" / "real" / "shake0.png"))
+    assert wide.shape[1] > 4 * 160 and wide.shape[0] == grid.shape[0]
+    page = (tmp_path / "c" / "index.html").read_text()
+    assert f"blurred | unsharp mask | deblur-nafnet-v1 | model ({trained_checkpoint})" in page
 
 
 def test_actors_score_and_the_driver_draws_the_real_photos_on_its_cpu(

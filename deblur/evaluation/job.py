@@ -73,6 +73,9 @@ class EvalOptions(Strict):
     progress: bool = True
     real: str | None = Field(None, description="real blurred photos without a sharp truth, shown in the report")
     real_limit: int = Field(12, ge=1)
+    real_compare: list[str] = Field(
+        default_factory=list, description="other models drawn beside this one in the real-photo grids"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalOptions":
@@ -139,10 +142,21 @@ def evaluate(
     }
     run_dir = _run_dir(o.model)
     curves = training_curves(storage.join(run_dir, "metrics.jsonl")) if run_dir else None
-    real_grids = real_photo_grids(probe, o.real, o.out, o.real_limit) if o.real else []
+    # the models compared with run where the real photos are drawn: the driver, on its CPU in fp32 when actors score
+    others = {m: load_engine(m, "auto", "cpu" if o.workers else None) for m in o.real_compare} if o.real else {}
+    real_grids = real_photo_grids(probe, o.real, o.out, o.real_limit, others) if o.real else []
+    columns = " | ".join(["blurred", "unsharp mask", *others, f"model ({o.model})"])
     shown = keys_to_show(records)
     files = write_report(
-        o.out, header, records, summary, source.rows_for(set(shown)), curves, real=real_grids, shown=shown
+        o.out,
+        header,
+        records,
+        summary,
+        source.rows_for(set(shown)),
+        curves,
+        real=real_grids,
+        shown=shown,
+        real_columns=columns,
     )
     return {"header": header, "summary": summary, "images": records, "files": files}
 

@@ -119,9 +119,12 @@ def _fmt(value: Any, metric: str) -> str:
     return f"{value:.4f}"
 
 
-def real_photo_grids(engine: Any, folder: str, out: str, limit: int = 12) -> list[tuple[str, str]]:
-    """Blurred photos without a sharp truth (real camera shake): grids of input | unsharp mask | model,
-    written under `out/real/`; returns (photo name, grid file) pairs. Unreadable files are skipped and named."""
+def real_photo_grids(
+    engine: Any, folder: str, out: str, limit: int = 12, others: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """Blurred photos without a sharp truth (real camera shake): grids of input | unsharp mask | each of `others`
+    (label → engine: models to compare with, such as the previous shipped one) | model, written under
+    `out/real/`; returns (photo name, grid file) pairs. Unreadable files are skipped and named."""
     from ..images import IMAGE_SUFFIXES, ImageError, read_image
     from .baselines import unsharp
 
@@ -136,8 +139,9 @@ def real_photo_grids(engine: Any, folder: str, out: str, limit: int = 12) -> lis
         except ImageError as e:
             print(f"skipped {e}")
             continue
+        compared = [(label, other.deblur_image(blur)) for label, other in (others or {}).items()]
         grid = comparison_grid(
-            [("blurred", blur), ("unsharp mask", unsharp(blur)), ("model", engine.deblur_image(blur))]
+            [("blurred", blur), ("unsharp mask", unsharp(blur)), *compared, ("model", engine.deblur_image(blur))]
         )
         path = "real/" + output_name(name.rsplit(".", 1)[0])
         storage.write_bytes(storage.join(out, path), encode_png(grid))
@@ -160,6 +164,7 @@ def write_report(
     curves: bytes | None = None,
     real: list[tuple[str, str]] = (),
     shown: list[str] | None = None,
+    real_columns: str = "blurred | unsharp mask | model",
 ) -> list[str]:
     """Write every report file under `out`; returns their names. `rows_by_key` needs only the `shown` rows."""
     written = ["metrics.json", "metrics.csv", "index.html"]
@@ -192,12 +197,15 @@ def write_report(
         written.append("curves.png")
     written += [path for _, path in real]
     storage.write_text(
-        storage.join(out, "index.html"), _html(header, records, summary, best, worst, grids, bool(curves), real)
+        storage.join(out, "index.html"),
+        _html(header, records, summary, best, worst, grids, bool(curves), real, real_columns),
     )
     return written
 
 
-def _html(header, records, summary, best, worst, grids, curves, real=()) -> str:
+def _html(
+    header, records, summary, best, worst, grids, curves, real=(), real_columns="blurred | unsharp mask | model"
+) -> str:
     e = html.escape
     metrics = ["psnr", "ssim"] + (["lpips"] if "output_lpips" in summary else [])
     names = METHOD_NAMES
@@ -231,7 +239,7 @@ def _html(header, records, summary, best, worst, grids, curves, real=()) -> str:
         for name, path in real
     )
     if real_html:
-        real_html = "<h2>Real blurred photos (no sharp truth): blurred | unsharp mask | model</h2>" + real_html
+        real_html = f"<h2>Real blurred photos (no sharp truth): {e(real_columns)}</h2>" + real_html
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>deblur evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}
