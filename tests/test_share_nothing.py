@@ -181,9 +181,10 @@ def test_bulk_over_s3_writes_every_output(bare_cluster, bucket):
     actors, so at least one on a worker node (the head holds two), reading and writing S3 with the node's own
     credentials and the endpoint the job forwards."""
     fs, _ = storage.filesystem(bucket)
-    photos = _photos(6)
-    for p in photos:
-        fs.pipe_file(f"{bucket[5:]}/archive/{p.name}", p.read_bytes())
+    photos = []
+    for k, p in enumerate(_photos(6) * 4):  # enough work that the worker node's actor, started last, gets some
+        photos.append(Path(f"{k:02d}-{p.name}"))  # (small stand-in photos were all done by the head's two first)
+        fs.pipe_file(f"{bucket[5:]}/archive/{photos[-1].name}", p.read_bytes())
     args = ["python", "jobs/bulk.py", "--input", f"{bucket}/archive", "--output", f"{bucket}/sharp"]
     res = bare_cluster.submit(args + ["--engine", "torch", "--workers", "3", "--gpus-per-worker", "0", "--no-progress"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
