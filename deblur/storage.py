@@ -183,8 +183,8 @@ def remove(uri: str) -> None:
         raise _wrap(uri, "remove", e) from None
 
 
-def subfolders(uri: str) -> list[str]:
-    """Sorted names of the folders directly under `uri` ([] when it does not exist)."""
+def _names(uri: str, kind: str) -> list[str]:
+    """Sorted names of the entries of `kind` ("file" or "directory") directly under `uri` ([] when it does not exist)."""
     fs, path = filesystem(uri)
     try:
         if not fs.exists(path):
@@ -192,17 +192,15 @@ def subfolders(uri: str) -> list[str]:
         entries = fs.ls(path, detail=True)
     except Exception as e:
         raise _wrap(uri, "list", e) from None
-    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == kind)
+
+
+def subfolders(uri: str) -> list[str]:
+    """Sorted names of the folders directly under `uri` ([] when it does not exist)."""
+    return _names(uri, "directory")
 
 
 def listdir(uri: str, suffix: str = "") -> list[str]:
     """Sorted URIs of the files directly under `uri` ending in `suffix` ([] when it does not exist)."""
-    fs, path = filesystem(uri)
-    try:
-        if not fs.exists(path):
-            return []
-        entries = fs.ls(path, detail=True)
-    except Exception as e:
-        raise _wrap(uri, "list", e) from None
-    names = sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+    names = _names(uri, "file")
     return [join(uri, n) for n in names if n.endswith(suffix)]
