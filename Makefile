@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(PY) jobs/train.py $(ARGS)
+	$(VENV)/bin/deblur train $(ARGS)
 
 # The upload page's test drives a real headless Chromium: Debian's chromium and chromium-driver, installed here
 # (once) where apt-get can; elsewhere install both yourself, or that test fails saying so.
@@ -53,9 +53,9 @@ format: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The shipped model, from scratch: hours on a CPU (jobs/configs/shipped.yaml; rerun to resume), then packaged.
+# The shipped model, from scratch: hours on a CPU (deblur/configs/shipped.yaml; rerun to resume), then packaged.
 shipped-model: $(STAMP)
-	$(PY) jobs/train.py --config jobs/configs/shipped.yaml $(ARGS)
+	$(VENV)/bin/deblur train --config shipped $(ARGS)
 	$(PY) -m deblur.models.shipped runs/shipped
 
 bench: $(STAMP)

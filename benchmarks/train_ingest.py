@@ -90,7 +90,7 @@ def main() -> None:
     from deblur.data import layouts, shards
     from deblur.train.trainer import fit
 
-    cfg = load_config("jobs/configs/sample.yaml", GAN)
+    cfg = load_config("sample", GAN)
     cfg_dict = cfg.model_dump()
     rows = []
     plain = steps_in_memory(cfg_dict, args.steps, under_train=False)
@@ -122,7 +122,7 @@ def main() -> None:
     for cache in (False, True):
         name = "cached" if cache else "stream"
         job = load_config(
-            "jobs/configs/sample.yaml",
+            "sample",
             GAN
             + [
                 "data.uri=s3://bench/shards",

@@ -156,10 +156,31 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), raw
 
 
+#: the named configs that ship inside the package (`deblur train --config gopro`)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def config_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A shipped config's name ("gopro") → its file inside the package; anything else is a path. A bare name
+    that is neither a shipped config nor a file is a ConfigError listing the names, so a typo says what exists."""
+    text = str(name_or_path)
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        if (CONFIG_DIR / f"{text}.yaml").is_file():
+            return CONFIG_DIR / f"{text}.yaml"
+        if not Path(text).is_file():
+            raise ConfigError(f"{text}: no such config; shipped configs: {', '.join(config_names())} (or a YAML path)")
+    return Path(text)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """`path`: a shipped config's name or a YAML file (None: every default); `overrides`: "a.b=c" strings."""
     tree: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = config_path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:

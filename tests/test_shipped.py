@@ -29,7 +29,7 @@ def test_the_default_ships_with_its_card():
     path = Path(shipped.shipped_path("default"))
     assert path.stat().st_size < 8 * 2**20  # fp16 generator only: no critic or optimiser state
     card = shipped.model_card("default").read_text()
-    assert shipped.DEFAULT in card and "PSNR" in card and "jobs/configs/shipped.yaml" in card
+    assert shipped.DEFAULT in card and "PSNR" in card and "deblur/configs/shipped.yaml" in card
     obj = torch.load(path, weights_only=True)
     assert obj["name"] == shipped.DEFAULT and "critic" not in obj and "optim" not in obj
     assert all(v.dtype == torch.float16 for v in obj["generator"].values() if v.is_floating_point())

@@ -19,13 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import ray
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from .. import storage, video
 from ..imagefile import EXTENSIONS, FORMATS, PNG_COMPRESSION, BadImage, decode, encode, output_format
 from ..inference import BACKENDS, Precision, check_engine_choice, load_engine
 from ..metrics import blur_score
 from ..options import Strict
+from ..progress import bar as progress_bar
 from ..ray_env import WorkerStartError, actor_gpus, actor_pool, actor_start_errors, worker_device
 from ..video import VideoOptions
 from .sources import list_inputs, read_input
@@ -281,7 +281,7 @@ def _deblur_images(
     )
     with (
         actor_start_errors("the engine"),
-        tqdm(total=len(todo), desc="deblurring", unit="img", disable=not progress) as bar,
+        progress_bar(len(todo), "deblurring", "img", enabled=progress) as bar,
     ):
         for row in ds.iter_rows():
             started = float(row["started"])

@@ -201,9 +201,13 @@ def _online_pairs(files: list[tuple[str, Path, str]], source: str, eval_synth: d
 
 
 def sample_photo(stem: str) -> Path:
-    """Where a dependency keeps one of the sample photos; a LayoutError if it no longer ships it."""
-
-    folders = [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data"]
+    """Where a dependency keeps one of the sample photos (or this package a re-saved copy: data/photos/README.md);
+    a LayoutError if it no longer ships it."""
+    folders = [
+        Path(__file__).parent / "photos",
+        Path(skimage.__file__).parent / "data",
+        Path(matplotlib.get_data_path()) / "sample_data",
+    ]
     for folder in folders:
         found = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if found:

@@ -23,6 +23,7 @@ from ray.data.datasource import FileShuffleConfig
 
 from .. import storage
 from ..images import decode_image, pad_bottom_right, to_chw_uint8, to_model_input
+from ..progress import on_terminal
 from . import synth
 from .shards import read_manifest, split_uris
 
@@ -45,6 +46,7 @@ def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) ->
     cores idle while it runs; with the batch-sized blocks the pipeline then cut, 0.46x the pairs/s of a plain
     decode loop, against 0.86x now (README, ingest.py). The datasource is chosen when `read_parquet` is
     called, so the switch is set just around that call (Ray releases without the switch have only the first).
+    Its sampling of the footers draws a progress bar of its own, kept to terminals the same way.
     """
     uris = split_uris(uri, split)
     fs, _ = storage.pyarrow_filesystem(uris[0])
@@ -52,14 +54,17 @@ def read_split(uri: str, split: str, shuffle_seed: int | None | bool = False) ->
     shuffle = None if shuffle_seed is False else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     ctx = ray.data.DataContext.get_current()
     with _DATASOURCE_SWITCH:
-        v2 = getattr(ctx, "use_datasource_v2", None)
+        v2, bars = getattr(ctx, "use_datasource_v2", None), ctx.enable_progress_bars
         if v2 is not None:
             ctx.use_datasource_v2 = False
+        ctx.enable_progress_bars = bars and on_terminal()  # its footer-sampling bar: frames, off a terminal
         try:
             ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, override_num_blocks=len(paths))
         finally:
+            ctx.enable_progress_bars = bars
             if v2 is not None:
                 ctx.use_datasource_v2 = v2
+    ds.context.enable_progress_bars = bars  # the copy the dataset took: its execution's progress as configured
     return ds.select_columns(COLUMNS)
 
 

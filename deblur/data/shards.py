@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from .. import storage
 from ..images import ImageError, encode_png, read_image
+from ..progress import bar as progress_bar
 from . import synth
 from .layouts import Pair
 
@@ -215,7 +215,7 @@ def prepare(
 
     pending = [p for plan in todo for p in plan.pairs]
     results = iter(encoder(encode_or_error if skip_bad else encode_pair, pending)) if pending else iter(())
-    bar = tqdm(total=len(pending), desc="encoding pairs", unit="pair", disable=not progress or not pending)
+    bar = progress_bar(len(pending), "encoding pairs", "pair", enabled=progress and bool(pending))
     for plan in todo:
         rows = []
         for _ in plan.pairs:

@@ -12,11 +12,11 @@ from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import storage
 from ..images import decode_image, encode_png
 from ..metrics import PSNR_CAP, score_methods
+from ..progress import bar as progress_bar
 from .baselines import unsharp, wiener_deconvolve
 from .protocols import score
 
@@ -70,7 +70,12 @@ class Scorer:
 
 
 def score_locally(scorer: Scorer, rows: Iterable[dict[str, Any]], total: int, progress: bool = True) -> list[dict]:
-    return [scorer.score_row(r) for r in tqdm(rows, total=total, desc="evaluating", unit="img", disable=not progress)]
+    with progress_bar(total, "evaluating", "img", enabled=progress) as bar:
+        records = []
+        for r in rows:
+            records.append(scorer.score_row(r))
+            bar.update(1)
+    return records
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The generator of "DeblurGAN:深度解析与图像去模糊复现实践" (DeblurGAN: an analysis and a reproduction), the
-article this project started from, whose training recipe is jobs/configs/gopro.yaml: a 7-level U-Net with a
+article this project started from, whose training recipe is deblur/configs/gopro.yaml: a 7-level U-Net with a
 dilated feature pyramid and a no-checkerboard decoder.
 
 Encoder: 7 stride-2 conv+ReLU blocks, widths b, 2b, 4b, 8b, 8b, 8b, 8b (b = base_channels; the

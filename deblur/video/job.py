@@ -27,12 +27,12 @@ from typing import Any
 
 import ray
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from .. import storage
 from ..inference import load_engine
 from ..inference.load import model_fingerprint
 from ..options import Strict
+from ..progress import bar as progress_bar
 from ..ray_env import actor_gpus, actor_pool, actor_start_errors, worker_device
 from .media import (
     CODECS,
@@ -403,7 +403,7 @@ def deblur_videos(
         )
         with (
             actor_start_errors("the engine"),
-            tqdm(total=len(segments), desc="video segments", unit="seg", disable=not progress) as bar,
+            progress_bar(len(segments), "video segments", "seg", enabled=progress) as bar,
         ):
             for row in ds.iter_rows():
                 bar.update(1)
@@ -426,3 +426,33 @@ def deblur_videos(
     report["errors"] = [{"path": rel, "reason": reason} for rel, reason in sorted(failed.items())]
     report["seconds"] = round(report["seconds"], 2)
     return report
+
+
+def deblur_file(
+    source: str,
+    dest: str,
+    model: str = "default",
+    engine: str = "auto",
+    options: VideoOptions | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float | str = 0.0,
+    cpus_per_worker: float = 1.0,
+    threads: int | None = None,
+    progress: bool = True,
+    precision: str | None = None,
+) -> dict:
+    """One clip (a path or s3:// URI) to `dest`: the archive job's video path on a single file."""
+    item = {"rel": posixpath.basename(source), "uri": source, "offset": -1, "size": -1, "out": posixpath.basename(dest)}
+    return deblur_videos(
+        [item],
+        posixpath.dirname(dest) or ".",
+        model,
+        engine,
+        options or VideoOptions(),
+        workers,
+        gpus_per_worker,
+        cpus_per_worker,
+        threads,
+        progress,
+        precision=precision,
+    )

@@ -1,24 +1,21 @@
-"""What every job shares: import path, one-line errors instead of traceback walls, logging."""
+"""What every sub-command shares: one-line errors instead of traceback walls, logging, and the options and Ray
+set-up of the stages whose engines run on actors (bulk, video, serve, evaluate)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `ray job submit --working-dir .` ships the repo; make `deblur` importable
-    sys.path.insert(0, str(ROOT))
 
-
-def entry_point(main: Callable[[list[str] | None], int]) -> None:
-    """Run a job's main; user errors (ValueError/OSError and subclasses) become one line on stderr, exit code 1, or
-    the error's own `exit_code` (2 for a path the cluster's nodes cannot all use: `deblur.cluster_paths`)."""
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run a stage's main and exit with its code; user errors (ValueError/OSError and subclasses) become one line
+    on stderr, exit code 1, or the error's own `exit_code` (2 for a path the cluster's nodes cannot all use:
+    `deblur.cluster_paths`)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = main(None)
+        code = main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
@@ -26,6 +23,11 @@ def entry_point(main: Callable[[list[str] | None], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         code = getattr(e, "exit_code", 1)
     sys.exit(code)
+
+
+def parser(doc: str | None, prog: str | None) -> argparse.ArgumentParser:
+    """A stage's parser: its docstring (examples first) as the description, kept as written."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
