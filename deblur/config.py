@@ -182,7 +182,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         p = config_path(path)
         if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+            moved = f" (configs ship in the package now: --config {p.stem})" if p.stem in config_names() else ""
+            raise ConfigError(f"{p}: config file not found{moved}")
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the ONNX engines'
 
 #: the image files every stage reads (datasets, archives, report pictures, Serve uploads)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+#: the videos the archive job and `deblur video` read (here, beside the images, so naming them imports no codec)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 
 class ImageError(ValueError):

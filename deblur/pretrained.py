@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -36,21 +37,25 @@ def cached_weights_file(weights: Any) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
 
-def download(weights: Any, what: str) -> str | None:
-    """Fetch `weights` into torchvision's cache; None where it cannot be had here, else why not."""
+def download(weights: Any, what: str, timeout_s: float = 60.0) -> str | None:
+    """Fetch `weights` into torchvision's cache as torchvision does (`torch.hub`: a temporary file renamed once
+    whole, the hash in its name checked, a bar on a terminal); None when it is there, else why it is not. A
+    network that drops packets is given up after `timeout_s` without an answer, rather than waited on forever."""
     if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         return f"{OFFLINE_ENV} is set"
     path = cached_weights_file(weights)
+    digest = torch.hub.HASH_REGEX.search(os.path.basename(path))
     print(f"{what}: downloading {weights.url} to {path}", file=sys.stderr, flush=True)
-    t0 = time.monotonic()
-    try:  # a temporary file, renamed once whole and its hash checked: an interrupted download leaves nothing
-        torch.hub.load_state_dict_from_url(
-            weights.url, progress=on_terminal(), check_hash=True, map_location="cpu", weights_only=True
-        )
+    t0, before = time.monotonic(), socket.getdefaulttimeout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    socket.setdefaulttimeout(timeout_s)  # urllib's, inside torch.hub, which takes no timeout of its own
+    try:
+        torch.hub.download_url_to_file(weights.url, path, digest.group(1) if digest else None, on_terminal())
     except Exception as e:  # no network, no DNS, a proxy's error page, a hash that does not match
         return f"the download failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    size = os.path.getsize(path) / 1e6
-    print(f"{what}: {size:.0f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        socket.setdefaulttimeout(before)
+    print(f"{what}: {os.path.getsize(path) / 1e6:.0f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     return None
 
 

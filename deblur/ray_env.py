@@ -1,6 +1,6 @@
 """Joining or starting Ray, the same way for every job.
 
-`ray job submit` sets RAY_ADDRESS, so a submitted job joins its cluster; `python jobs/X.py` joins a running
+`ray job submit` sets RAY_ADDRESS, so a submitted job joins its cluster; `deblur X` (or `python jobs/X.py`) joins a running
 local cluster when there is one (`ray start`'s, which Ray records), and otherwise starts a private instance on
 loopback (every process listening on 127.0.0.1 only) sized to the machine, which no other job joins: it ends
 with its job.

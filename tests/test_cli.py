@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
+from tqdm import tqdm
 
 from conftest import ROOT, check_is_model_output, write_image
 
@@ -78,6 +79,15 @@ def test_several_photos_into_a_folder_one_bad_file_named_and_the_rest_done(tmp_p
     assert "Traceback" not in res.stderr.decode()
 
 
+def test_an_output_name_says_its_format(tmp_path, real_photo):
+    write_image(tmp_path / "a.jpg", real_photo[:64, :64])
+    res = deblur("a.jpg", "-o", "a-sharp.png", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr.decode()
+    assert Image.open(tmp_path / "a-sharp.png").format == "PNG"
+    res = deblur("a.jpg", "-o", "a.gif", cwd=tmp_path)
+    assert res.returncode == 2 and "a.gif: not an image name" in res.stderr.decode()
+
+
 def test_standard_input_to_standard_output(tmp_path, real_photo):
     buf = io.BytesIO()
     Image.fromarray(real_photo[:64, :80]).save(buf, format="PNG")
@@ -93,13 +103,18 @@ def test_standard_input_to_standard_output(tmp_path, real_photo):
         (["photos"], "photos: a folder; for those: deblur bulk --input photos --output OUT"),
         (["s3://bucket/raw"], "s3://bucket/raw: an s3:// prefix; for those: deblur bulk"),
         (["trian"], "trian: no such file (the sub-commands are prepare, train, evaluate"),
-        (["a.png", "-o", "a.png"], "a.png: is one of the photos; choose another -o, nothing is overwritten"),
+        (["old.tar"], "old.tar: an archive; for those: deblur bulk --input old.tar --output OUT"),
+        (["clip.mov"], "clip.mov: a video; for videos: deblur video clip.mov OUT.mp4"),
+        (["a.png", "-o", "a.png"], "a.png: is one of the photos; choose another -o, no photo is overwritten"),
         (["a.png", "-", "a.png"], "- (standard input) is one photo: give it alone"),
+        (["a.png", "./a.png", "-o", "out"], "two photos would be written to one name"),
+        (["a.png", "b.png", "-o", "a.png"], "a.png: several photos go into a folder, one (or -) into a file name"),
     ],
 )
 def test_what_the_photo_command_refuses_before_loading_a_model(tmp_path, real_photo, args, says):
     (tmp_path / "photos").mkdir()
     before = write_image(tmp_path / "a.png", real_photo[:32, :32]).read_bytes()
+    write_image(tmp_path / "b.png", real_photo[32:64, :32])
     res = deblur(*args, cwd=tmp_path)
     assert res.returncode == 2 and says in res.stderr.decode(), res.stderr.decode()
     assert (tmp_path / "a.png").read_bytes() == before and "model " not in res.stdout.decode()
@@ -184,6 +199,9 @@ def test_progress_off_a_terminal_is_lines_not_frames(capsys, monkeypatch):
     with progress.bar(3, "quiet", "img", enabled=False) as bar:
         bar.update(3)
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)  # a person watching: tqdm's bar
+    with progress.bar(3, "deblurring", "img") as bar:
+        assert isinstance(bar, tqdm) and not bar.disable
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -209,6 +227,8 @@ def test_imagenet_weights_download_as_torchvision_does_and_refuse_offline(tmp_pa
     threading.Thread(target=server.serve_forever, daemon=True).start()
     weights = SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/tinynet-{digest}.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):  # loopback is reached directly
+        monkeypatch.delenv(proxy, raising=False)
     cached = tmp_path / "torch" / "hub" / "checkpoints" / f"tinynet-{digest}.pth"
     try:
         monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")

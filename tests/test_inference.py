@@ -396,9 +396,7 @@ def test_a_tensorrt_plan_runs_only_the_precision_it_was_built_for(compiled, tmp_
         info = load_engine(str(folder), backend, precision=precision).info
         assert (info.backend, Path(info.source).name) == ("tensorrt", PLAN), (backend, precision)
     for other in ("bf16", "fp32"):
-        message = (
-            f"its engine.plan was built for fp16, not {other}; rebuild it with jobs/compile.py --precision {other}"
-        )
+        message = f"its engine.plan was built for fp16, not {other}; rebuild it with deblur compile --precision {other}"
         with pytest.raises(EngineError, match=message + ", or leave --precision out to run it as built"):
             check_engine_request(str(folder), "tensorrt", other, gpus=1)
         with pytest.raises(EngineError, match=message):
@@ -434,7 +432,7 @@ def test_a_plan_built_elsewhere_is_not_run_by_auto_and_named_for_tensorrt(compil
     assert (info.backend, Path(info.source).name) == ("onnxruntime", "model.onnx")
     warning = capsys.readouterr().err.strip()
     assert warning.count("\n") == 0 and "NVIDIA A100 (compute capability 8.0)" in warning and "onnxruntime" in warning
-    with pytest.raises(EngineError, match="rebuild the engine here with jobs/compile.py"):
+    with pytest.raises(EngineError, match="rebuild the engine here with deblur compile"):
         load_engine(str(folder), "tensorrt")
 
 

@@ -182,7 +182,7 @@ def deblur_archive(
 ) -> dict[str, Any]:
     """The whole job: list → skip what is done → images → videos → summary (also written to
     `output/_summary.json`, which is returned). `gpus_per_worker`: a number, or "auto"
-    (`deblur.ray_env.actor_gpus`; jobs/bulk.py's default). `workers`: the most engine actors on a cluster, the
+    (`deblur.ray_env.actor_gpus`; deblur bulk's default). `workers`: the most engine actors on a cluster, the
     exact number on a Ray of the job's own (None: `deblur.ray_env.actor_pool`'s default)."""
     t0 = time.time()
     gpus_per_worker = actor_gpus(gpus_per_worker)

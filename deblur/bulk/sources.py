@@ -22,8 +22,7 @@ import tarfile
 from typing import Any
 
 from .. import storage
-from ..images import IMAGE_SUFFIXES
-from ..video.media import VIDEO_SUFFIXES
+from ..images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 INDEX_VERSION = 1  # of the cached tar index: raise it when what a listing keeps or rejects changes

@@ -46,7 +46,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_video_arguments(p: argparse.ArgumentParser) -> None:
-    """The video flags of jobs/bulk.py and jobs/video.py."""
+    """The video flags of `deblur bulk` and `deblur video`."""
     from deblur.video import CODECS
     from deblur.video.job import MIN_SEGMENT_SECONDS, SEGMENT_SECONDS
 

@@ -24,6 +24,8 @@ from . import common
 
 STDIO = "-"
 SUFFIX = ".deblurred"
+#: inputs that are archives, for `deblur bulk` (the suffixes it reads, and the compressed ones it explains)
+ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 class PhotoError(ValueError):
@@ -51,13 +53,17 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
         args.plan = plan(args.photos, args.output)
     except PhotoError as e:
         p.error(str(e))
+    if any(dest == STDIO for _, dest in args.plan) and sys.stdout.isatty():
+        p.error("standard output is a terminal: redirect it (> out.jpg) or name a file with -o")
     return args
 
 
 def plan(photos: list[str], output: str | None) -> list[tuple[str, str]]:
     """(source, destination) per photo, "-" standing for standard input/output; a PhotoError for anything this
-    command does not take, before any model loads. No destination is a source: nothing is ever overwritten but a
-    previous output."""
+    command does not take, before any model loads. A destination is never one of the photos, nor two photos' one
+    name; an output that exists already (an earlier run's) is replaced."""
+    from deblur.imagefile import FORMATS
+    from deblur.images import VIDEO_SUFFIXES
     from deblur.storage import is_remote
 
     if STDIO in photos and len(photos) > 1:
@@ -65,15 +71,21 @@ def plan(photos: list[str], output: str | None) -> list[tuple[str, str]]:
     for photo in photos:
         if photo == STDIO:
             continue
-        if is_remote(photo) or os.path.isdir(photo):
-            kind = "an s3:// prefix" if is_remote(photo) else "a folder"
+        if is_remote(photo) or os.path.isdir(photo) or photo.lower().endswith(ARCHIVES):
+            kind = "an s3:// prefix" if is_remote(photo) else "a folder" if os.path.isdir(photo) else "an archive"
             raise PhotoError(f"{photo}: {kind}; for those: deblur bulk --input {photo} --output OUT (Ray, resumable)")
+        if photo.lower().endswith(VIDEO_SUFFIXES):
+            raise PhotoError(f"{photo}: a video; for videos: deblur video {photo} OUT.mp4")
         if not os.path.isfile(photo):
             from . import STAGES
 
             hint = "" if Path(photo).suffix else f" (the sub-commands are {', '.join(STAGES)}; see deblur --help)"
             raise PhotoError(f"{photo}: no such file{hint}")
     into_folder = output is not None and (output.endswith(("/", os.sep)) or os.path.isdir(output) or len(photos) > 1)
+    if into_folder and (os.path.isfile(output) or photos == [STDIO]):
+        raise PhotoError(f"{output}: several photos go into a folder, one (or -) into a file name")
+    if output and output != STDIO and not into_folder and _suffix(output) not in FORMATS:
+        raise PhotoError(f"{output}: not an image name; the output's suffix says its format: .{' .'.join(FORMATS)}")
     pairs = []
     for photo in photos:
         if photo == STDIO:
@@ -89,20 +101,26 @@ def plan(photos: list[str], output: str | None) -> list[tuple[str, str]]:
     sources = {os.path.realpath(s) for s, _ in pairs if s != STDIO}
     for source, dest in pairs:
         if dest != STDIO and os.path.realpath(dest) in sources:
-            raise PhotoError(f"{dest}: is one of the photos; choose another -o, nothing is overwritten")
-    if len({d for _, d in pairs}) < len(pairs):
+            raise PhotoError(f"{dest}: is one of the photos; choose another -o, no photo is overwritten")
+    if len({os.path.realpath(d) for _, d in pairs}) < len(pairs):
         raise PhotoError("two photos would be written to one name: give -o a folder of their own or leave it out")
     return pairs
 
 
+def _suffix(name: str) -> str:
+    return os.path.splitext(name)[1].lower().lstrip(".")
+
+
 def deblur_file(engine, source: str, dest: str, quality: int) -> tuple[int, int]:
-    """Read, deblur and write one photo the way the archive job does (`deblur.imagefile`); (width, height)."""
+    """Read, deblur and write one photo the way the archive job does (`deblur.imagefile`); (width, height). The
+    output has the photo's format, or the one its -o name's suffix says (`-o sharp.png` from a JPEG: a PNG)."""
     from deblur import storage
-    from deblur.imagefile import decode, encode
+    from deblur.imagefile import FORMATS, decode, encode
 
     data = sys.stdin.buffer.read() if source == STDIO else Path(source).read_bytes()
     img = decode(data, "standard input" if source == STDIO else source)
-    payload = encode(engine.deblur_image(img.rgb), img, img.format, quality)
+    same = dest == STDIO or _suffix(dest) == _suffix(source)
+    payload = encode(engine.deblur_image(img.rgb), img, img.format if same else FORMATS[_suffix(dest)], quality)
     if dest == STDIO:
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()
@@ -113,8 +131,6 @@ def deblur_file(engine, source: str, dest: str, quality: int) -> tuple[int, int]
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse(argv, prog)
-    if args.plan[0] == (STDIO, STDIO) and sys.stdout.isatty():
-        raise PhotoError("standard output is a terminal: redirect it (> out.jpg) or name a file with -o")
     from deblur.imagefile import BadImage
     from deblur.inference import load_engine
 

@@ -91,7 +91,7 @@ def held_out_table(summary: dict, cfg) -> None:
     split = cfg.data.test_split if cfg.data.test_split in manifest["splits"] else cfg.data.val_split
     if manifest["splits"][split]["pairs"] > 32:
         print(
-            f"{split} split: {manifest['splits'][split]['pairs']} pairs; score them with jobs/evaluate.py --split {split}"
+            f"{split} split: {manifest['splits'][split]['pairs']} pairs; score them with deblur evaluate --split {split}"
         )
         return
     rows = [

@@ -285,7 +285,7 @@ def read_manifest(out: str) -> dict[str, Any]:
     """The manifest of a prepared dataset, or a StorageError saying it is not one."""
     uri = storage.join(out, MANIFEST)
     if not storage.exists(uri):
-        raise storage.StorageError(f"{uri}: no manifest; run jobs/prepare_data.py to create the shards first")
+        raise storage.StorageError(f"{uri}: no manifest; run deblur prepare to create the shards first")
     return json.loads(storage.read_text(uri))
 
 

@@ -261,12 +261,12 @@ def _check_plan(model_uri: str, summary: dict, has_plan: bool, precision: str | 
     if not _plan_runs(local or model_uri, has_plan, precision):
         raise EngineError(
             f"{model_uri}: its {PLAN} was built for {_plan_precision(local or model_uri)}, not {precision}; "
-            f"rebuild it with jobs/compile.py --precision {precision}, or leave --precision out to run it as built"
+            f"rebuild it with deblur compile --precision {precision}, or leave --precision out to run it as built"
         )
 
 
 def _no_plan_for_checkpoint(model_uri: str) -> EngineError:
-    return EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with jobs/compile.py")
+    return EngineError(f"{model_uri}: a checkpoint has no TensorRT engine; build one with deblur compile")
 
 
 def _source_checkpoint(model_uri: str, summary: dict) -> str:

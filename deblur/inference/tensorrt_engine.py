@@ -58,16 +58,16 @@ def check_engine_metadata(meta: dict[str, Any], platform: dict[str, Any], where:
     """Refuse an engine built elsewhere: TensorRT plans are tied to the TensorRT version and the GPU."""
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
-        raise EngineError(f"{where}: engine metadata lacks {missing}; rebuild with jobs/compile.py")
+        raise EngineError(f"{where}: engine metadata lacks {missing}; rebuild with deblur compile")
     if str(meta["tensorrt_version"]) != str(platform["tensorrt_version"]):
         raise EngineError(
             f"{where}: built with TensorRT {meta['tensorrt_version']}, this machine has {platform['tensorrt_version']}; "
-            "rebuild the engine here with jobs/compile.py"
+            "rebuild the engine here with deblur compile"
         )
     if str(meta["compute_capability"]) != str(platform["compute_capability"]):
         raise EngineError(
             f"{where}: built for {meta['gpu_name']} (compute capability {meta['compute_capability']}), this GPU is "
-            f"{platform['gpu_name']} ({platform['compute_capability']}); rebuild the engine here with jobs/compile.py"
+            f"{platform['gpu_name']} ({platform['compute_capability']}); rebuild the engine here with deblur compile"
         )
 
 
@@ -170,7 +170,7 @@ class TensorRTEngine(Engine):
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
-            raise EngineError(f"{plan}: TensorRT could not deserialize it; rebuild with jobs/compile.py")
+            raise EngineError(f"{plan}: TensorRT could not deserialize it; rebuild with deblur compile")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.min_hw = tuple(meta["min_shape"][2:])

@@ -6,6 +6,10 @@ checkpoints into a ready generator. Names import on first use: the models need t
 the bulk and video actors reach `models.reference` and `models.shipped` without it.
 """
 
+# ruff: noqa: F401
+
+from typing import TYPE_CHECKING
+
 from ..lazy import exports
 
 __getattr__, __dir__, __all__ = exports(
@@ -21,3 +25,13 @@ __getattr__, __dir__, __all__ = exports(
         "unet_fpn": ["UNetFPNGenerator"],
     },
 )
+
+if TYPE_CHECKING:  # for type checkers and editors
+    from .checkpoint import generator_checkpoint, load_generator
+    from .fpn_mobilenet import FPNMobileNetGenerator
+    from .nafnet import NAFNetGenerator
+    from .patchgan import PatchGANCritic
+    from .reference import CheckpointError
+    from .registry import CRITICS, GENERATORS, build_critic, build_generator, count_parameters
+    from .resnet import ResnetGenerator
+    from .unet_fpn import UNetFPNGenerator

@@ -147,7 +147,7 @@ class ChannelNorm(nn.Module):
     For fp16 (TensorRT): the scale is capped at 1/√eps, which it never exceeds in fp32, so a pixel whose
     channels are all equal gives 0, not 0·∞ = NaN, where eps (1e-6) flushes to zero; and the shipped model's
     |x − mean| stayed below 2.5 on real photos (3 Köhler, 3 Lai), so the squares are far from fp16's limit.
-    `jobs/compile.py` checks a TensorRT engine against ONNX Runtime fp32 before keeping it."""
+    `deblur compile` checks a TensorRT engine against ONNX Runtime fp32 before keeping it."""
 
     def __init__(self, eps: float):
         super().__init__()

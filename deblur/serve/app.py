@@ -2,7 +2,7 @@
 
   serve run deblur.serve.app:app                   # local; model from $DEBLUR_MODEL (default: the shipped model)
   serve deploy cluster/serve.yaml                  # a cluster; the same builder with arguments
-  python jobs/serve.py --model runs/sample         # convenience launcher
+  deblur serve --model runs/sample                 # convenience launcher
 
 `POST /v1/deblur` takes the image as the raw body (Content-Type image/*) or as multipart field `file`
 and returns the deblurred image (same size; format from `?format=` or the input's). Requests are
@@ -182,7 +182,7 @@ class DeblurEndpoint:
 
 
 class AppArgs(Strict):
-    """What `serve run`/`serve deploy` (cluster/serve.yaml's `args`) and jobs/serve.py may set: typed and
+    """What `serve run`/`serve deploy` (cluster/serve.yaml's `args`) and deblur serve may set: typed and
     strict, so a typo is refused when the app is built instead of silently falling back to a default."""
 
     model: str = Field(default_factory=lambda: os.environ.get("DEBLUR_MODEL", "default"))

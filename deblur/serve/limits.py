@@ -5,7 +5,7 @@ Kept free of Ray and FastAPI so the rules read in one place: body size, content 
 comparison; the token is never logged or echoed).
 
 The token itself stays where it was configured: the process that builds the app (the driver of
-`jobs/serve.py`, or the task `serve deploy` builds it in) reads it and hands the replicas only a salted SHA-256
+`deblur serve`, or the task `serve deploy` builds it in) reads it and hands the replicas only a salted SHA-256
 of it (`TokenCheck`), as the replicas' constructor arguments. So the token reaches every replica on every node
 (a cluster's workers do not have the driver's environment or files) and never appears in a replica's
 environment, Serve's config or status, Ray's dashboard, a log or the process list. Use a long random token

@@ -1,7 +1,7 @@
 """Rank 0's record of a run: `metrics.jsonl` and TensorBoard event files, kept beside the checkpoints.
 
 They are written to a local staging folder and copied to the run folder in storage (local or S3) after
-every epoch, so a user can point TensorBoard at the run and `jobs/evaluate.py` can draw the curves. Each
+every epoch, so a user can point TensorBoard at the run and `deblur evaluate` can draw the curves. Each
 epoch's TensorBoard events go to an event file of their own, uploaded once when the epoch ends: TensorBoard
 reads every event file of a folder as one run, and the upload per epoch stays one epoch's scalars and images
 (an S3 object cannot be appended to, so one growing file would be sent whole every epoch: hundreds of GB over

@@ -29,6 +29,7 @@ import ray
 from pydantic import Field, model_validator
 
 from .. import storage
+from ..images import VIDEO_SUFFIXES
 from ..inference import load_engine
 from ..inference.load import model_fingerprint
 from ..options import Strict
@@ -37,7 +38,6 @@ from ..ray_env import actor_gpus, actor_pool, actor_start_errors, worker_device
 from .media import (
     CODECS,
     PRESETS,
-    VIDEO_SUFFIXES,
     BadVideo,
     SegmentWriter,
     VideoInfo,
@@ -349,7 +349,7 @@ def deblur_videos(
     """Deblur `videos` (listing rows with "out" set) into `output`; returns counts and the failures. Segments are
     kept under a key of the model's content (`model_fingerprint`), not its name: a resumed run after best.json
     or an s3:// object changed makes them again rather than mixing two models in one video.
-    `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; jobs/video.py's default). `workers`:
+    `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; deblur video's default). `workers`:
     the most engine actors on a cluster, the exact number on a Ray of the job's own (`deblur.ray_env.actor_pool`;
     None: its default)."""
     gpus_per_worker = actor_gpus(gpus_per_worker)

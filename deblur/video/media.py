@@ -24,7 +24,6 @@ import numpy as np
 
 from .. import storage
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 #: output codecs people can choose (`--video-codec`): FFmpeg encoder, container, pixel format for even sizes
 CODECS = {
     "h264": ("libx264", "mp4", "yuv420p"),
