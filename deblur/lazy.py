@@ -14,6 +14,7 @@ def exports(
     `where` maps to them: `__getattr__, __dir__, __all__ = exports(__name__, {"checkpoint": ["load_generator"]})`."""
     module_of = {name: module for module, names in where.items() for name in names}
     namespace = importlib.import_module(package).__dict__
+    namespace["_WHERE"] = module_of  # name -> submodule, for tests and the curious
 
     def __getattr__(name: str) -> Any:
         if name not in module_of:

@@ -25,18 +25,19 @@ SMALL = {
 }
 
 
-def test_every_public_name_loads_lazily_from_the_module_that_defines_it():
-    """deblur.models imports its submodules on first use: `__all__` and the lookup table must name the same
-    things, and each name must be what its submodule defines (a stale entry would surface only at a user's import)."""
+@pytest.mark.parametrize("package, eager", [("deblur.models", []), ("deblur.video", ["VIDEO_SUFFIXES"])])
+def test_every_public_name_loads_lazily_from_the_module_that_defines_it(package, eager):
+    """deblur.models and deblur.video import their submodules on first use (`deblur.lazy`): `__all__` and the
+    lookup table must name the same things, and each name must be what its submodule defines (a stale entry
+    would surface only at a user's import)."""
     import importlib
 
-    import deblur.models as models
-
-    assert sorted(models.__all__) == sorted(models._WHERE)
-    for name, module in models._WHERE.items():
-        assert getattr(models, name) is getattr(importlib.import_module(f"deblur.models.{module}"), name)
+    index = importlib.import_module(package)
+    assert sorted(index.__all__) == sorted([*index._WHERE, *eager])
+    for name, module in index._WHERE.items():
+        assert getattr(index, name) is getattr(importlib.import_module(f"{package}.{module}"), name)
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
-        models.missing
+        index.missing
 
 
 def test_every_generator_has_a_small_test_instance():
