@@ -41,12 +41,15 @@ stages:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)  # bare `deblur`: a usage error, as argparse's are
         sys.exit(0 if argv else 2)
     if argv[0] in ("-V", "--version"):
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
-        print(f"deblur {version('deblurgan-ray')}")
+        try:
+            print(f"deblur {version('deblurgan-ray')}")
+        except PackageNotFoundError:
+            print("deblur (a checkout on the path, not an installed package)")
         sys.exit(0)
     name, rest, prog = (argv[0], argv[1:], f"deblur {argv[0]}") if argv[0] in STAGES else ("photo", argv, "deblur")
     if argv[0] == "photo":  # `deblur photo --help`, or a photo named like a sub-command: `deblur photo train`

@@ -24,11 +24,7 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     p = common.parser(__doc__, prog)
     p.add_argument("--input", required=True, help="folder, s3://bucket/prefix or archive.tar")
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix")
-    p.add_argument(
-        "--model",
-        default="default",
-        help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)",
-    )
+    common.add_model_argument(p)
     common.add_engine_arguments(p)
     p.add_argument("--format", default="same", choices=["same", "png", "jpg", "webp"])
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
@@ -60,10 +56,10 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     from deblur.bulk import Options
-    from deblur.options import ConfigError
 
-    try:  # every option checked here, before Ray starts
-        args.options = Options.parse(
+    args.options = common.checked(  # every option checked here, before Ray starts
+        p,
+        lambda: Options.parse(
             {
                 "model": args.model,
                 "engine": args.engine,
@@ -77,9 +73,8 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
                 "video": common.video_options(args),
             },
             "bulk options",
-        )
-    except ConfigError as e:
-        p.error(str(e))
+        ),
+    )
     return args
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
@@ -28,6 +30,29 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
 def parser(doc: str | None, prog: str | None) -> argparse.ArgumentParser:
     """A stage's parser: its docstring (examples first) as the description, kept as written."""
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+MODEL_HELP = (
+    "checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)"
+)
+
+
+def add_model_argument(p: argparse.ArgumentParser, checkpoint: bool = False, help: str = MODEL_HELP) -> None:
+    """--model, as every stage that runs a model takes it; `checkpoint`: also its older name --checkpoint (compile,
+    evaluate), the value then in `args.checkpoint`."""
+    flags = ("--checkpoint", "--model") if checkpoint else ("--model",)
+    p.add_argument(*flags, dest="checkpoint" if checkpoint else "model", default="default", help=help)
+
+
+def checked(p: argparse.ArgumentParser, build: Callable[[], T]) -> T:
+    """`build()`, a stage's options checked as they are built (`Strict.parse`) before Ray starts; a ConfigError is the
+    parser's own usage error (one line, exit code 2)."""
+    from deblur.options import ConfigError
+
+    try:
+        return build()
+    except ConfigError as e:
+        p.error(str(e))
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

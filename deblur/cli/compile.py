@@ -17,12 +17,11 @@ from . import common
 
 def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     p = common.parser(__doc__, prog)
-    p.add_argument(
-        "--checkpoint",
-        "--model",
-        dest="checkpoint",
-        default="default",
-        help="checkpoint file, Ray checkpoint dir, run dir (uses best.json) or a shipped model's name (default: the shipped default)",
+    common.add_model_argument(
+        p,
+        checkpoint=True,
+        help="checkpoint file, Ray checkpoint dir, run dir (uses best.json) or a shipped model's name (default: the "
+        "shipped default)",
     )
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="TensorRT precision")

@@ -25,13 +25,7 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     from deblur.evaluation import PROTOCOLS
 
     p = common.parser(__doc__, prog)
-    p.add_argument(
-        "--checkpoint",
-        "--model",
-        dest="checkpoint",
-        default="default",
-        help="checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)",
-    )
+    common.add_model_argument(p, checkpoint=True)
     p.add_argument("--data", help="prepared shards (a split is scored) or a paired blur/ sharp/ folder")
     p.add_argument("--dataset", choices=["gopro", "realblur", "paired"], help="read a dataset folder directly")
     p.add_argument("--root", help="the dataset folder for --dataset")
@@ -79,10 +73,9 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     args.checkpoint, args.data, args.root, args.real = (
         input_path(p) if p else p for p in (args.checkpoint, args.data, args.root, args.real)
     )
-    from deblur.options import ConfigError
-
-    try:  # checked here, before any model loads
-        args.options = EvalOptions.parse(
+    args.options = common.checked(  # checked here, before any model loads
+        p,
+        lambda: EvalOptions.parse(
             {
                 "model": args.checkpoint,
                 "out": args.out,
@@ -106,9 +99,8 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
                 "real_compare": [input_path(m) for m in args.real_compare],
             },
             "evaluation",
-        )
-    except ConfigError as e:
-        p.error(str(e))
+        ),
+    )
     return args
 
 

@@ -41,11 +41,7 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
         help=f"the output file (one photo), or a folder (ends with / or exists; several photos); default: "
         f"NAME{SUFFIX}.EXT beside each photo, standard output for -",
     )
-    p.add_argument(
-        "--model",
-        default="default",
-        help="checkpoint, run dir, compiled folder, or a shipped model's name (default: the shipped default)",
-    )
+    common.add_model_argument(p)
     common.add_engine_arguments(p)
     p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100", help="JPEG/WebP quality")
     args = p.parse_args(argv)

@@ -22,11 +22,7 @@ from . import common
 def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
 
     p = common.parser(__doc__, prog)
-    p.add_argument(
-        "--model",
-        default="default",
-        help="checkpoint, run dir, compiled folder, or a shipped model's name (default: the shipped default)",
-    )
+    common.add_model_argument(p)
     common.add_engine_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 only behind a proxy you trust)")
     p.add_argument("--port", type=int, default=8000)

@@ -22,7 +22,7 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     p = common.parser(__doc__, prog)
     p.add_argument("input", help="video file (local or s3://)")
     p.add_argument("output", help="where the deblurred video goes (.mp4 for h264/hevc, .webm for vp9)")
-    p.add_argument("--model", default="default", help="checkpoint, run dir, compiled folder or shipped model name")
+    common.add_model_argument(p)
     common.add_engine_arguments(p)
     common.add_video_arguments(p)
     common.add_workers_argument(p)
@@ -31,13 +31,10 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    from deblur.options import ConfigError
     from deblur.video import CODECS, VideoOptions, is_video
 
-    try:  # checked here, before Ray starts
-        args.video = VideoOptions.parse(common.video_options(args), "video options")
-    except ConfigError as e:
-        p.error(str(e))
+    # checked here, before Ray starts
+    args.video = common.checked(p, lambda: VideoOptions.parse(common.video_options(args), "video options"))
 
     if not is_video(args.input):
         p.error(f"{args.input}: not a video name (expected one of .mp4 .mov .mkv .avi .webm .m4v)")
