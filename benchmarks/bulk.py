@@ -1,13 +1,13 @@
 """Bulk deblurring throughput, side by side in one run on the same images and cores:
   - a bare single-process loop: read → decode → engine → encode → write,
-  - the Ray Data job (jobs/bulk.py's `run`), actors holding the same engine,
+  - the Ray Data job (`deblur bulk`: `deblur.bulk.deblur_archive`), actors holding the same engine,
   - the job's Ray-free ceiling: the same images dealt out to one plain process per core, each running the bare
     loop with a single-thread engine (what the job's actors do, without Ray): the most any design of one
     single-thread worker per core can win over the loop on these cores, and job ÷ processes is Ray's own cost,
   - engine-only compute time (what the loop spent inside the engine): pipeline efficiency = that / job wall.
 The loop runs just before and just after the job and the ratio divides by their mean (the machine's speed drifts
 by more than the differences measured); the job's start-up is the summary's `start_up_seconds`. Ray is joined
-or started as `jobs/bulk.py` does it (`deblur.ray_env.init_ray`: a local Ray on this machine's cores).
+or started as `deblur bulk` does it (`deblur.ray_env.init_ray`: a local Ray on this machine's cores).
 On ../shared/data/realblur/kohler (800×800 PNG) and lai-real (JPEG, up to 1200×900). Then an archive of
 mostly sharp photos (CBSD68) with some blurred ones (Köhler), deblurred whole and with --only-blurred, and how
 many of the real-blur photos score below that threshold (they would be copied through, not deblurred).
@@ -83,7 +83,7 @@ def main() -> None:
 
     model = args.model
     cores = os.cpu_count() or 1
-    init_ray()  # as jobs/bulk.py starts Ray, so the job's start-up is the one a user's run has
+    init_ray()  # as deblur bulk starts Ray, so the job's start-up is the one a user's run has
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows, missed = [], {}
     for name, repeat in [(a, r) for a in ("kohler", "lai-real") for r in sorted({1, args.repeat})]:

@@ -8,7 +8,7 @@ process; beside them, the PNG bytes a driver that listed every row would have he
 The engine is an identity model: the driver's memory does not depend on what the model computes, and a real
 network would spend ~1 s per 720p pair on 2 CPU cores without changing what the driver keeps. LPIPS is off
 (its AlexNet weights are a download); everything else (decode, baselines, SSIM/PSNR under the GoPro protocol,
-writing each output PNG, the report with its grids) runs as `jobs/evaluate.py` runs it.
+writing each output PNG, the report with its grids) runs as `deblur evaluate` runs it.
 
   python benchmarks/eval_memory.py [--root GOPRO_Large] [--pairs 1111] [--distinct 101]
 With --root, the real test split is read; without it, a GoPro-shaped folder is made from bundled photos

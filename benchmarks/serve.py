@@ -1,5 +1,5 @@
 """The HTTP endpoint under load, side by side in one run: images/s and p50/p95/p99 latency at 256² and 1280×720
-for 1, 8 and 32 concurrent clients, for the app as jobs/serve.py builds it (defaults) and with batching on
+for 1, 8 and 32 concurrent clients, for the app as deblur serve builds it (defaults) and with batching on
 (max batch 8), next to calling the same engine in-process on the same cores (its median time per image, timed
 again around each many-client row).
 "added" is the median of the HTTP request's time minus the in-process engine call's, the two alternating (the
@@ -142,7 +142,7 @@ def main() -> None:
     floors = floor_ms(port, bodies, engine)
     steps: dict[str, dict[str, float]] = {}  # 1 client: the replica's median milliseconds by step
     pairs_ms: dict[str, list[list[int]]] = {}  # 1 client, request by request: HTTP, in-process engine, replica engine
-    # the app as jobs/serve.py builds it (replica sized to the node, CPU batching off), then with batching on;
+    # the app as deblur serve builds it (replica sized to the node, CPU batching off), then with batching on;
     # one at a time, as each replica takes every core
     for label, extra in (
         ("serve, defaults", {}),
