@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the ONNX engines'
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 #: the videos the archive job and `deblur video` read (here, beside the images, so naming them imports no codec)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+#: tar archives, as the archive job recognises them (it reads plain .tar; the compressed ones it explains)
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 class ImageError(ValueError):

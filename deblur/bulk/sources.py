@@ -22,14 +22,14 @@ import tarfile
 from typing import Any
 
 from .. import storage
-from ..images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..images import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 INDEX_VERSION = 1  # of the cached tar index: raise it when what a listing keeps or rejects changes
 
 
 def _is_tar(uri: str) -> bool:
-    return uri.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+    return uri.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def check_input(uri: str) -> None:

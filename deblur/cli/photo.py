@@ -24,8 +24,6 @@ from . import common
 
 STDIO = "-"
 SUFFIX = ".deblurred"
-#: inputs that are archives, for `deblur bulk` (the suffixes it reads, and the compressed ones it explains)
-ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 class PhotoError(ValueError):
@@ -59,7 +57,7 @@ def plan(photos: list[str], output: str | None) -> list[tuple[str, str]]:
     command does not take, before any model loads. A destination is never one of the photos, nor two photos' one
     name; an output that exists already (an earlier run's) is replaced."""
     from deblur.imagefile import FORMATS
-    from deblur.images import VIDEO_SUFFIXES
+    from deblur.images import ARCHIVE_SUFFIXES, VIDEO_SUFFIXES
     from deblur.storage import is_remote
 
     if STDIO in photos and len(photos) > 1:
@@ -67,7 +65,7 @@ def plan(photos: list[str], output: str | None) -> list[tuple[str, str]]:
     for photo in photos:
         if photo == STDIO:
             continue
-        if is_remote(photo) or os.path.isdir(photo) or photo.lower().endswith(ARCHIVES):
+        if is_remote(photo) or os.path.isdir(photo) or photo.lower().endswith(ARCHIVE_SUFFIXES):
             kind = "an s3:// prefix" if is_remote(photo) else "a folder" if os.path.isdir(photo) else "an archive"
             raise PhotoError(f"{photo}: {kind}; for those: deblur bulk --input {photo} --output OUT (Ray, resumable)")
         if photo.lower().endswith(VIDEO_SUFFIXES):
