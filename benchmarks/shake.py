@@ -23,6 +23,8 @@ competitor), and each --model (default: the shipped model) through the jobs' eng
 from __future__ import annotations
 
 import argparse
+import time
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -102,11 +104,18 @@ def main() -> None:
     for set_name, items in pairs(args.split, args.limit).items():
         protocol = "gopro" if set_name == "sharp photos" else "shift"
         psnr: dict[str, list[float]] = {}
+        seconds: dict[str, float] = Counter()
+        routes: dict[str, Counter] = {m: Counter() for m, e in engines.items() if hasattr(e, "decisions")}
         for name, blurred, sharp, kernel in items:
             outputs = {"input": blurred, "unsharp mask (σ 2, 0.6)": unsharp(blurred)}
             if kernel is not None:
                 outputs["Wiener, true kernel (non-blind)"] = wiener_deconvolve(blurred, kernel)
-            outputs |= {f"model {m}": e.deblur_image(blurred) for m, e in engines.items()}
+            for m, e in engines.items():
+                start = time.perf_counter()
+                outputs[f"model {m}"] = e.deblur_image(blurred)
+                seconds[m] += time.perf_counter() - start
+                if m in routes:  # a kernel-aware route: which way each photo went
+                    routes[m].update(d.reason for d in e.decisions)
             for method, img in outputs.items():
                 psnr.setdefault(method, []).append(score(img, sharp, protocol)[0])
         base = float(np.mean(psnr["input"]))
@@ -115,14 +124,18 @@ def main() -> None:
                 continue  # the input is the truth here: each row is the output against it, no gain to show
             mean = float(np.mean(values))
             gain = None if set_name == "sharp photos" else round(mean - base, 2)
-            rows.append([set_name, len(items), method, round(mean, 2), gain])
+            model = method.removeprefix("model ")
+            secs = round(seconds[model] / len(items), 2) if model in seconds else None
+            rows.append([set_name, len(items), method, round(mean, 2), gain, secs])
         details[set_name] = {
             "protocol": protocol,
+            "seconds_per_photo": {m: round(t / len(items), 3) for m, t in seconds.items()},
+            "route_reasons": {m: dict(c) for m, c in routes.items()},
             "per_image_psnr": {m: [round(v, 3) for v in vs] for m, vs in psnr.items()},
         }
     _common.report(
         "shake" if args.split == "held-out" else "shake-dev",
-        ["set", "pairs", "method", "PSNR dB", "gain dB"],
+        ["set", "pairs", "method", "PSNR dB", "gain dB", "s/photo"],
         rows,
         {
             "split": args.split,

@@ -68,6 +68,23 @@ def test_one_photo_is_deblurred_beside_itself_without_ray_keeping_exif_icc_and_o
     assert src.read_bytes() == before, "the source is untouched"
 
 
+def test_the_kernel_aware_route_by_name_says_what_it_did_with_each_photo(tmp_path, real_photo):
+    from test_kernel import arc_kernel
+
+    from deblur.data.synth import expose
+
+    write_image(
+        tmp_path / "shaken.png", expose(real_photo, arc_kernel(), noise_sigma=0.0, rng=np.random.default_rng(0))
+    )
+    write_image(tmp_path / "sharp.png", real_photo)
+    res = deblur("shaken.png", "sharp.png", "--model", "deblur-shake-v1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr.decode()
+    said = res.stdout.decode()
+    assert "model deblur-shake-v1: onnxruntime fp32 on cpu" in said and "no ray" in res.stderr.decode()
+    assert "shaken.png → shaken.deblurred.png" in said and "deconvolved with its own" in said, said
+    assert "sharp.png → sharp.deblurred.png (" in said and "through the network (sharp)" in said, said
+
+
 def test_several_photos_into_a_folder_one_bad_file_named_and_the_rest_done(tmp_path, real_photo):
     write_image(tmp_path / "a.png", real_photo[:64, :64])
     write_image(tmp_path / "b.jpg", real_photo[64:128, :64])

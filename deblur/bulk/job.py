@@ -123,6 +123,7 @@ class ImageDeblurrer:
             "seconds": 0.0,
             "blur": -1.0,
             "engine": self.engine_name,
+            "route": "",  # a kernel-aware route's choice for this photo (deblur.kernel.route.Decision.reason)
             "node": self.node,
             "started": time.time(),  # when this image's work began (the job's start-up ends at the earliest)
         }
@@ -144,6 +145,8 @@ class ImageDeblurrer:
                 result.update(status="copied", bytes_out=len(payload), seconds=time.perf_counter() - t0)
                 return result
             out = self.engine.deblur_image(img.rgb)
+            if decisions := getattr(self.engine, "decisions", None):
+                result["route"] = decisions[0].reason
             payload = encode(out, img, fmt, self.options.quality, self.options.png_compression)
             storage.write_bytes(storage.join(self.output, item["out"]), payload)
             result["bytes_out"] = len(payload)
@@ -208,6 +211,7 @@ def deblur_archive(
         "output": output,
         "model": options.model,
         "engines": sorted(tally["engines"]),
+        "routes": dict(sorted(tally["routes"].items())),  # empty unless the model is a kernel-aware route
         "nodes": dict(sorted(tally["nodes"].items())),  # Ray node id → images its actors deblurred
         "workers": max(tally["pool"], clips.get("pool", 0)),  # the most actors a stage could run
         "gpus_per_worker": gpus_per_worker,
@@ -263,6 +267,7 @@ def _deblur_images(
         "scores": [],
         "first_started": None,  # when the earliest image began (rows carry their start; a block may hold many)
         "engines": set(),  # what the actors ran: backend, precision, device
+        "routes": {},  # a kernel-aware route's choices (deblur.kernel.route): reason → images
         "pool": 0,
         "nodes": {},  # images per node that deblurred them
     }
@@ -288,6 +293,8 @@ def _deblur_images(
             tally["first_started"] = min(tally["first_started"] or started, started)
             tally[row["status"]] += 1
             tally["engines"].add(row["engine"])
+            if row["route"]:
+                tally["routes"][row["route"]] = tally["routes"].get(row["route"], 0) + 1
             tally["nodes"][row["node"]] = tally["nodes"].get(row["node"], 0) + 1
             tally["bytes_in"] += int(row["bytes_in"])
             tally["bytes_out"] += int(row["bytes_out"])
@@ -297,6 +304,7 @@ def _deblur_images(
             if row["blur"] >= 0:
                 tally["scores"].append(
                     {"path": row["rel"], "blur": round(float(row["blur"]), 4), "status": row["status"]}
+                    | ({"route": row["route"]} if row["route"] else {})
                 )
             bar.update(1)
     return tally

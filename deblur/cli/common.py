@@ -33,7 +33,8 @@ def parser(doc: str | None, prog: str | None) -> argparse.ArgumentParser:
 
 
 MODEL_HELP = (
-    "checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default)"
+    "checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default; "
+    "deblur-shake-v1: blind deconvolution for camera shake, the network for the rest)"
 )
 
 

@@ -148,5 +148,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             continue
         where = "standard output" if dest == STDIO else dest
         name = "standard input" if source == STDIO else source
-        print(f"{name} → {where} ({w}×{h}, {time.perf_counter() - t:.1f} s)", file=say)
+        print(f"{name} → {where} ({w}×{h}, {time.perf_counter() - t:.1f} s{route_note(engine)})", file=say)
     return 1 if failed else 0
+
+
+def route_note(engine) -> str:
+    """What a kernel-aware route (`--model deblur-shake-v1`) did with the last photo; nothing for a network."""
+    decisions = getattr(engine, "decisions", None)
+    if not decisions:
+        return ""
+    d = decisions[0]
+    if d.route == "kernel":
+        return f", deconvolved with its own {d.kernel.shape[1]}×{d.kernel.shape[0]} px blur kernel"
+    return f", through the network ({d.reason})"

@@ -56,6 +56,10 @@ def load_engine(
     """The engine for a checkpoint or a compiled directory; a clear EngineError when it cannot be had."""
     check_engine_choice(backend, precision)
     model_uri = str(model_uri)
+    if recipe := _route(model_uri):
+        from ..kernel.route import KernelRouteEngine
+
+        return KernelRouteEngine(load_engine(recipe.network, backend, device, threads, precision), recipe)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         engine = _compiled_engine(model_uri, backend, device, threads, precision)
         if isinstance(engine, Engine):
@@ -69,6 +73,8 @@ def model_fingerprint(model_uri: str) -> str:
     a run's best.json, a shipped name), or a compiled folder's model hash and the version its compile.json names.
     Work cached under this key (video segments) is never mixed across two models that one reference named."""
     model_uri = str(model_uri)
+    if recipe := _route(model_uri):
+        return f"{model_fingerprint(recipe.network)}+{recipe.name}.{recipe.version}"
     try:
         if storage.exists(storage.join(model_uri, COMPILE_FILE)):
             summary = _compile_summary(model_uri)
@@ -96,6 +102,8 @@ def check_engine_request(
     if gpus not in (None, "auto"):
         check_workers_gpus(backend, precision, float(gpus), gpus_flag)
     model_uri = str(model_uri)
+    if recipe := _route(model_uri):
+        model_uri = recipe.network  # a route runs its network's engine beside the deconvolution
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         summary = _compile_summary(model_uri)
         folder, files = _compiled_files(model_uri, summary)
@@ -161,6 +169,14 @@ def check_engine_choice(backend: str, precision: str | None) -> None:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if backend == "onnxruntime" and _reduced(precision):
         raise EngineError(f"ONNX Runtime runs the fp32 graph; for {precision} use the torch engine (or TensorRT)")
+
+
+def _route(model_uri: str):
+    """The shipped kernel-aware route a name means (`deblur.kernel.route.ROUTES`), else None; names only, so a
+    folder of that name is reached as ./name, as with shipped models."""
+    from ..kernel.route import route_recipe
+
+    return route_recipe(model_uri)
 
 
 def _reduced(precision: str | None) -> bool:

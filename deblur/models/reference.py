@@ -42,6 +42,13 @@ def resolve_checkpoint(uri: str) -> str:
                 return storage.join(uri, candidate)
         raise CheckpointError(f"{uri}: a directory without {CHECKPOINT_FILE} or latest_net_G.pth")
     if not fs.exists(path):
+        from ..kernel.route import route_recipe
+
+        if recipe := route_recipe(uri):
+            raise CheckpointError(
+                f"{uri} is a kernel-aware route (blind deconvolution beside a network), not a checkpoint: "
+                f"its network is {recipe.network}"
+            )
         raise CheckpointError(f"{uri}: checkpoint not found")
     return uri
 

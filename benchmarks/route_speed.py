@@ -1,0 +1,87 @@
+"""The kernel-aware route's cost beside the network it wraps: seconds per megapixel at photo sizes people shoot.
+
+For each size, a sharp photo (coffee, 600×400, tiled with mirrored copies to the size: no upscaling, which would
+blur it) and the same shaken by a held-out tremor kernel from shake.py (a 30 px path), each through the shipped network alone and through the route (`deblur-shake-v1`), in one
+run, alternating, best of `--repeat`. The shaken photo takes the route's costly path (three blind estimates on
+a 321² crop, then a Wiener deconvolution of the whole photo, or the network after them when the estimates
+disagree); the sharp one its cheapest (blur score, then the network). The table says which route each took. The estimate costs the same at any size, so the ratio to the network falls as photos grow.
+
+  python benchmarks/route_speed.py [--sizes 1 4 12] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import _common
+
+
+def mirrored_tiles(photo: np.ndarray, h: int, w: int) -> np.ndarray:
+    """photo repeated to h×w, every other copy mirrored so no seam makes an edge the photo does not have."""
+    block = np.concatenate([photo, photo[::-1]], axis=0)
+    block = np.concatenate([block, block[:, ::-1]], axis=1)
+    reps = (-(-h // block.shape[0]), -(-w // block.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(block, reps)[:h, :w])
+
+
+def timed(engine, image: np.ndarray, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        engine.deblur_image(image)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=float, nargs="+", default=[1.0, 4.0, 12.0], help="megapixels (3:2 photos)")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--engine", default="onnxruntime")
+    args = p.parse_args()
+    from shake import tremor_kernel
+
+    from deblur.data.layouts import sample_photo
+    from deblur.data.synth import expose
+    from deblur.images import read_image
+    from deblur.inference import load_engine
+
+    network = load_engine("default", args.engine)
+    route = load_engine("deblur-shake-v1", args.engine)
+    photo = read_image(str(sample_photo("coffee")))
+    kernel = tremor_kernel(np.random.default_rng(0), length=(30, 30))
+    rows, raw = [], []
+    for mp in args.sizes:
+        h = int(round((mp * 1e6 / 1.5) ** 0.5))
+        sharp = mirrored_tiles(photo, h, int(h * 1.5))
+        shaken = expose(sharp, kernel)
+        for what, image in (("shaken", shaken), ("sharp", sharp)):
+            t_net, t_route = timed(network, image, args.repeat), timed(route, image, args.repeat)
+            reason = route.decisions[0].reason
+            megapixels = image.shape[0] * image.shape[1] / 1e6
+            rows.append(
+                [
+                    f"{megapixels:.1f}",
+                    what,
+                    reason,
+                    round(t_net / megapixels, 2),
+                    round(t_route / megapixels, 2),
+                    round(t_route / t_net, 2),
+                ]
+            )
+            raw.append(
+                {"megapixels": megapixels, "photo": what, "route": reason, "network_s": t_net, "route_s": t_route}
+            )
+    _common.report(
+        "route_speed",
+        ["MP", "photo", "route took", "network s/MP", "route s/MP", "route / network"],
+        rows,
+        {"engine": network.info.as_dict(), "runs": raw},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""`KernelRouteEngine`: per photo, the network or a blind-kernel deconvolution, whichever suits its blur.
+
+The decision, in order, cheapest first (its numbers were set on the dev split of `benchmarks/shake.py` and on
+the sample photos that install with scikit-image, never on the benchmark's held-out split):
+1. **sharp**: a photo whose blur score (`deblur.metrics.blur_score`) is below `sharp_below` goes to the
+   network, which leaves sharp photos as they are; a blind estimator invents a kernel for a sharp photo (it
+   fell to 13-17 dB on the dev photos).
+2. **estimate**: on the most textured `crop`² window of the luma, one kernel per schedule of `configs`
+   (sizes 25, 35, 45, 55 px); the medoid of those, and how much the schedules agree on it. Each size fails on
+   some photos; the one most like the others is the estimate to trust (on dev gray crops with 13-27 px shake,
+   adding the 25 px schedule to the three larger ones took the medoid from +2.9 to +3.9 dB).
+3. **unsure**: agreement below `min_agreement` → the network (the schedules found different things). Blur
+   scores of sharp and of lightly shaken photos overlap (0.16-0.46 and 0.40 up): under `mild_below` the
+   agreement must reach `mild_agreement` (the schedules agreed 0.64-0.77 on the sharp dev photos that got
+   an estimate, 0.80-0.99 on shaken ones).
+4. **small**: a kernel under `min_size` px across → the network. Sharp photos that passed the gate got confident
+   3-7 px kernels (sample photos and dev CBSD68 at half size), and deconvolving with them left them at 28-36 dB
+   where the network keeps them near 50; the route is for shake of 9 px and more.
+5. **straight**: a kernel that is a straight streak (`straightness` under `max_straightness`) → the network,
+   trained on such streaks: over the 180 pairs of `benchmarks/quality.py` (9-21 px streaks) deconvolving with
+   the estimated streak gained +1.66 dB against the network's +2.26.
+6. **shake**: otherwise Wiener deconvolution of each channel with the medoid kernel, its noise-to-signal
+   ratio set by the photo's noise (`deconvolve.noise_adaptive_nsr`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from ..data.synth import normalise_kernel
+from ..inference.engine import Engine, EngineInfo
+from ..metrics import blur_score
+from .deconvolve import noise_adaptive_nsr, wiener
+from .estimate import EstimateConfig, consensus, estimate_kernel, straightness
+
+SHAKE_CONFIGS = (
+    EstimateConfig(ksize=25, cg_iters=3),
+    EstimateConfig(ksize=35, cg_iters=3),
+    EstimateConfig(ksize=45, iters=8, cg_iters=3),
+    EstimateConfig(ksize=55, iters=8, cg_iters=3),
+)
+
+
+@dataclass(frozen=True)
+class RouteRecipe:
+    """A named route: the network it falls back on and the rule that picks, per photo."""
+
+    name: str
+    network: str = "deblur-nafnet-v1"
+    crop: int = 321
+    configs: tuple[EstimateConfig, ...] = SHAKE_CONFIGS
+    sharp_below: float = 0.35
+    mild_below: float = 0.5
+    min_agreement: float = 0.75
+    mild_agreement: float = 0.9
+    min_size: int = 9
+    max_straightness: float = 0.2
+    version: int = 1
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["configs"] = [asdict(c) for c in self.configs]
+        return d
+
+
+#: shipped routes, by name (looked up before storage, like shipped models)
+ROUTES = {r.name: r for r in (RouteRecipe("deblur-shake-v1"),)}
+
+
+def route_recipe(name: str) -> RouteRecipe | None:
+    return ROUTES.get(str(name))
+
+
+@dataclass
+class Decision:
+    """What the route did with one photo and why (the bulk job's manifest and the benchmarks record it)."""
+
+    route: str  # network | kernel
+    reason: str  # sharp | unsure | small | straight | shake
+    blur_score: float
+    agreement: float | None = None
+    nsr: float | None = None
+    kernel: np.ndarray | None = field(default=None, repr=False)
+
+    def summary(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "kernel"}
+
+
+def textured_crop(gray: np.ndarray, size: int) -> np.ndarray:
+    """The size×size window (of 9 on a 3×3 grid) with the most gradient: edges are what a kernel is read from."""
+    h, w = gray.shape
+    if h <= size and w <= size:
+        return gray
+    size_h, size_w = min(size, h), min(size, w)
+    best, pick = -1.0, gray[:size_h, :size_w]
+    for top in np.linspace(0, h - size_h, 3).astype(int):
+        for left in np.linspace(0, w - size_w, 3).astype(int):
+            c = gray[top : top + size_h, left : left + size_w]
+            energy = float(np.mean(np.abs(np.diff(c, axis=0))) + np.mean(np.abs(np.diff(c, axis=1))))
+            if energy > best:
+                best, pick = energy, c
+    return pick
+
+
+def decide(rgb: np.ndarray, recipe: RouteRecipe) -> Decision:
+    """float H×W×3 RGB in [0, 1] → which route, with the kernel when it is the deconvolution."""
+    score = blur_score(rgb)
+    if score < recipe.sharp_below:
+        return Decision("network", "sharp", score)
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2GRAY)
+    crop = textured_crop(gray, recipe.crop)
+    # centred on its centre of mass: the deconvolution puts the kernel's centre at the origin, and an
+    # off-centre kernel would shift the whole photo
+    kernels = [normalise_kernel(estimate_kernel(crop, cfg)) for cfg in recipe.configs]
+    best, agreement = consensus(kernels)
+    k = kernels[best]
+    if agreement < (recipe.mild_agreement if score < recipe.mild_below else recipe.min_agreement):
+        return Decision("network", "unsure", score, agreement, kernel=k)
+    if max(k.shape) < recipe.min_size:
+        return Decision("network", "small", score, agreement, kernel=k)
+    if straightness(k) < recipe.max_straightness:
+        return Decision("network", "straight", score, agreement, kernel=k)
+    return Decision("kernel", "shake", score, agreement, noise_adaptive_nsr(rgb), k)
+
+
+class KernelRouteEngine(Engine):
+    """An `Engine` over a network engine: each photo goes to the network or is deconvolved with its own
+    estimated kernel (`decide`). `decisions` holds the last call's, one per photo."""
+
+    def __init__(self, network: Engine, recipe: RouteRecipe):
+        self.network, self.recipe = network, recipe
+        n = network.info
+        self.info = EngineInfo(
+            backend=n.backend,
+            device=n.device,
+            precision=n.precision,
+            multiple=1,
+            source=recipe.name,
+            model_hash=f"{n.model_hash}+{recipe.name}.{recipe.version}",
+            extra={**n.extra, "route": recipe.describe(), "network_source": n.source},
+        )
+        self.decisions: list[Decision] = []
+
+    def configure_tiling(self, *args, **kwargs) -> "KernelRouteEngine":
+        self.network.configure_tiling(*args, **kwargs)
+        return self
+
+    def fits(self, h: int, w: int) -> bool:
+        return True  # the deconvolution takes any size; the network tiles for itself
+
+    def deblur_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
+            raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
+        out = np.empty_like(batch)
+        self.decisions = []
+        to_network = []
+        for i, img in enumerate(batch):
+            rgb = np.clip(img.transpose(1, 2, 0) * 0.5 + 0.5, 0, 1)
+            d = decide(rgb, self.recipe)
+            self.decisions.append(d)
+            if d.route == "kernel":
+                sharp = np.clip(wiener(rgb, d.kernel, d.nsr), 0, 1)
+                out[i] = sharp.transpose(2, 0, 1) * 2 - 1
+            else:
+                to_network.append(i)
+        if to_network:
+            out[to_network] = self.network.deblur_batch(batch[to_network])
+        return out
+
+    def __repr__(self) -> str:
+        return f"KernelRouteEngine({self.recipe.name}, network={self.network!r})"
