@@ -687,15 +687,16 @@ def test_only_blurred_copies_sharp_photos_through(trained_checkpoint, cbsd68, tm
     )
 
 
-def test_a_kernel_aware_route_runs_in_the_actors_and_says_where_each_photo_went(real_photo, tmp_path, ray_session):
+def test_a_kernel_aware_route_runs_in_the_actors_and_says_where_each_photo_went(tmp_path, ray_session):
     """`--model deblur-shake-v1`: the actors load the route by name; the shaken photo is deconvolved with its own
     kernel, the sharp one goes to the network, and the summary and _blur.jsonl say which went where."""
-    from test_kernel import arc_kernel
+    from test_kernel import arc_kernel, sharp_photo
 
     from deblur.data.synth import expose
     from deblur.images import read_image
     from deblur.inference import load_engine
 
+    real_photo = sharp_photo()
     shaken = expose(real_photo, arc_kernel(), noise_sigma=0.0, rng=np.random.default_rng(0))
     write_image(tmp_path / "in" / "shaken.png", shaken)
     write_image(tmp_path / "in" / "sharp.png", real_photo)

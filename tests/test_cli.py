@@ -68,11 +68,12 @@ def test_one_photo_is_deblurred_beside_itself_without_ray_keeping_exif_icc_and_o
     assert src.read_bytes() == before, "the source is untouched"
 
 
-def test_the_kernel_aware_route_by_name_says_what_it_did_with_each_photo(tmp_path, real_photo):
-    from test_kernel import arc_kernel
+def test_the_kernel_aware_route_by_name_says_what_it_did_with_each_photo(tmp_path):
+    from test_kernel import arc_kernel, sharp_photo
 
     from deblur.data.synth import expose
 
+    real_photo = sharp_photo()
     write_image(
         tmp_path / "shaken.png", expose(real_photo, arc_kernel(), noise_sigma=0.0, rng=np.random.default_rng(0))
     )
