@@ -1,10 +1,12 @@
 """The kernel-aware route's cost beside the network it wraps: seconds per megapixel at photo sizes people shoot.
 
 For each size, a sharp photo (coffee, 600×400, tiled with mirrored copies to the size: no upscaling, which would
-blur it) and the same shaken by a held-out tremor kernel from shake.py (a 30 px path), each through the shipped network alone and through the route (`deblur-shake-v1`), in one
-run, alternating, best of `--repeat`. The shaken photo takes the route's costly path (three blind estimates on
-a 321² crop, then a Wiener deconvolution of the whole photo, or the network after them when the estimates
-disagree); the sharp one its cheapest (blur score, then the network). The table says which route each took. The estimate costs the same at any size, so the ratio to the network falls as photos grow.
+blur it) and the same shaken by a held-out tremor kernel from shake.py (a 30 px path), each through the shipped
+network alone and through the route (`deblur-shake-v1`), in one run, alternating, best of `--repeat`. The shaken
+photo takes the route's costly path (four blind estimates on a 321² crop, then a Wiener deconvolution of the
+whole photo, or the network after them when the estimates disagree); the sharp one its cheapest (blur score,
+then the network). The table says which route each took. The estimates cost the same at any size, so the ratio
+to the network falls as photos grow.
 
   python benchmarks/route_speed.py [--sizes 1 4 12] [--repeat 2]
 """

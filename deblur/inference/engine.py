@@ -40,6 +40,14 @@ class EngineInfo:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def check_batch(batch: np.ndarray) -> np.ndarray:
+    """The batch as an array, or a ValueError unless it is a non-empty N×3×H×W (what every engine takes)."""
+    batch = np.asarray(batch)
+    if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
+        raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
+    return batch
+
+
 class Engine:
     """Base class: subclasses set `info` and implement `_infer` on stride-aligned float32 batches."""
 
@@ -80,9 +88,7 @@ class Engine:
 
     def deblur_batch(self, batch: np.ndarray) -> np.ndarray:
         """float32 N×3×H×W in [-1, 1], any H and W → the deblurred batch, same shape."""
-        batch = np.asarray(batch)
-        if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
-            raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
+        batch = check_batch(batch)
         n, _, h, w = batch.shape
         if not self.fits(h, w):
             return np.stack([self._tiled(img) for img in batch])

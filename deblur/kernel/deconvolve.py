@@ -34,6 +34,15 @@ def noise_adaptive_nsr(image: np.ndarray) -> float:
     return float(np.clip(level * level, *NSR_RANGE))
 
 
+def transfer(k: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The transfer function (rfft2) of kernel k on a periodic frame of `shape`, its centre pixel at the origin
+    (so an odd, centred kernel shifts nothing)."""
+    psf = np.zeros(shape, np.float32)
+    psf[: k.shape[0], : k.shape[1]] = k
+    psf = np.roll(psf, (-(k.shape[0] // 2), -(k.shape[1] // 2)), axis=(0, 1))
+    return sfft.rfft2(psf, workers=-1)
+
+
 def wiener(image: np.ndarray, kernel: np.ndarray, nsr: float = WIENER_NSR) -> np.ndarray:
     """float H×W×C (or H×W) in [0, 1] and its kernel (a true convolution) → float, same shape, not clipped:
     conj(K) / (|K|² + nsr) in the Fourier domain.
@@ -50,11 +59,8 @@ def wiener(image: np.ndarray, kernel: np.ndarray, nsr: float = WIENER_NSR) -> np
     pad = 2 * max(k.shape)
     fh, fw = sfft.next_fast_len(h + 2 * pad, real=True), sfft.next_fast_len(w + 2 * pad, real=True)
     padded = np.pad(img, ((pad, fh - h - pad), (pad, fw - w - pad), (0, 0)), mode="reflect")
-    psf = np.zeros((fh, fw), np.float32)
-    psf[: k.shape[0], : k.shape[1]] = k
-    psf = np.roll(psf, (-(k.shape[0] // 2), -(k.shape[1] // 2)), axis=(0, 1))  # kernel centre at the origin
-    transfer = sfft.rfft2(psf, workers=-1)
-    inverse = (np.conj(transfer) / (np.abs(transfer) ** 2 + nsr)).astype(np.complex64)
+    K = transfer(k, (fh, fw))
+    inverse = (np.conj(K) / (np.abs(K) ** 2 + nsr)).astype(np.complex64)
     out = sfft.irfft2(
         sfft.rfft2(padded, axes=(0, 1), workers=-1) * inverse[..., None], s=(fh, fw), axes=(0, 1), workers=-1
     )[pad : pad + h, pad : pad + w]

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from scipy import fft as sfft
 
+from .deconvolve import transfer
+
 
 @dataclass(frozen=True)
 class EstimateConfig:
@@ -37,14 +39,6 @@ class EstimateConfig:
 
 def _fast_shape(h: int, w: int) -> tuple[int, int]:
     return sfft.next_fast_len(h, real=True), sfft.next_fast_len(w, real=True)
-
-
-def _otf(k: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The transfer function of kernel k (centred) on a periodic frame of `shape`."""
-    psf = np.zeros(shape, np.float32)
-    psf[: k.shape[0], : k.shape[1]] = k
-    psf = np.roll(psf, (-(k.shape[0] // 2), -(k.shape[1] // 2)), axis=(0, 1))
-    return sfft.rfft2(psf, workers=-1)
 
 
 def _grads(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +67,7 @@ class _Frame:
 
 def _l0_latent(f: _Frame, k: np.ndarray, lam: float, cfg: EstimateConfig) -> np.ndarray:
     """argmin_x |k∗x − y|² + lam·|∇x|₀ by half-quadratic splitting (beta from 2·lam up to beta_max)."""
-    K = _otf(k, f.shape)
+    K = transfer(k, f.shape)
     KY, KK = np.conj(K) * f.Y, np.abs(K) ** 2
     x, beta = f.y, 2 * lam
     while beta < cfg.beta_max:
@@ -99,7 +93,7 @@ def _kernel_lsq(f: _Frame, lx, ly, bx, by, k0: np.ndarray, cfg: EstimateConfig) 
         return full[:h, :w]
 
     def A(k):
-        return support(M * _otf(k, f.shape)) + cfg.weight * k
+        return support(M * transfer(k, f.shape)) + cfg.weight * k
 
     k = k0.astype(np.float32)
     r = support(rhs) - A(k)
@@ -157,7 +151,7 @@ def _pyramid(ksize: int) -> list[tuple[float, int]]:
 
 def estimate_kernel(gray: np.ndarray, cfg: EstimateConfig = EstimateConfig()) -> np.ndarray:
     """A gray float image in [0, 1] (a textured crop of a few hundred pixels is enough) → its blur kernel,
-    ksize×ksize, non-negative, sum 1 (not centred: `centre_kernel` does that)."""
+    ksize×ksize, non-negative, sum 1 (not centred: `deblur.data.synth.normalise_kernel` does that)."""
     gray = np.asarray(gray, np.float32)
     levels = _pyramid(cfg.ksize)
     k, thr = None, None

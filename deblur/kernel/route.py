@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..data.synth import normalise_kernel
-from ..inference.engine import Engine, EngineInfo
+from ..inference.engine import Engine, EngineInfo, check_batch
 from ..metrics import blur_score
 from .deconvolve import noise_adaptive_nsr, wiener
 from .estimate import EstimateConfig, consensus, estimate_kernel, straightness
@@ -123,7 +123,7 @@ def decide(rgb: np.ndarray, recipe: RouteRecipe) -> Decision:
         return Decision("network", "small", score, agreement, kernel=k)
     if straightness(k) < recipe.max_straightness:
         return Decision("network", "straight", score, agreement, kernel=k)
-    return Decision("kernel", "shake", score, agreement, noise_adaptive_nsr(rgb), k)
+    return Decision("kernel", "shake", score, agreement, noise_adaptive_nsr(gray), k)
 
 
 class KernelRouteEngine(Engine):
@@ -152,9 +152,7 @@ class KernelRouteEngine(Engine):
         return True  # the deconvolution takes any size; the network tiles for itself
 
     def deblur_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
-            raise ValueError(f"expected a non-empty N×3×H×W batch, got shape {batch.shape}")
+        batch = check_batch(batch).astype(np.float32, copy=False)
         out = np.empty_like(batch)
         self.decisions = []
         to_network = []
