@@ -59,6 +59,7 @@ def main() -> None:
         psnr: dict[str, list[float]] = {}
         ssim: dict[str, list[float]] = {}
         grid = np.zeros(len(UNSHARP_GRID))
+        routes: dict[str, list[str]] = {m: [] for m, e in engines.items() if hasattr(e, "decisions")}
         for row in pairs:
             blur, sharp = decode_image(row["blur"]), decode_image(row["sharp"])
             kernel = np.asarray(row["kernel"], np.float32)
@@ -68,6 +69,8 @@ def main() -> None:
                 "Wiener, true kernel (non-blind)": wiener_deconvolve(blur, kernel),
             }
             outputs |= {f"model {m}": e.deblur_image(blur) for m, e in engines.items()}
+            for m in routes:  # a kernel-aware route: which way each pair went, beside its PSNR below
+                routes[m] += [d.reason for d in engines[m].decisions]
             for method, img in outputs.items():
                 psnr.setdefault(method, []).append(metrics.psnr(img, sharp))
                 ssim.setdefault(method, []).append(metrics.ssim(img, sharp))
@@ -86,6 +89,7 @@ def main() -> None:
         details[set_name] = {
             "pairs": len(pairs),
             "per_image_psnr": {m: [round(v, 3) for v in vs] for m, vs in psnr.items()},
+            "route_per_image": routes,
         }
     _common.report(
         "quality" if precisions == ["fp32"] else "quality-" + "-".join(precisions),

@@ -1,12 +1,13 @@
 """The kernel-aware route's cost beside the network it wraps: seconds per megapixel at photo sizes people shoot.
 
 For each size, a sharp photo (coffee, 600×400, tiled with mirrored copies to the size: no upscaling, which would
-blur it) and the same shaken by a held-out tremor kernel from shake.py (a 30 px path), each through the shipped
-network alone and through the route (`deblur-shake-v1`), in one run, alternating, best of `--repeat`. The shaken
-photo takes the route's costly path (four blind estimates on a 321² crop, then a Wiener deconvolution of the
-whole photo, or the network after them when the estimates disagree); the sharp one its cheapest (blur score,
-then the network). The table says which route each took. The estimates cost the same at any size, so the ratio
-to the network falls as photos grow.
+blur it) and the same shaken by held-out tremor kernels from shake.py (15 and 30 px paths), each through the
+shipped network alone and through the route (`deblur-shake-v1`), in one run, alternating, best of `--repeat`.
+A shaken photo takes the route's costly path (two blind estimates on a 321² crop, four when those two disagree,
+as they do when the blur outgrows the smaller's 25 px; then a Wiener deconvolution of the whole photo, or the
+network after them when the estimates disagree); the sharp one its cheapest (blur score, then the network). The
+table says which route each took. The estimates cost the same at any size, so the ratio to the network falls
+as photos grow.
 
   python benchmarks/route_speed.py [--sizes 1 4 12] [--repeat 2]
 """
@@ -54,15 +55,16 @@ def main() -> None:
     network = load_engine("default", args.engine)
     route = load_engine("deblur-shake-v1", args.engine)
     photo = read_image(str(sample_photo("coffee")))
-    kernel = tremor_kernel(np.random.default_rng(0), length=(30, 30))
+    kernels = {f"shaken {n} px": tremor_kernel(np.random.default_rng(0), length=(n, n)) for n in (15, 30)}
     rows, raw = [], []
     for mp in args.sizes:
         h = int(round((mp * 1e6 / 1.5) ** 0.5))
         sharp = mirrored_tiles(photo, h, int(h * 1.5))
-        shaken = expose(sharp, kernel)
-        for what, image in (("shaken", shaken), ("sharp", sharp)):
+        images = {what: expose(sharp, k) for what, k in kernels.items()} | {"sharp": sharp}
+        for what, image in images.items():
             t_net, t_route = timed(network, image, args.repeat), timed(route, image, args.repeat)
-            reason = route.decisions[0].reason
+            d = route.decisions[0]
+            reason = f"{d.reason} ({d.estimates} estimates)" if d.estimates else d.reason
             megapixels = image.shape[0] * image.shape[1] / 1e6
             rows.append(
                 [

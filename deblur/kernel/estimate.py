@@ -13,7 +13,7 @@ reflection beyond the kernel's reach; the border the padding invents is masked o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -35,6 +35,13 @@ class EstimateConfig:
     kappa: float = 2.0  # L0 splitting: beta grows by kappa from 2·lam up to beta_max
     beta_max: float = 1e5
     cg_iters: int = 20
+    # after the pyramid, alternations at full size with a finer latent (L0 weight `refine_lam`) and a kernel
+    # solved to `refine_cg` iterations: the pyramid's few-iteration kernels are regularised toward the coarse
+    # shape; this sharpens them (dev gray crops: similarity to the true kernel 0.85 → 0.87, best-of-schedules
+    # +5.6 → +7.0 dB)
+    refine_iters: int = 0
+    refine_lam: float = 1e-3
+    refine_cg: int = 20
 
 
 def _fast_shape(h: int, w: int) -> tuple[int, int]:
@@ -182,6 +189,11 @@ def estimate_kernel(gray: np.ndarray, cfg: EstimateConfig = EstimateConfig()) ->
             thr /= 1.1
             k = clean_kernel(_kernel_lsq(frame, lx * keep * inner, ly * keep * inner, bx, by, k, cfg))
             lam = max(lam / 1.1, 1e-4)
+    refine = replace(cfg, cg_iters=cfg.refine_cg)
+    for _ in range(cfg.refine_iters):
+        lx, ly = _grads(_l0_latent(frame, k, cfg.refine_lam, cfg))
+        keep = lx * lx + ly * ly >= thr
+        k = clean_kernel(_kernel_lsq(frame, lx * keep * inner, ly * keep * inner, bx, by, k, refine))
     return k
 
 
@@ -196,29 +208,28 @@ def kernel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(corr.max() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def consensus(kernels: list[np.ndarray]) -> tuple[int, float]:
-    """The index of the kernel most like the others (the medoid) and its mean similarity to them: several
-    schedules that find the same shape found the blur; one that disagrees with the rest found something else."""
+def similarities(kernels: list[np.ndarray]) -> np.ndarray:
+    """The n×n matrix of `kernel_similarity` between kernels (1 on the diagonal)."""
     n = len(kernels)
     sims = np.ones((n, n))
     for i in range(n):
         for j in range(i + 1, n):
             sims[i, j] = sims[j, i] = kernel_similarity(kernels[i], kernels[j])
+    return sims
+
+
+def consensus(sims: np.ndarray) -> tuple[int, float]:
+    """From `similarities`: the index of the kernel most like the others (the medoid) and its mean similarity to
+    them. Several schedules that find the same shape found the blur; one that disagrees with the rest found
+    something else."""
+    n = len(sims)
     agreement = (sims.sum(1) - 1) / max(1, n - 1)
     best = int(np.argmax(agreement))
     return best, float(agreement[best])
 
 
-def straightness(k: np.ndarray) -> float:
-    """How far a kernel's mass is from a line: √(λ_min/λ_max) of its second moments, 0 for a straight streak,
-    1 for a round blob (drawn 9-21 px streaks: 0.15 at most; the held-out tremor kernels: 0.37 median)."""
-    k = np.clip(np.asarray(k, np.float64), 0, None)
-    total = k.sum()
-    if total <= 0:
-        return 1.0
-    ys, xs = np.mgrid[: k.shape[0], : k.shape[1]]
-    dy = ys - (k * ys).sum() / total
-    dx = xs - (k * xs).sum() / total
-    cov = np.array([[(k * dy * dy).sum(), (k * dy * dx).sum()], [(k * dy * dx).sum(), (k * dx * dx).sum()]]) / total
-    low, high = np.linalg.eigvalsh(cov)
-    return float(np.sqrt(max(low, 0.0) / high)) if high > 0 else 1.0
+def gradient_sparsity(x: np.ndarray) -> float:
+    """ℓ1/ℓ2 of an image's gradients (Krishnan et al. 2011): low for few strong edges, higher for the residual
+    blur of too small a kernel and for the ringing of a wrong one, so it ranks deconvolutions without the truth."""
+    g = np.concatenate([np.diff(x, axis=1).ravel(), np.diff(x, axis=0).ravel()])
+    return float(np.abs(g).sum() / (np.sqrt((g * g).sum()) + 1e-12))

@@ -5,22 +5,23 @@ the sample photos that install with scikit-image, never on the benchmark's held-
 1. **sharp**: a photo whose blur score (`deblur.metrics.blur_score`) is below `sharp_below` goes to the
    network, which leaves sharp photos as they are; a blind estimator invents a kernel for a sharp photo (it
    fell to 13-17 dB on the dev photos).
-2. **estimate**: on the most textured `crop`² window of the luma, one kernel per schedule of `configs`
-   (sizes 25, 35, 45, 55 px); the medoid of those, and how much the schedules agree on it. Each size fails on
-   some photos; the one most like the others is the estimate to trust (on dev gray crops with 13-27 px shake,
-   adding the 25 px schedule to the three larger ones took the medoid from +2.9 to +3.9 dB).
-3. **unsure**: agreement below `min_agreement` → the network (the schedules found different things). Blur
-   scores of sharp and of lightly shaken photos overlap (0.16-0.46 and 0.40 up): under `mild_below` the
-   agreement must reach `mild_agreement` (the schedules agreed 0.64-0.77 on the sharp dev photos that got
-   an estimate, 0.80-0.99 on shaken ones).
-4. **small**: a kernel under `min_size` px across → the network. Sharp photos that passed the gate got confident
-   3-7 px kernels (sample photos and dev CBSD68 at half size), and deconvolving with them left them at 28-36 dB
-   where the network keeps them near 50; the route is for shake of 9 px and more.
-5. **straight**: a kernel that is a straight streak (`straightness` under `max_straightness`) → the network,
-   trained on such streaks: over the 180 pairs of `benchmarks/quality.py` (9-21 px streaks) deconvolving with
-   the estimated streak gained +1.66 dB against the network's +2.26.
-6. **shake**: otherwise Wiener deconvolution of each channel with the medoid kernel, its noise-to-signal
-   ratio set by the photo's noise (`deconvolve.noise_adaptive_nsr`).
+2. **estimate**: on the most textured `crop`² window of the luma, one kernel per schedule of `configs`, sizes
+   25, 35, 45 and 55 px; the two larger only when the two smaller agree below `early_agreement`, as they do
+   once the blur outgrows 25 px (half the dev photos stop at two and lose nothing). Each size fails on some
+   photos: of the kernels another schedule confirms, the one whose deconvolution of the window is sparsest
+   (`pick`).
+3. **unsure**: the medoid's agreement with the other schedules below `min_agreement` → the network (the
+   schedules found different things). Blur scores of sharp and of lightly shaken photos overlap (0.16-0.46
+   and 0.40 up): under `mild_below` the agreement must reach `mild_agreement` (the schedules agreed 0.64-0.77
+   on the sharp dev photos that got an estimate, 0.80-0.99 on shaken ones).
+4. **small**: the picked kernel or the medoid under `min_size` px across → the network. Sharp photos that
+   passed the gate got confident 3-7 px kernels (sample photos and dev CBSD68 at half size), and deconvolving
+   with them left them at 28-36 dB where the network keeps them near 50; the route is for blur of 9 px and up.
+5. **shake**: otherwise Wiener deconvolution of each channel with that kernel, about its exact centre of mass
+   (`deconvolve.centre_of_mass`), its noise-to-signal ratio set by the photo's noise
+   (`deconvolve.noise_adaptive_nsr`). Straight streaks too: on dev photos with 9-21 px streaks deconvolving
+   gained +3.5 dB where the network gains +2.2. (Version 1 sent streaks to the network: with kernels centred
+   only to the nearest pixel, deconvolution lost there.)
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ import numpy as np
 from ..data.synth import normalise_kernel
 from ..inference.engine import Engine, EngineInfo, check_batch
 from ..metrics import blur_score
-from .deconvolve import noise_adaptive_nsr, wiener
-from .estimate import EstimateConfig, consensus, estimate_kernel, straightness
+from .deconvolve import centre_of_mass, noise_adaptive_nsr, wiener
+from .estimate import EstimateConfig, consensus, estimate_kernel, gradient_sparsity, kernel_similarity, similarities
 
 SHAKE_CONFIGS = (
-    EstimateConfig(ksize=25, cg_iters=3),
-    EstimateConfig(ksize=35, cg_iters=3),
-    EstimateConfig(ksize=45, iters=8, cg_iters=3),
-    EstimateConfig(ksize=55, iters=8, cg_iters=3),
+    EstimateConfig(ksize=25, cg_iters=3, refine_iters=3),
+    EstimateConfig(ksize=35, cg_iters=3, refine_iters=3),
+    EstimateConfig(ksize=45, iters=8, cg_iters=3, refine_iters=3),
+    EstimateConfig(ksize=55, iters=8, cg_iters=3, refine_iters=3),
 )
 
 
@@ -54,11 +55,12 @@ class RouteRecipe:
     configs: tuple[EstimateConfig, ...] = SHAKE_CONFIGS
     sharp_below: float = 0.35
     mild_below: float = 0.5
+    early_agreement: float = 0.9
+    pair_agreement: float = 0.8
     min_agreement: float = 0.75
     mild_agreement: float = 0.9
     min_size: int = 9
-    max_straightness: float = 0.2
-    version: int = 1
+    version: int = 2  # 2: refined kernels, exact centring, the sparsest confirmed kernel, no straight rule
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -79,11 +81,12 @@ class Decision:
     """What the route did with one photo and why (the bulk job's manifest and the benchmarks record it)."""
 
     route: str  # network | kernel
-    reason: str  # sharp | unsure | small | straight | shake
+    reason: str  # sharp | unsure | small | shake
     blur_score: float
     agreement: float | None = None
     nsr: float | None = None
     kernel: np.ndarray | None = field(default=None, repr=False)
+    estimates: int = 0  # how many schedules ran (2, or 4 when the first two disagreed)
 
     def summary(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "kernel"}
@@ -112,18 +115,35 @@ def decide(rgb: np.ndarray, recipe: RouteRecipe) -> Decision:
         return Decision("network", "sharp", score)
     gray = cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2GRAY)
     crop = textured_crop(gray, recipe.crop)
-    # centred on its centre of mass: the deconvolution puts the kernel's centre at the origin, and an
-    # off-centre kernel would shift the whole photo
-    kernels = [normalise_kernel(estimate_kernel(crop, cfg)) for cfg in recipe.configs]
-    best, agreement = consensus(kernels)
-    k = kernels[best]
+    nsr = noise_adaptive_nsr(gray)
+    kernels = [normalise_kernel(estimate_kernel(crop, cfg)) for cfg in recipe.configs[:2]]
+    if kernel_similarity(kernels[0], kernels[1]) < recipe.early_agreement:  # else the larger sizes are not needed
+        kernels += [normalise_kernel(estimate_kernel(crop, cfg)) for cfg in recipe.configs[2:]]
+    sims = similarities(kernels)
+    best, agreement = consensus(sims)
+    k = kernels[pick(crop, kernels, sims, nsr, recipe.pair_agreement, best)]
+    n = len(kernels)
     if agreement < (recipe.mild_agreement if score < recipe.mild_below else recipe.min_agreement):
-        return Decision("network", "unsure", score, agreement, kernel=k)
-    if max(k.shape) < recipe.min_size:
-        return Decision("network", "small", score, agreement, kernel=k)
-    if straightness(k) < recipe.max_straightness:
-        return Decision("network", "straight", score, agreement, kernel=k)
-    return Decision("kernel", "shake", score, agreement, noise_adaptive_nsr(gray), k)
+        return Decision("network", "unsure", score, agreement, kernel=k, estimates=n)
+    if min(max(k.shape), max(kernels[best].shape)) < recipe.min_size:  # the pick or the medoid
+        return Decision("network", "small", score, agreement, kernel=k, estimates=n)
+    return Decision("kernel", "shake", score, agreement, nsr, k, n)
+
+
+def pick(crop: np.ndarray, kernels: list[np.ndarray], sims: np.ndarray, nsr: float, pair: float, medoid: int) -> int:
+    """Of the kernels another schedule confirms (similarity ≥ `pair`), the one whose deconvolution of the crop
+    has the sparsest gradients; the medoid when none is confirmed.
+
+    The medoid alone failed where two large schedules agreed on a wrong shape and two small ones on the right
+    one; sparsity alone picked lone outliers. Both together, on the dev split: gray 13-27 px +5.9 dB against
+    the medoid's +5.0, colour 15-45 px +6.3 against +6.1."""
+    confirmed = [i for i in range(len(kernels)) if max(np.delete(sims[i], i), default=0) >= pair]
+    if not confirmed:
+        return medoid
+    margin = 20  # the deconvolution's own borders left out
+    inner = (slice(margin, -margin), slice(margin, -margin)) if min(crop.shape) > 4 * margin else ...
+    scores = {i: gradient_sparsity(wiener(crop, kernels[i], nsr, centre_of_mass(kernels[i]))[inner]) for i in confirmed}
+    return min(scores, key=scores.get)
 
 
 class KernelRouteEngine(Engine):
@@ -161,7 +181,7 @@ class KernelRouteEngine(Engine):
             d = decide(rgb, self.recipe)
             self.decisions.append(d)
             if d.route == "kernel":
-                sharp = np.clip(wiener(rgb, d.kernel, d.nsr), 0, 1)
+                sharp = np.clip(wiener(rgb, d.kernel, d.nsr, centre_of_mass(d.kernel)), 0, 1)
                 out[i] = sharp.transpose(2, 0, 1) * 2 - 1
             else:
                 to_network.append(i)
