@@ -179,6 +179,9 @@ def _join_or_start(num_cpus: int | None, object_store_mb: int | None, log_level:
             ray.shutdown()
             if port == 0:
                 raise
+        except Exception as e:  # a raylet or GCS that never came up (Ray raises a bare Exception): one line
+            ray.shutdown()
+            raise OSError(f"Ray did not start on this machine: {e}") from e
         else:
             return "local", context
     raise OSError("no free port on 127.0.0.1 for Ray's dashboard")
