@@ -41,7 +41,7 @@ def shaken():
     return photo, expose(photo, k, noise_sigma=0.0, rng=np.random.default_rng(0)), k
 
 
-def test_similarity_consensus_and_centring():
+def test_similarity_and_consensus():
     arc, line = arc_kernel(), normalise_kernel(linear_kernel(17, 30))
     shifted = np.pad(arc, ((3, 0), (0, 5)))
     assert kernel_similarity(arc, shifted) > 0.99  # the same shape anywhere
