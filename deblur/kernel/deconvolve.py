@@ -34,16 +34,19 @@ def noise_adaptive_nsr(image: np.ndarray) -> float:
     return float(np.clip(level * level, *NSR_RANGE))
 
 
-def transfer(k: np.ndarray, shape: tuple[int, int], origin: tuple[float, float] | None = None) -> np.ndarray:
+def transfer(
+    k: np.ndarray, shape: tuple[int, int], origin: tuple[float, float] | None = None, workers: int = -1
+) -> np.ndarray:
     """The transfer function (rfft2) of kernel k on a periodic frame of `shape`, with the point `origin` of k
     (row, column; sub-pixel allowed) at the frame's origin: by default its centre pixel, so an odd, centred
     kernel shifts nothing. A fractional origin is a phase ramp, exact where shifting the kernel by
-    interpolation would blur it."""
+    interpolation would blur it. `workers`: scipy's FFT threads (the estimator, which runs schedules in threads
+    of its own, passes 1)."""
     centre = (k.shape[0] // 2, k.shape[1] // 2)
     psf = np.zeros(shape, np.float32)
     psf[: k.shape[0], : k.shape[1]] = k
     psf = np.roll(psf, (-centre[0], -centre[1]), axis=(0, 1))
-    K = sfft.rfft2(psf, workers=-1)
+    K = sfft.rfft2(psf, workers=workers)
     if origin is not None and (origin[0] != centre[0] or origin[1] != centre[1]):
         fy = sfft.fftfreq(shape[0])[:, None]
         fx = sfft.rfftfreq(shape[1])[None, :]
