@@ -113,19 +113,23 @@ def test_decide_leaves_sharp_photos_to_the_network():
     assert (d.route, d.reason) == ("network", "sharp") and d.kernel is None
 
 
-def test_route_engine_by_name(shaken):
-    """`load_engine("deblur-shake-v1")`: shaken photos deconvolved with their own kernel, sharp ones through the
-    network exactly as the network alone gives them, bit depth kept, a fingerprint of its own."""
+def test_route_engine_is_the_default(shaken):
+    """`load_engine("default")` is `deblur-shake-v1`: shaken photos deconvolved with their own kernel, sharp and
+    tiny ones through the network exactly as the network alone gives them, bit depth kept, a fingerprint of its
+    own; where a network is needed (video, compile), "default" is the shipped network."""
     from deblur.inference import load_engine
-    from deblur.inference.load import check_engine_request, model_fingerprint
+    from deblur.inference.load import check_engine_request, model_fingerprint, network_of
     from deblur.models.reference import CheckpointError, resolve_checkpoint
+    from deblur.models.shipped import NETWORK, shipped_path
 
     sharp, blur, _ = shaken
     check_engine_request("deblur-shake-v1")
-    route = load_engine("deblur-shake-v1", "onnxruntime", "cpu")
-    network = load_engine("default", "onnxruntime", "cpu")
+    route = load_engine("default", "onnxruntime", "cpu")
+    network = load_engine(NETWORK, "onnxruntime", "cpu")
     assert route.info.backend == "onnxruntime" and route.info.source == "deblur-shake-v1"
-    assert model_fingerprint("deblur-shake-v1") != model_fingerprint("default")
+    assert model_fingerprint("default") == model_fingerprint("deblur-shake-v1") != model_fingerprint(NETWORK)
+    assert network_of("default") == network_of("deblur-shake-v1") == NETWORK == network_of(NETWORK)
+    assert resolve_checkpoint("default") == shipped_path(NETWORK)
     with pytest.raises(CheckpointError, match="kernel-aware route.*deblur-nafnet-v1"):
         resolve_checkpoint("deblur-shake-v1")  # what compile and training would read: one line, not "not found"
     out_blur, out_sharp = route.deblur_images([blur, sharp])
@@ -133,6 +137,9 @@ def test_route_engine_by_name(shaken):
     assert sorted(reasons) == ["shake", "sharp"], reasons
     assert score(out_blur, sharp, "shift")[0] > score(blur, sharp, "shift")[0] + 2
     assert np.array_equal(out_sharp, network.deblur_image(sharp))
+    tiny = blur[:120, :150]  # under min_side: too few edges to read a kernel from
+    assert np.array_equal(route.deblur_image(tiny), network.deblur_image(tiny))
+    assert route.decisions[0].reason == "tiny" and route.decisions[0].blur_score is None
     deep = route.deblur_image(blur.astype(np.uint16) * 257)
     assert deep.dtype == np.uint16 and route.decisions[0].route == "kernel"
     assert np.abs(deep / 257.0 - out_blur).mean() < 1.0

@@ -24,21 +24,29 @@ from deblur.models.checkpoint import generator_checkpoint
 from conftest import ROOT, job_env
 
 
-def test_the_default_ships_with_its_card():
-    assert shipped.DEFAULT in shipped.shipped_models()
-    path = Path(shipped.shipped_path("default"))
-    assert path.stat().st_size < 8 * 2**20  # fp16 generator only: no critic or optimiser state
+def test_the_default_and_its_network_ship_with_their_cards():
+    from deblur.kernel.route import route_recipe
+
+    recipe = route_recipe(shipped.DEFAULT)  # the default is a route over the shipped network...
+    assert recipe is not None and recipe.network == shipped.NETWORK
     card = shipped.model_card("default").read_text()
-    assert shipped.DEFAULT in card and "PSNR" in card and "deblur/configs/shipped.yaml" in card
+    assert card.startswith(f"# Model card: {shipped.DEFAULT} (the shipped default")
+    assert "PSNR" in card and shipped.NETWORK in card
+    assert shipped.NETWORK in shipped.shipped_models()  # ...and "default" as a checkpoint is that network
+    path = Path(shipped.shipped_path("default"))
+    assert path == Path(shipped.shipped_path(shipped.NETWORK))
+    assert path.stat().st_size < 8 * 2**20  # fp16 generator only: no critic or optimiser state
+    card = shipped.model_card(shipped.NETWORK).read_text()
+    assert "PSNR" in card and "deblur/configs/shipped.yaml" in card
     obj = torch.load(path, weights_only=True)
-    assert obj["name"] == shipped.DEFAULT and "critic" not in obj and "optim" not in obj
+    assert obj["name"] == shipped.NETWORK and "critic" not in obj and "optim" not in obj
     assert all(v.dtype == torch.float16 for v in obj["generator"].values() if v.is_floating_point())
 
 
 def test_a_shipped_name_is_never_looked_up_on_disk(tmp_path, monkeypatch):
     (tmp_path / "default").mkdir()  # a user's folder called "default" is not the shipped model...
     monkeypatch.chdir(tmp_path)
-    assert shipped.shipped_path("default") == shipped.shipped_path(shipped.DEFAULT)
+    assert shipped.shipped_path("default") == shipped.shipped_path(shipped.NETWORK)
     assert shipped.shipped_path("./default") is None  # ...and "./default" names the folder
     assert shipped.shipped_path("no-such-model") is None
 

@@ -33,8 +33,9 @@ def parser(doc: str | None, prog: str | None) -> argparse.ArgumentParser:
 
 
 MODEL_HELP = (
-    "checkpoint, run dir (best.json), compiled folder, or a shipped model's name (default: the shipped default; "
-    "deblur-shake-v1: blind deconvolution for camera shake, the network for the rest)"
+    "checkpoint, run dir (best.json), compiled folder, or a shipped name (default: deblur-shake-v1, blind "
+    "deconvolution for camera shake and the shipped network deblur-nafnet-v1 for the rest; deblur-nafnet-v1: the "
+    "network alone)"
 )
 
 

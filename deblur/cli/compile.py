@@ -21,7 +21,7 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
         p,
         checkpoint=True,
         help="checkpoint file, Ray checkpoint dir, run dir (uses best.json) or a shipped model's name (default: the "
-        "shipped default)",
+        "shipped network, deblur-nafnet-v1, which the default route wraps)",
     )
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="TensorRT precision")

@@ -22,7 +22,11 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
     p = common.parser(__doc__, prog)
     p.add_argument("input", help="video file (local or s3://)")
     p.add_argument("output", help="where the deblurred video goes (.mp4 for h264/hevc, .webm for vp9)")
-    common.add_model_argument(p)
+    common.add_model_argument(
+        p,
+        help="checkpoint, run dir (best.json), compiled folder, or a shipped name (default: the shipped network, "
+        "deblur-nafnet-v1; a route such as deblur-shake-v1 runs its network on video: a kernel per frame flickers)",
+    )
     common.add_engine_arguments(p)
     common.add_video_arguments(p)
     common.add_workers_argument(p)

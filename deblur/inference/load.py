@@ -172,11 +172,20 @@ def check_engine_choice(backend: str, precision: str | None) -> None:
 
 
 def _route(model_uri: str):
-    """The shipped kernel-aware route a name means (`deblur.kernel.route.ROUTES`), else None; names only, so a
-    folder of that name is reached as ./name, as with shipped models."""
+    """The shipped kernel-aware route a name means (`deblur.kernel.route.ROUTES`; "default" is
+    `deblur.models.shipped.DEFAULT`), else None; names only, so a folder of that name is reached as ./name, as
+    with shipped models."""
     from ..kernel.route import route_recipe
+    from ..models.shipped import DEFAULT
 
-    return route_recipe(model_uri)
+    return route_recipe(DEFAULT if model_uri == "default" else model_uri)
+
+
+def network_of(model_uri: str) -> str:
+    """The network a reference deblurs with: a route's (the default's is the shipped network), else the reference
+    itself. Video uses it: a kernel estimated per frame would differ from frame to frame and flicker."""
+    recipe = _route(str(model_uri))
+    return recipe.network if recipe else str(model_uri)
 
 
 def _reduced(precision: str | None) -> bool:

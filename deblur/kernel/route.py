@@ -2,13 +2,17 @@
 
 The decision, in order, cheapest first (its numbers were set on the dev split of `benchmarks/shake.py` and on
 the sample photos that install with scikit-image, never on the benchmark's held-out split):
+0. **tiny**: a photo whose shorter side is under `min_side` goes to the network: the estimator was only ever
+   tried on crops of 255 px and up, and a few edges cannot pin down a kernel of up to 55 px.
 1. **sharp**: a photo whose blur score (`deblur.metrics.blur_score`) is below `sharp_below` goes to the
    network, which leaves sharp photos as they are; a blind estimator invents a kernel for a sharp photo (it
    fell to 13-17 dB on the dev photos).
 2. **estimate**: on the most textured `crop`² window of the luma, one kernel per schedule of `configs`, sizes
    25, 35, 45 and 55 px; the two larger only when the two smaller agree below `early_agreement`, as they do
-   once the blur outgrows 25 px, or when the blur score is under `mild_below` (half the dev photos stop at
-   two and lose nothing). The estimates refine their kernels at full size only on clean photos (NSR at the
+   once the blur outgrows 25 px, or when the blur score is under `mild_below`. Two that agree at 0.90-0.97
+   can share a wrong kernel: at 0.9 the sample's rocket (linear blur) stopped at two agreeing 0.91 and fell
+   below its input (-0.54 dB), where four disagree and send it to the network; on 34 dev streak photos 0.97
+   gained +2.86 dB against 0.9's +2.73. The estimates refine their kernels at full size only on clean photos (NSR at the
    floor): on noisy ones refining fits the noise and the schedules disagree more. Each size fails on some
    photos: of the kernels another schedule confirms, the one whose deconvolution of the window is sparsest
    (`pick`).
@@ -28,7 +32,6 @@ the sample photos that install with scikit-image, never on the benchmark's held-
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
@@ -36,7 +39,7 @@ import cv2
 import numpy as np
 
 from ..data.synth import normalise_kernel
-from ..inference.engine import Engine, EngineInfo, check_batch
+from ..inference.engine import Engine, EngineInfo, check_batch, cpu_threads
 from ..metrics import blur_score
 from .deconvolve import centre_of_mass, noise_adaptive_nsr, wiener
 from .estimate import EstimateConfig, consensus, estimate_kernel, gradient_sparsity, kernel_similarity, similarities
@@ -59,13 +62,14 @@ class RouteRecipe:
     configs: tuple[EstimateConfig, ...] = SHAKE_CONFIGS
     sharp_below: float = 0.35
     mild_below: float = 0.5
-    early_agreement: float = 0.9
+    early_agreement: float = 0.97
     refine_below_nsr: float = 0.0051  # the estimates' full-size refinement only for photos at the clean NSR floor
     pair_agreement: float = 0.8
     min_agreement: float = 0.75
     mild_agreement: float = 0.9
     min_size: int = 9
-    version: int = 2  # 2: refined kernels, exact centring, the sparsest confirmed kernel, no straight rule
+    min_side: int = 160  # photos smaller than about three of the largest schedule's kernels go to the network
+    version: int = 3  # 2: refined kernels, exact centring, sparsest confirmed kernel; 3: tiny photos, early stop 0.97
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -86,8 +90,8 @@ class Decision:
     """What the route did with one photo and why (the bulk job's manifest and the benchmarks record it)."""
 
     route: str  # network | kernel
-    reason: str  # sharp | unsure | small | shake
-    blur_score: float
+    reason: str  # tiny | sharp | unsure | small | shake
+    blur_score: float | None  # None for a tiny photo, never scored
     agreement: float | None = None
     nsr: float | None = None
     kernel: np.ndarray | None = field(default=None, repr=False)
@@ -114,16 +118,18 @@ def textured_crop(gray: np.ndarray, size: int) -> np.ndarray:
 
 
 def estimate_side_by_side(crop: np.ndarray, configs: tuple[EstimateConfig, ...]) -> list[np.ndarray]:
-    """One centred kernel per schedule, the schedules in threads, one per core this process may use: the
-    estimator is FFTs and numpy on arrays big enough to release the GIL, so two schedules on 2 cores take little
-    more than the slower one (a 1 Mpx photo's two estimates: 2.5 s one after the other, 1.2 s side by side)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    with ThreadPoolExecutor(max(1, min(len(configs), cores))) as pool:
+    """One centred kernel per schedule, the schedules in threads, one per CPU this worker may use (`cpu_threads`:
+    Ray's share, else the machine's): the estimator is FFTs and numpy on arrays big enough to release the GIL, so
+    two schedules on 2 cores take little more than the slower one (a 1 Mpx photo's two estimates: 2.5 s one after
+    the other, 1.2 s side by side)."""
+    with ThreadPoolExecutor(max(1, min(len(configs), cpu_threads()))) as pool:
         return [normalise_kernel(k) for k in pool.map(lambda cfg: estimate_kernel(crop, cfg), configs)]
 
 
 def decide(rgb: np.ndarray, recipe: RouteRecipe) -> Decision:
     """float H×W×3 RGB in [0, 1] → which route, with the kernel when it is the deconvolution."""
+    if min(rgb.shape[:2]) < recipe.min_side:
+        return Decision("network", "tiny", None)
     score = blur_score(rgb)
     if score < recipe.sharp_below:
         return Decision("network", "sharp", score)

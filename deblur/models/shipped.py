@@ -1,9 +1,12 @@
 """Models that ship inside the package, by name: what every job uses when no model is given.
 
-`load_generator("default")`, `load_engine("default")`, `--model default` (or no `--model` at all) all
-mean the model `DEFAULT` names; its model card (`weights/<name>.md`) says how it was trained and what it
-scores. A shipped name is only ever looked up here, never on storage, so a folder called `default`
-next to the user's photos cannot be mistaken for it: pass `./default` for that.
+`load_engine("default")`, `--model default` (or no `--model` at all) deblur with `DEFAULT`, the kernel-aware
+route `deblur-shake-v1` (`deblur.kernel.route`): each photo through the shipped network `NETWORK`, or
+deconvolved with its own blur kernel when it is shaken. Where a network itself is needed (a checkpoint to
+compile, to fine-tune from, `load_generator("default")`, and video, whose frames a per-frame kernel would make
+flicker), "default" means `NETWORK`. Each has a model card (`weights/<name>.md`): how it was made and what it
+scores. A shipped name is only ever looked up here, never on storage, so a folder called `default` next to the
+user's photos cannot be mistaken for it: pass `./default` for that.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 WEIGHTS = Path(__file__).with_name("weights")
-DEFAULT = "deblur-nafnet-v1"
-ALIASES = {"default": DEFAULT}
+DEFAULT = "deblur-shake-v1"  # what photos are deblurred with when no model is named (a route, not a file)
+NETWORK = "deblur-nafnet-v1"  # the shipped network: the default's fallback, and "default" as a checkpoint
+ALIASES = {"default": NETWORK}
 
 
 def shipped_models() -> list[str]:
@@ -27,7 +31,8 @@ def shipped_path(name: str) -> str | None:
 
 
 def model_card(name: str = DEFAULT) -> Path:
-    return WEIGHTS / f"{ALIASES.get(name, name)}.md"
+    """The card of a shipped model or route; "default" is the default route's."""
+    return WEIGHTS / f"{DEFAULT if name == 'default' else name}.md"
 
 
 def package(checkpoint: str, name: str, half: bool = True, folder: Path = WEIGHTS) -> Path:
@@ -71,7 +76,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("checkpoint", help="run dir (best.json), Ray checkpoint dir or checkpoint file")
-    p.add_argument("--name", default=DEFAULT)
+    p.add_argument("--name", default=NETWORK)
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
     args = p.parse_args()
     path = package(args.checkpoint, args.name, half=not args.fp32)

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from .. import storage
 from ..images import VIDEO_SUFFIXES
 from ..inference import load_engine
-from ..inference.load import model_fingerprint
+from ..inference.load import model_fingerprint, network_of
 from ..options import Strict
 from ..progress import bar as progress_bar
 from ..ray_env import actor_gpus, actor_pool, actor_start_errors, worker_device
@@ -351,8 +351,10 @@ def deblur_videos(
     or an s3:// object changed makes them again rather than mixing two models in one video.
     `gpus_per_worker`: a number, or "auto" (`deblur.ray_env.actor_gpus`; deblur video's default). `workers`:
     the most engine actors on a cluster, the exact number on a Ray of the job's own (`deblur.ray_env.actor_pool`;
-    None: its default)."""
+    None: its default). A kernel-aware route (the default) deblurs video with its network (`network_of`): a
+    kernel estimated frame by frame would differ between frames and flicker."""
     gpus_per_worker = actor_gpus(gpus_per_worker)
+    model = network_of(model)
 
     report = {"videos": len(videos), "done": 0, "failed": 0, "frames": 0, "segments": 0, "seconds": 0.0, "errors": []}
     if not videos:
