@@ -687,9 +687,9 @@ def test_only_blurred_copies_sharp_photos_through(trained_checkpoint, cbsd68, tm
     )
 
 
-def test_a_kernel_aware_route_runs_in_the_actors_and_says_where_each_photo_went(tmp_path, ray_session):
-    """`--model deblur-shake-v1`: the actors load the route by name; the shaken photo is deconvolved with its own
-    kernel, the sharp one goes to the network, and the summary and _blur.jsonl say which went where."""
+def test_the_default_route_runs_in_the_actors_and_says_where_each_photo_went(tmp_path, ray_session):
+    """No model named: the actors load the default route (`deblur-shake-v1`); the shaken photo is deconvolved with
+    its own kernel, the sharp one goes to the network, and the summary and _blur.jsonl say which went where."""
     from test_kernel import arc_kernel, sharp_photo
 
     from deblur.data.synth import expose
@@ -700,7 +700,8 @@ def test_a_kernel_aware_route_runs_in_the_actors_and_says_where_each_photo_went(
     shaken = expose(real_photo, arc_kernel(), noise_sigma=0.0, rng=np.random.default_rng(0))
     write_image(tmp_path / "in" / "shaken.png", shaken)
     write_image(tmp_path / "in" / "sharp.png", real_photo)
-    options = Options(model="deblur-shake-v1", engine="onnxruntime")
+    options = Options(engine="onnxruntime")
+    assert options.model == "default"
     summary = deblur_archive(str(tmp_path / "in"), str(tmp_path / "out"), options, workers=1, progress=False)
     assert summary["done"] == 2 and summary["routes"] == {"shake": 1, "sharp": 1}, summary
     rows = [json.loads(line) for line in (tmp_path / "out" / "_blur.jsonl").read_text().splitlines()]

@@ -68,22 +68,27 @@ def test_one_photo_is_deblurred_beside_itself_without_ray_keeping_exif_icc_and_o
     assert src.read_bytes() == before, "the source is untouched"
 
 
-def test_the_kernel_aware_route_by_name_says_what_it_did_with_each_photo(tmp_path):
+def test_the_default_route_says_what_it_did_with_each_photo(tmp_path):
     from test_kernel import arc_kernel, sharp_photo
 
     from deblur.data.synth import expose
 
     real_photo = sharp_photo()
-    write_image(
-        tmp_path / "shaken.png", expose(real_photo, arc_kernel(), noise_sigma=0.0, rng=np.random.default_rng(0))
-    )
+    shaken = expose(real_photo, arc_kernel(), noise_sigma=0.0, rng=np.random.default_rng(0))
+    write_image(tmp_path / "shaken.png", shaken)
     write_image(tmp_path / "sharp.png", real_photo)
-    res = deblur("shaken.png", "sharp.png", "--model", "deblur-shake-v1", cwd=tmp_path)
+    write_image(tmp_path / "thumb.png", shaken[:120, :150])
+    res = deblur("shaken.png", "sharp.png", "thumb.png", cwd=tmp_path)
     assert res.returncode == 0, res.stderr.decode()
     said = res.stdout.decode()
-    assert "model deblur-shake-v1: onnxruntime fp32 on cpu" in said and "no ray" in res.stderr.decode()
+    assert "model deblur-shake-v1 (the shipped default): onnxruntime fp32 on cpu" in said, said
+    assert "no ray" in res.stderr.decode()
     assert "shaken.png → shaken.deblurred.png" in said and "deconvolved with its own" in said, said
-    assert "sharp.png → sharp.deblurred.png (" in said and "through the network (sharp)" in said, said
+    assert "sharp.png → sharp.deblurred.png (" in said and "through the network (sharp already)" in said, said
+    assert "thumb.png → thumb.deblurred.png (150×120, " in said and "(too small to read a blur kernel from)" in said
+    res = deblur("shaken.png", "--model", "deblur-nafnet-v1", "-o", "v1.png", cwd=tmp_path)  # the network alone
+    said = res.stdout.decode()
+    assert res.returncode == 0 and "model deblur-nafnet-v1: onnxruntime" in said and "network" not in said, said
 
 
 def test_several_photos_into_a_folder_one_bad_file_named_and_the_rest_done(tmp_path, real_photo):

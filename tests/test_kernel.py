@@ -72,15 +72,18 @@ def test_wiener_about_the_centre_of_mass(shaken):
 
 def test_pick_prefers_the_kernel_that_deblurs(shaken):
     """Two pairs of schedules agree, one on the true kernel and one on a wrong streak: the pick is the pair whose
-    deconvolution is sparsest, the true one; an unconfirmed kernel is never picked over a confirmed one."""
+    deconvolution is sparsest, the true one; an unconfirmed kernel is never picked
+    over a confirmed one; with none confirmed, the medoid."""
     _, blur, k = shaken
     crop = cv2.cvtColor(blur, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
     line = normalise_kernel(linear_kernel(25, 100))
     kernels = [normalise_kernel(x) for x in (line, k, np.pad(line, ((0, 2), (2, 0))), np.pad(k, ((1, 0), (0, 1))))]
     sims = similarities(kernels)
-    assert pick(crop, kernels, sims, 0.005, pair=0.8, medoid=0) in (1, 3)
+    best, sparsity = pick(crop, kernels, sims, 0.005, pair=0.8, medoid=0)
+    assert best in (1, 3) and 0 < sparsity < 2  # its deconvolution's sparsity over the blurred window's
     lone = [k, line, normalise_kernel(np.pad(line, 1))]
-    assert pick(crop, lone, similarities(lone), 0.005, pair=0.8, medoid=0) in (1, 2)
+    assert pick(crop, lone, similarities(lone), 0.005, pair=0.8, medoid=0)[0] in (1, 2)
+    assert pick(crop, [k, line], similarities([k, line]), 0.005, pair=0.8, medoid=1) == (1, None)  # none confirmed
 
 
 def test_estimate_finds_a_curved_kernel(shaken):

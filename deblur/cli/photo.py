@@ -153,11 +153,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def route_note(engine) -> str:
-    """What a kernel-aware route (`--model deblur-shake-v1`) did with the last photo; nothing for a network."""
+    """What a kernel-aware route (the default, `deblur-shake-v1`) did with the last photo; nothing for a network."""
     decisions = getattr(engine, "decisions", None)
     if not decisions:
         return ""
     d = decisions[0]
     if d.route == "kernel":
         return f", deconvolved with its own {d.kernel.shape[1]}×{d.kernel.shape[0]} px blur kernel"
-    return f", through the network ({d.reason})"
+    return f", through the network ({WHY_NETWORK.get(d.reason, d.reason)})"
+
+
+#: a route's reasons for the network, as a user reads them (`deblur.kernel.route.decide`)
+WHY_NETWORK = {
+    "tiny": "too small to read a blur kernel from",
+    "sharp": "sharp already",
+    "unsure": "its blur estimates disagreed",
+    "small": "blur under 9 px",
+}
