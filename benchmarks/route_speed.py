@@ -51,9 +51,10 @@ def main() -> None:
     from deblur.data.synth import expose
     from deblur.images import read_image
     from deblur.inference import load_engine
+    from deblur.models.shipped import DEFAULT, NETWORK
 
-    network = load_engine("default", args.engine)
-    route = load_engine("deblur-shake-v1", args.engine)
+    network = load_engine(NETWORK, args.engine)
+    route = load_engine(DEFAULT, args.engine)
     photo = read_image(str(sample_photo("coffee")))
     kernels = {f"shaken {n} px": tremor_kernel(np.random.default_rng(0), length=(n, n)) for n in (15, 30)}
     rows, raw = [], []

@@ -17,6 +17,7 @@ from deblur import metrics
 from deblur.inference import load_engine
 from deblur.inference.load import cuda_available
 from deblur.inference.tensorrt_engine import tensorrt_status
+from deblur.models.shipped import NETWORK  # the engines under test run the network (the default route wraps it)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU visible")]
 
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="
 @pytest.fixture(scope="module")
 def reference(real_photo):
     photo = np.ascontiguousarray(real_photo[:320, :480])
-    return photo, load_engine("default", "torch", "cpu").deblur_image(photo)
+    return photo, load_engine(NETWORK, "torch", "cpu").deblur_image(photo)
 
 
 def _precisions() -> list[str]:
@@ -38,7 +39,7 @@ def test_torch_on_the_gpu_matches_the_fp32_reference(reference, precision):
     if precision not in _precisions():
         pytest.skip("this GPU has no bf16 in hardware (compute capability < 8.0)")
     photo, expected = reference
-    engine = load_engine("default", "torch", "cuda", precision=precision)
+    engine = load_engine(NETWORK, "torch", "cuda", precision=precision)
     assert engine.info.device.startswith("cuda")
     out = engine.deblur_image(photo)
     assert metrics.psnr(out, expected) > (45 if precision == "fp32" else 40), precision
@@ -52,7 +53,7 @@ def test_onnxruntime_cuda_matches_the_fp32_reference(reference, tmp_path, monkey
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime here has no CUDAExecutionProvider (onnxruntime-gpu)")
     photo, expected = reference
-    engine = load_engine("default", "onnxruntime", "cuda")
+    engine = load_engine(NETWORK, "onnxruntime", "cuda")
     assert engine.info.device == "cuda"
     assert engine.info.extra["providers"][0] == "CUDAExecutionProvider"
     assert np.abs(engine.deblur_image(photo).astype(int) - expected).max() <= 2
