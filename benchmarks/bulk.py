@@ -14,7 +14,7 @@ many of the real-blur photos score below that threshold (they would be copied th
 `--repeat N` adds rows for each archive copied N times (as distinct files): the job's fixed start-up (actors importing and
 loading the engine, a few seconds) weighs on a short archive and fades on the long ones the job is for.
 
-  python benchmarks/bulk.py [--model default|runs/sample|s3://…] [--limit 24] [--repeat 4] [--engine torch --precision bf16]
+  python benchmarks/bulk.py [--model deblur-nafnet-v1|default|runs/sample|s3://…] [--limit 24] [--repeat 4] [--engine torch --precision bf16]
 """
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ def plain_processes(files: list[Path], cores: int, model: str, engine: str, prec
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="a checkpoint or compiled folder (default: the shipped model)")
+    p.add_argument(
+        "--model",
+        default="deblur-nafnet-v1",
+        help="a checkpoint, compiled folder or shipped name (default: the shipped network, as the recorded numbers; "
+        "default: the route, which estimates kernels on shaken photos)",
+    )
     p.add_argument("--engine", default="onnxruntime")
     p.add_argument("--precision", default="fp32", help="bf16: torch on a CPU with AMX (results/bulk-bf16.json)")
     p.add_argument("--limit", type=int, default=24, help="images per archive")

@@ -4,7 +4,7 @@
   - unsharp masking: the fixed one every report shows, and the best of a grid of (σ, amount) chosen on these
     very images (an optimistic classical reference: nobody tunes per test set),
   - Wiener deconvolution with the true kernel (non-blind: a bound no blind method is expected to reach),
-  - each model given with --model (default: the shipped model), through the same engine the jobs use, in each
+  - each model given with --model (default: the shipped default route), through the same engine the jobs use, in each
     --precision given (default fp32; bf16 runs on torch where the CPU has AMX or AVX512-BF16; results/quality-<them>.json).
 Sets: the sample's test photos (scikit-image's coffee and rocket, always here) and, where ../shared/data is
 present, McMaster18 and CBSD68. Each photo gets --variants kernels (seeded: every run sees the same pairs).
@@ -37,7 +37,7 @@ def eval_pairs(variants: int) -> dict[str, list[dict]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="a model (repeatable; default: the shipped model)")
+    p.add_argument("--model", action="append", help="a model (repeatable; default: the shipped default, the route)")
     p.add_argument("--variants", type=int, default=2, help="kernels per McMaster/CBSD68 photo")
     p.add_argument("--engine", default="auto")
     p.add_argument("--precision", action="append", help="fp32 (default), bf16, fp16; repeatable: side by side")

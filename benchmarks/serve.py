@@ -9,7 +9,7 @@ read and codecs, and the rest (HTTP and the ingress); each a median over the req
 "floor" is the least any Serve app answering with a PNG can add here: the round trip of an echo deployment (the
 same body back, no engine, no codecs) plus this process's own PNG decode + encode of the same image.
 
-  python benchmarks/serve.py [--model default] [--engine auto] [--requests 32]
+  python benchmarks/serve.py [--model deblur-nafnet-v1|default] [--engine auto] [--requests 32]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def floor_ms(port: int, bodies: dict, engine, calls: int = 15) -> dict[str, dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default")
+    p.add_argument("--model", default="deblur-nafnet-v1", help="the shipped network, as recorded; default: the route")
     p.add_argument("--engine", default="auto")
     p.add_argument("--requests", type=int, default=32)
     args = p.parse_args()

@@ -15,7 +15,7 @@ Sets, each scored against the sharp photo:
   - colour shake + noise: the same with Poisson-Gaussian sensor noise (σ 4 levels at white, read σ 2);
   - sharp photos: no blur at all, output against input (a model must leave them as they are).
 Methods: the input, unsharp masking, Wiener deconvolution with the true kernel (non-blind: a bound, not a
-competitor), and each --model (default: the shipped model) through the jobs' engine.
+competitor), and each --model (default: the shipped default route) through the jobs' engine.
 
   python benchmarks/shake.py [--model default --model runs/shake] [--split dev] [--limit 20]
 """
@@ -90,7 +90,7 @@ def pairs(split: str, limit: int | None) -> dict[str, list[tuple[str, np.ndarray
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="a model (repeatable; default: the shipped model)")
+    p.add_argument("--model", action="append", help="a model (repeatable; default: the shipped default, the route)")
     p.add_argument("--split", default="held-out", choices=["held-out", "dev"])
     p.add_argument("--limit", type=int, help="photos per set (default: all)")
     p.add_argument("--engine", default="auto")

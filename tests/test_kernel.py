@@ -11,7 +11,7 @@ from deblur.data.synth import expose, linear_kernel, normalise_kernel
 from deblur.evaluation.protocols import score
 from deblur.kernel.deconvolve import centre_of_mass, wiener
 from deblur.kernel.estimate import consensus, estimate_kernel, kernel_similarity, similarities
-from deblur.kernel.route import ROUTES, SHAKE_CONFIGS, decide, pick, textured_crop
+from deblur.kernel.route import ROUTES, SHAKE_CONFIGS, decide, estimate_side_by_side, pick, textured_crop, trusted
 
 from conftest import ROOT
 
@@ -97,6 +97,24 @@ def test_estimate_finds_a_curved_kernel(shaken):
     assert all(f.min() >= 0 and abs(f.sum() - 1) < 1e-4 for f in found)
     best, agreement = consensus(similarities(found))
     assert agreement > 0.75 and kernel_similarity(found[best], k) > 0.8, (agreement, kernel_similarity(found[best], k))
+    side_by_side = estimate_side_by_side(crop, SHAKE_CONFIGS[:2], threads=2)  # the route's way: the same kernels
+    assert all(np.array_equal(a, normalise_kernel(b)) for a, b in zip(side_by_side, found[:2], strict=True))
+
+
+def test_a_pick_is_trusted_by_agreement_or_vouched_for_by_its_confirmation_and_sparsity():
+    """The agreement bar is stricter where sharp and lightly shaken photos overlap (blur score under mild_below);
+    below either bar a pick is still trusted when another schedule confirms it and its deconvolution is sparser
+    than the window, never when it is unconfirmed (no sparsity) or its deconvolution is no sparser."""
+    r = ROUTES["deblur-shake-v1"]
+    clear, mild = r.mild_below + 0.1, r.mild_below - 0.1
+    assert trusted(r, clear, r.min_agreement, 0.0, None)
+    assert not trusted(r, mild, r.min_agreement, 0.0, None) and trusted(r, mild, r.mild_agreement, 0.0, None)
+    low = r.min_agreement - 0.1
+    assert trusted(r, clear, low, r.vouch_confirmation, r.vouch_sparsity)
+    assert trusted(r, mild, low, 0.95, 0.9)
+    assert not trusted(r, clear, low, r.vouch_confirmation - 0.01, 0.9)  # not confirmed enough
+    assert not trusted(r, clear, low, 0.99, r.vouch_sparsity + 0.01)  # its deconvolution no sparser
+    assert not trusted(r, clear, low, 0.99, None)  # no kernel confirmed
 
 
 def test_wiener_with_the_true_kernel(shaken):

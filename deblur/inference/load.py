@@ -59,7 +59,7 @@ def load_engine(
     if recipe := _route(model_uri):
         from ..kernel.route import KernelRouteEngine
 
-        return KernelRouteEngine(load_engine(recipe.network, backend, device, threads, precision), recipe)
+        return KernelRouteEngine(load_engine(recipe.network, backend, device, threads, precision), recipe, threads)
     if storage.exists(storage.join(model_uri, COMPILE_FILE)):
         engine = _compiled_engine(model_uri, backend, device, threads, precision)
         if isinstance(engine, Engine):

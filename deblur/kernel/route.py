@@ -23,7 +23,7 @@ the sample photos that install with scikit-image, never on the benchmark's held-
    carry is still trusted when another schedule confirms it at `vouch_confirmation` and its deconvolution of
    the window has sparser gradients than the window itself (ratio at most `vouch_sparsity`): one schedule
    that fails drags the medoid's agreement down though two others found the blur. On Levin-like dev crops
-   this deconvolved 7 of the 11 photos the agreement sent to the network (+4.6 → +5.7 dB over 34); no sharp
+   this deconvolved 7 of the 11 photos the agreement sent to the network (+4.6 → +5.6 dB over 34); no sharp
    photo qualified (their deconvolutions, over 9 px, were 1.07-2.75 times less sparse than the photo).
 4. **small**: the picked kernel or the medoid under `min_size` px across → the network. Sharp photos that
    passed the gate got confident 3-7 px kernels (sample photos and dev CBSD68 at half size), and deconvolving
@@ -125,17 +125,20 @@ def textured_crop(gray: np.ndarray, size: int) -> np.ndarray:
     return pick
 
 
-def estimate_side_by_side(crop: np.ndarray, configs: tuple[EstimateConfig, ...]) -> list[np.ndarray]:
-    """One centred kernel per schedule, the schedules in threads, one per CPU this worker may use (`cpu_threads`:
-    Ray's share, else the machine's): the estimator is FFTs and numpy on arrays big enough to release the GIL, so
-    two schedules on 2 cores take little more than the slower one (a 1 Mpx photo's two estimates: 2.5 s one after
-    the other, 1.2 s side by side)."""
-    with ThreadPoolExecutor(max(1, min(len(configs), cpu_threads()))) as pool:
+def estimate_side_by_side(
+    crop: np.ndarray, configs: tuple[EstimateConfig, ...], threads: int | None = None
+) -> list[np.ndarray]:
+    """One centred kernel per schedule, the schedules in `threads` threads (None: one per CPU this worker may use,
+    `cpu_threads`: Ray's share, else the machine's): the estimator is FFTs and numpy on arrays big enough to
+    release the GIL, so two schedules on 2 cores take little more than the slower one (two estimates of a 1 Mpx
+    photo: 2.5 s one after the other with scipy's threaded FFTs, 1.2 s side by side with one FFT thread each)."""
+    with ThreadPoolExecutor(max(1, min(len(configs), threads or cpu_threads()))) as pool:
         return [normalise_kernel(k) for k in pool.map(lambda cfg: estimate_kernel(crop, cfg), configs)]
 
 
-def decide(rgb: np.ndarray, recipe: RouteRecipe) -> Decision:
-    """float H×W×3 RGB in [0, 1] → which route, with the kernel when it is the deconvolution."""
+def decide(rgb: np.ndarray, recipe: RouteRecipe, threads: int | None = None) -> Decision:
+    """float H×W×3 RGB in [0, 1] → which route, with the kernel when it is the deconvolution; `threads`: for
+    the estimates (`estimate_side_by_side`)."""
     if min(rgb.shape[:2]) < recipe.min_side:
         return Decision("network", "tiny", None)
     score = blur_score(rgb)
@@ -147,27 +150,30 @@ def decide(rgb: np.ndarray, recipe: RouteRecipe) -> Decision:
     configs = recipe.configs
     if nsr >= recipe.refine_below_nsr:  # refining fits the noise: without it, noisy dev photos +2.8 → +3.3 dB
         configs = tuple(replace(cfg, refine_iters=0) for cfg in configs)
-    kernels = estimate_side_by_side(crop, configs[:2])
+    kernels = estimate_side_by_side(crop, configs[:2], threads)
     # two that agree are enough on a clearly blurred photo; in the band where sharp and mildly shaken photos
     # overlap, two agreeing schedules are weak evidence (a sharp dev photo at half size got two agreeing 0.94 on
     # a kernel that took it to 16 dB), so all four run and the stricter agreement below applies
     if score < recipe.mild_below or kernel_similarity(kernels[0], kernels[1]) < recipe.early_agreement:
-        kernels += estimate_side_by_side(crop, configs[2:])
+        kernels += estimate_side_by_side(crop, configs[2:], threads)
     sims = similarities(kernels)
     best, agreement = consensus(sims)
     i, sparsity = pick(crop, kernels, sims, nsr, recipe.pair_agreement, best)
     k, n = kernels[i], len(kernels)
-    agreed = agreement >= (recipe.mild_agreement if score < recipe.mild_below else recipe.min_agreement)
-    vouched = (
-        sparsity is not None
-        and max(np.delete(sims[i], i)) >= recipe.vouch_confirmation
-        and sparsity <= recipe.vouch_sparsity
-    )
-    if not (agreed or vouched):
+    if not trusted(recipe, score, agreement, max(np.delete(sims[i], i)), sparsity):
         return Decision("network", "unsure", score, agreement, sparsity=sparsity, kernel=k, estimates=n)
     if min(max(k.shape), max(kernels[best].shape)) < recipe.min_size:  # the pick or the medoid
         return Decision("network", "small", score, agreement, sparsity=sparsity, kernel=k, estimates=n)
     return Decision("kernel", "shake", score, agreement, nsr, sparsity, k, n)
+
+
+def trusted(recipe: RouteRecipe, score: float, agreement: float, confirmation: float, sparsity: float | None) -> bool:
+    """Whether the schedules' pick may be deconvolved with: the medoid's `agreement` clears the bar of the photo's
+    blur band, or the pick is vouched for: another schedule confirms it (`confirmation`, its best similarity to
+    another) and its deconvolution is sparser than the window (`sparsity`, the ratio `pick` returns)."""
+    if agreement >= (recipe.mild_agreement if score < recipe.mild_below else recipe.min_agreement):
+        return True
+    return sparsity is not None and confirmation >= recipe.vouch_confirmation and sparsity <= recipe.vouch_sparsity
 
 
 def pick(
@@ -195,8 +201,8 @@ class KernelRouteEngine(Engine):
     """An `Engine` over a network engine: each photo goes to the network or is deconvolved with its own
     estimated kernel (`decide`). `decisions` holds the last call's, one per photo."""
 
-    def __init__(self, network: Engine, recipe: RouteRecipe):
-        self.network, self.recipe = network, recipe
+    def __init__(self, network: Engine, recipe: RouteRecipe, threads: int | None = None):
+        self.network, self.recipe, self.threads = network, recipe, threads
         n = network.info
         self.info = EngineInfo(
             backend=n.backend,
@@ -223,7 +229,7 @@ class KernelRouteEngine(Engine):
         to_network = []
         for i, img in enumerate(batch):
             rgb = np.clip(img.transpose(1, 2, 0) * 0.5 + 0.5, 0, 1)
-            d = decide(rgb, self.recipe)
+            d = decide(rgb, self.recipe, self.threads)
             self.decisions.append(d)
             if d.route == "kernel":
                 sharp = np.clip(wiener(rgb, d.kernel, d.nsr, centre_of_mass(d.kernel)), 0, 1)
