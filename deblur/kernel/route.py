@@ -12,8 +12,8 @@ the sample photos that install with scikit-image, never on the benchmark's held-
    once the blur outgrows 25 px, or when the blur score is under `mild_below`. Two that agree at 0.90-0.97
    can share a wrong kernel: at 0.9 the sample's rocket (linear blur) stopped at two agreeing 0.91 and fell
    below its input (-0.54 dB), where four disagree and send it to the network; on 34 dev streak photos 0.97
-   gained +2.86 dB against 0.9's +2.73. The estimates refine their kernels at full size only on clean photos (NSR at the
-   floor): on noisy ones refining fits the noise and the schedules disagree more. Each size fails on some
+   gained +2.86 dB against 0.9's +2.73. The estimates refine their kernels at full size only on clean photos
+   (NSR at the floor): on noisy ones refining fits the noise and the schedules disagree more. Each size fails on some
    photos: of the kernels another schedule confirms, the one whose deconvolution of the window is sparsest
    (`pick`).
 3. **unsure**: the medoid's agreement with the other schedules below `min_agreement` → the network (the
