@@ -10,8 +10,8 @@ each iteration so finer edges join once the kernel is roughly right.
 Everything is float32 on FFTs of sizes scipy factors fast (a prime size costs several times more), padded by
 reflection beyond the kernel's reach; the border the padding invents is masked out of the kernel's equations.
 The FFTs run on one thread (`FFT_WORKERS`): at these sizes (a few hundred pixels) scipy's thread pool costs more
-than it saves (two schedules one after the other took 1.6 s instead of 2.5 s on 2 cores), and the route runs its schedules side by
-side in threads instead (numpy and scipy release the GIL), which uses the cores better.
+than it saves (two schedules one after the other took 1.6 s instead of 2.5 s on 2 cores), and the route runs its
+schedules side by side in threads instead (numpy and scipy release the GIL), which uses the cores better.
 """
 
 from __future__ import annotations
