@@ -13,9 +13,9 @@ the sample photos that install with scikit-image, never on the benchmark's held-
    can share a wrong kernel: at 0.9 the sample's rocket (linear blur) stopped at two agreeing 0.91 and fell
    below its input (-0.54 dB), where four disagree and send it to the network; on 34 dev streak photos 0.97
    gained +2.86 dB against 0.9's +2.73. The estimates refine their kernels at full size only on clean photos
-   (NSR at the floor): on noisy ones refining fits the noise and the schedules disagree more. Each size fails on some
-   photos: of the kernels another schedule confirms, the one whose deconvolution of the window is sparsest
-   (`pick`).
+   (NSR at the floor): on noisy ones refining fits the noise and the schedules disagree more. Each size fails
+   on some photos: of the kernels another schedule confirms, the one whose deconvolution of the window is
+   sparsest (`pick`).
 3. **unsure**: the medoid's agreement with the other schedules below `min_agreement` → the network (the
    schedules found different things). Blur scores of sharp and of lightly shaken photos overlap (0.16-0.46
    and 0.40 up): under `mild_below` the agreement must reach `mild_agreement` (the schedules agreed 0.64-0.77
@@ -160,11 +160,16 @@ def decide(rgb: np.ndarray, recipe: RouteRecipe, threads: int | None = None) -> 
     best, agreement = consensus(sims)
     i, sparsity = pick(crop, kernels, sims, nsr, recipe.pair_agreement, best)
     k, n = kernels[i], len(kernels)
-    if not trusted(recipe, score, agreement, max(np.delete(sims[i], i)), sparsity):
+    if not trusted(recipe, score, agreement, confirmation(sims, i), sparsity):
         return Decision("network", "unsure", score, agreement, sparsity=sparsity, kernel=k, estimates=n)
     if min(max(k.shape), max(kernels[best].shape)) < recipe.min_size:  # the pick or the medoid
         return Decision("network", "small", score, agreement, sparsity=sparsity, kernel=k, estimates=n)
     return Decision("kernel", "shake", score, agreement, nsr, sparsity, k, n)
+
+
+def confirmation(sims: np.ndarray, i: int) -> float:
+    """Kernel i's best similarity to another schedule's (from `similarities`; 0 when it is alone)."""
+    return float(max(np.delete(sims[i], i), default=0))
 
 
 def trusted(recipe: RouteRecipe, score: float, agreement: float, confirmation: float, sparsity: float | None) -> bool:
@@ -187,7 +192,7 @@ def pick(
     one; sparsity alone picked lone outliers. Both together, on the dev split (every estimate deconvolved about
     its centre of mass): gray 13-27 px +6.3 dB against the medoid's +5.5, colour 15-45 px +6.4 against +6.0,
     noisy +4.2 against +3.8."""
-    confirmed = [i for i in range(len(kernels)) if max(np.delete(sims[i], i), default=0) >= pair]
+    confirmed = [i for i in range(len(kernels)) if confirmation(sims, i) >= pair]
     if not confirmed:
         return medoid, None
     margin = 20  # the deconvolution's own borders left out
