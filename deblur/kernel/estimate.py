@@ -54,8 +54,25 @@ def _fast_shape(h: int, w: int) -> tuple[int, int]:
 
 
 def _grads(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Forward differences, periodic (what the FFT solvers assume)."""
-    return np.roll(x, -1, 1) - x, np.roll(x, -1, 0) - x
+    """Forward differences, periodic (what the FFT solvers assume), written into two new arrays without the
+    copies np.roll makes (the estimator's innermost loop)."""
+    gx, gy = np.empty_like(x), np.empty_like(x)
+    np.subtract(x[:, 1:], x[:, :-1], out=gx[:, :-1])
+    np.subtract(x[:, :1], x[:, -1:], out=gx[:, -1:])
+    np.subtract(x[1:], x[:-1], out=gy[:-1])
+    np.subtract(x[:1], x[-1:], out=gy[-1:])
+    return gx, gy
+
+
+def _divergence(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Dxᵀgx + Dyᵀgy, the adjoint of `_grads` (backward differences, periodic), in space: one FFT instead of two."""
+    out = np.empty_like(gx)
+    np.subtract(gx[:, -1:], gx[:, :1], out=out[:, :1])
+    np.subtract(gx[:, :-1], gx[:, 1:], out=out[:, 1:])
+    out[1:] += gy[:-1]
+    out[:1] += gy[-1:]
+    out -= gy
+    return out
 
 
 class _Frame:
@@ -86,11 +103,21 @@ def _l0_latent(f: _Frame, k: np.ndarray, lam: float, cfg: EstimateConfig) -> np.
     x, beta = f.y, 2 * lam
     while beta < cfg.beta_max:
         gx, gy = _grads(x)
-        small = gx * gx + gy * gy < lam / beta
-        gx[small], gy[small] = 0, 0
-        # Dxᵀgx + Dyᵀgy (backward differences) in space: one FFT instead of two
-        div = np.roll(gx, 1, 1) - gx + np.roll(gy, 1, 0) - gy
-        x = f.irfft((KY + beta * f.rfft(div)) / (KK + beta * f.DD))
+        keep = np.square(gx)
+        keep += np.square(gy)
+        keep = keep >= lam / beta  # a mask multiplied in: boolean indexing cost 3× as much
+        denominator = f.DD * beta
+        denominator += KK
+        if keep.any():
+            gx *= keep
+            gy *= keep
+            numerator = f.rfft(_divergence(gx, gy))
+            numerator *= beta
+            numerator += KY
+            numerator /= denominator
+            x = f.irfft(numerator)
+        else:  # the first steps, while lam/beta is above every gradient, are Tikhonov solves
+            x = f.irfft(KY / denominator)
         beta *= cfg.kappa
     return x
 
