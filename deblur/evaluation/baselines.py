@@ -22,7 +22,9 @@ UNSHARP_SIGMA, UNSHARP_AMOUNT = 2.0, 0.6
 def wiener_deconvolve(blur: np.ndarray, kernel: np.ndarray, nsr: float = WIENER_NSR) -> np.ndarray:
     """uint8 H×W×3 and its (true-convolution) kernel → uint8: conj(K) / (|K|² + nsr) in the Fourier domain.
 
-    The image is reflect-padded by twice the kernel size so the circular FFT does not wrap borders around.
+    The image is reflect-padded by twice the kernel size so the circular FFT does not wrap borders around (where
+    the two sides' padding meet, the jump still rings a little into the borders: the route's
+    `deblur.kernel.deconvolve.wiener` fades its padding out, this reference stays the textbook filter).
     """
     k = np.asarray(kernel, np.float64)
     k = k / k.sum()

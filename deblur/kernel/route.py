@@ -190,7 +190,7 @@ def pick(
     nsr: float,
     pair: float,
     medoid: int,
-    ringing: float = 0.0,
+    ringing: float,
 ) -> tuple[int, float | None]:
     """Of the kernels another schedule confirms (similarity ≥ `pair`), the one whose deconvolution of the crop
     has the sparsest gradients, weighed against its ringing (`overshoot`, times `ringing`), with its sparsity
