@@ -160,7 +160,8 @@ def route_note(engine) -> str:
     d = decisions[0]
     if d.route == "kernel":
         return f", deconvolved with its own {d.kernel.shape[1]}×{d.kernel.shape[0]} px blur kernel"
-    return f", through the network ({WHY_NETWORK.get(d.reason, d.reason)})"
+    why = WHY_NETWORK.get(d.reason, d.reason).format(min_size=engine.recipe.min_size)
+    return f", through the network ({why})"
 
 
 #: a route's reasons for the network, as a user reads them (`deblur.kernel.route.decide`)
@@ -168,5 +169,5 @@ WHY_NETWORK = {
     "tiny": "too small to read a blur kernel from",
     "sharp": "sharp already",
     "unsure": "its blur estimates disagreed",
-    "small": "blur under 9 px",
+    "small": "blur under {min_size} px",
 }
