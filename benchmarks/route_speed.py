@@ -5,7 +5,8 @@ blur it) and the same shaken by held-out tremor kernels from shake.py (15 and 30
 shipped network alone and through the route (`deblur-shake-v1`), in one run, alternating, best of `--repeat`.
 A shaken photo takes the route's costly path (two blind estimates on a 321² crop, four when those two disagree,
 as they do when the blur outgrows the smaller's 25 px; then a Wiener deconvolution of the whole photo, or the
-network after them when the estimates disagree); the sharp one its cheapest (blur score, then the network). The
+network after them when the estimates disagree; with sensor noise on it, total variation instead of Wiener,
+six Fourier solves a channel instead of one); the sharp one its cheapest (blur score, then the network). The
 table says which route each took. The estimates cost the same at any size, so the ratio to the network falls
 as photos grow.
 
@@ -62,10 +63,13 @@ def main() -> None:
         h = int(round((mp * 1e6 / 1.5) ** 0.5))
         sharp = mirrored_tiles(photo, h, int(h * 1.5))
         images = {what: expose(sharp, k) for what, k in kernels.items()} | {"sharp": sharp}
+        noisy = expose(sharp, kernels["shaken 15 px"], shot_noise=4.0, noise_sigma=2.0, rng=np.random.default_rng(0))
+        images["shaken 15 px + noise"] = noisy  # deconvolved by total variation: six Fourier solves, not one
         for what, image in images.items():
             t_net, t_route = timed(network, image, args.repeat), timed(route, image, args.repeat)
             d = route.decisions[0]
-            reason = f"{d.reason} ({d.estimates} estimates)" if d.estimates else d.reason
+            how = ", total variation" if d.deconvolution == "tv" else ""
+            reason = f"{d.reason} ({d.estimates} estimates{how})" if d.estimates else d.reason
             megapixels = image.shape[0] * image.shape[1] / 1e6
             rows.append(
                 [

@@ -159,7 +159,8 @@ def route_note(engine) -> str:
         return ""
     d = decisions[0]
     if d.route == "kernel":
-        return f", deconvolved with its own {d.kernel.shape[1]}×{d.kernel.shape[0]} px blur kernel"
+        how = " by total variation (the photo is noisy)" if d.deconvolution == "tv" else ""
+        return f", deconvolved with its own {d.kernel.shape[1]}×{d.kernel.shape[0]} px blur kernel{how}"
     why = WHY_NETWORK.get(d.reason, d.reason).format(min_size=engine.recipe.min_size)
     return f", through the network ({why})"
 

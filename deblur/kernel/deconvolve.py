@@ -14,18 +14,41 @@ WIENER_NSR = 0.01
 #: 0.003-0.005 and noisy ones (σ ≈ 2 levels) at 0.01-0.02; an estimated kernel's errors want more than the true
 #: kernel would, hence the floor.
 NSR_PER_LEVEL, NSR_RANGE = 0.05, (0.005, 0.02)
+#: `total_variation`'s splitting weights, Krishnan & Fergus's (1 up to 256, ×2√2 a step)
+TV_BETAS = tuple(float(2 * np.sqrt(2)) ** i for i in range(6))
 
 
 def noise_sigma(image: np.ndarray) -> float:
     """The noise σ of a float image in [0, 1] (gray or RGB), after Immerkær (1996): the mean absolute response
     of a mask that cancels smooth content (and much of an edge), scaled. Blur removes the content it would
     mistake for noise, which makes it suit blurred photos."""
+    return float(_IMMERKAER_SCALE * _immerkaer_response(image).mean())
+
+
+def flat_noise_sigma(image: np.ndarray, block: int = 16, percentile: float = 10) -> float:
+    """The noise σ of a float image in [0, 1] read where it is flattest: Immerkær's response averaged over
+    block×block tiles, the tiles' 10th percentile. Fine texture (foliage, fur) raises the whole-photo mean of
+    `noise_sigma` as noise would; the flattest tenth of a photo holds little texture and all of its noise. On the
+    dev split clean blurred photos read up to 1.9 levels by `noise_sigma` and noisy ones from 1.9 (held-out: 1.7),
+    an overlap; here clean ones read at most 0.8 and noisy ones from 1.4 (held-out: 1.3)."""
+    response = _immerkaer_response(image)
+    h, w = (response.shape[0] // block) * block, (response.shape[1] // block) * block
+    if not h or not w:
+        return noise_sigma(image)
+    tiles = response[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+    return float(_IMMERKAER_SCALE * np.percentile(tiles, percentile))
+
+
+_IMMERKAER_SCALE = float(np.sqrt(np.pi / 2) / 6)
+
+
+def _immerkaer_response(image: np.ndarray) -> np.ndarray:
+    """|the response of Immerkær's mask| on the luma, borders left out: noise passes, smooth content cancels."""
     img = np.asarray(image, np.float32)
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = cv2.filter2D(img, -1, mask)[1:-1, 1:-1]
-    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
+    return np.abs(cv2.filter2D(img, -1, mask)[1:-1, 1:-1])
 
 
 def noise_adaptive_nsr(image: np.ndarray) -> float:
@@ -78,14 +101,101 @@ def wiener(
     that padding fades to the image's mean (`_taper`): the FFT is circular, and where one side's padding met the
     other's, the jump rang back into the photo. Fading it out gained +0.4 dB of whole-photo PSNR on the 99 dev
     streak photos (9-21 px) the route deconvolved (+2.42 → +2.85), more than padding four times as wide (+2.79)."""
+    k, img, flat = _prepare(image, kernel)
+    padded, pad = _padded(img, max(k.shape))
+    h, w = img.shape[:2]
+    fh, fw = padded.shape[:2]
+    K = transfer(k, (fh, fw), origin)
+    inverse = (np.conj(K) / (np.abs(K) ** 2 + nsr)).astype(np.complex64)
+    out = sfft.irfft2(
+        sfft.rfft2(padded, axes=(0, 1), workers=-1) * inverse[..., None], s=(fh, fw), axes=(0, 1), workers=-1
+    )[pad : pad + h, pad : pad + w]
+    return out[..., 0] if flat else out
+
+
+def total_variation(
+    image: np.ndarray,
+    kernel: np.ndarray,
+    fidelity: float,
+    origin: tuple[float, float] | None = None,
+    betas: tuple[float, ...] = TV_BETAS,
+) -> np.ndarray:
+    """float H×W×C (or H×W) in [0, 1] and its kernel → float, same shape, not clipped: the image x minimising
+    fidelity/2·|k∗x − y|² + |∇x|₁ (anisotropic total variation), by half-quadratic splitting as Krishnan & Fergus
+    (2009) do for hyper-Laplacian priors: alternately the gradients w shrunk toward zero by 1/β (the exact
+    minimiser of β/2·|w − ∇x|² + |w|₁) and x from w in the Fourier domain, β rising through `betas`.
+
+    Why, beside `wiener`: Wiener's only regulariser damps every frequency the kernel lost by the same NSR, so on
+    a noisy photo it either amplifies the noise or blurs the edges back. Few, strong edges is what a photo has;
+    TV keeps them and flattens the noise between. On the dev split's noisy colour photos (σ about 2 levels) the
+    route's estimated kernels gained +5.13 dB through TV (`fidelity` 12/NSR) against +4.20 through Wiener; with
+    the true kernel +6.04 against +4.54. On clean photos it lost (gray −0.8 dB at its best weight): there the
+    estimated kernel's errors, not noise, limit the result, and Wiener spreads them more kindly. Padding as in
+    `wiener`; six Fourier solves per channel instead of one."""
+    k, img, flat = _prepare(image, kernel)
+    padded, pad = _padded(img, max(k.shape))
+    h, w = img.shape[:2]
+    fh, fw = padded.shape[:2]
+    K = transfer(k, (fh, fw), origin)
+    ex, ey = np.zeros((fh, fw), np.float32), np.zeros((fh, fw), np.float32)
+    ex[0, 0], ex[0, -1] = -1, 1
+    ey[0, 0], ey[-1, 0] = -1, 1
+    DD = (np.abs(sfft.rfft2(ex)) ** 2 + np.abs(sfft.rfft2(ey)) ** 2).astype(np.float32)
+    KK = (fidelity * np.abs(K) ** 2).astype(np.float32)
+    out = np.empty_like(img)
+    for c in range(img.shape[2]):
+        y = np.ascontiguousarray(padded[..., c])
+        KY = (fidelity * np.conj(K) * sfft.rfft2(y, workers=-1)).astype(np.complex64)
+        x = y
+        for beta in betas:
+            gx, gy = gradients(x)
+            gx -= np.clip(gx, -1 / beta, 1 / beta)  # soft shrinkage: sign(g)·max(|g| − 1/β, 0)
+            gy -= np.clip(gy, -1 / beta, 1 / beta)
+            numerator = sfft.rfft2(divergence(gx, gy), workers=-1)
+            numerator *= beta
+            numerator += KY
+            x = sfft.irfft2(numerator / (KK + beta * DD), s=(fh, fw), workers=-1)
+        out[..., c] = x[pad : pad + h, pad : pad + w]
+    return out[..., 0] if flat else out
+
+
+def gradients(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forward differences of a 2-D array, periodic (what the FFT solvers assume), written into two new arrays
+    without the copies np.roll makes (the blind estimator's innermost loop)."""
+    gx, gy = np.empty_like(x), np.empty_like(x)
+    np.subtract(x[:, 1:], x[:, :-1], out=gx[:, :-1])
+    np.subtract(x[:, :1], x[:, -1:], out=gx[:, -1:])
+    np.subtract(x[1:], x[:-1], out=gy[:-1])
+    np.subtract(x[:1], x[-1:], out=gy[-1:])
+    return gx, gy
+
+
+def divergence(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Dxᵀgx + Dyᵀgy, the adjoint of `gradients` (backward differences, periodic), in space: one FFT instead of
+    two."""
+    out = np.empty_like(gx)
+    np.subtract(gx[:, -1:], gx[:, :1], out=out[:, :1])
+    np.subtract(gx[:, :-1], gx[:, 1:], out=out[:, 1:])
+    out[1:] += gy[:-1]
+    out[:1] += gy[-1:]
+    out -= gy
+    return out
+
+
+def _prepare(image: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(kernel float32 summing to 1, image float32 H×W×C, whether it came as H×W)."""
     k = np.asarray(kernel, np.float64)
     k = (k / k.sum()).astype(np.float32)
     img = np.asarray(image, np.float32)
     flat = img.ndim == 2
-    if flat:
-        img = img[..., None]
+    return k, (img[..., None] if flat else img), flat
+
+
+def _padded(img: np.ndarray, ksize: int) -> tuple[np.ndarray, int]:
+    """H×W×C reflect-padded by twice `ksize` on each side (more on the far sides, up to a size the FFT factors
+    fast), the outer half of the padding faded to the image's mean (`_taper`); and the padding's width."""
     h, w = img.shape[:2]
-    pad = 2 * max(k.shape)
+    pad = 2 * ksize
     fh, fw = sfft.next_fast_len(h + 2 * pad, real=True), sfft.next_fast_len(w + 2 * pad, real=True)
     padded = np.pad(img, ((pad, fh - h - pad), (pad, fw - w - pad), (0, 0)), mode="reflect")
     mean = img.mean(axis=(0, 1))
@@ -94,12 +204,7 @@ def wiener(
         padded[outside] = mean + (padded[outside] - mean) * rows[outside]
     for outside in (slice(0, pad), slice(pad + w, fw)):
         padded[:, outside] = mean + (padded[:, outside] - mean) * cols[:, outside]
-    K = transfer(k, (fh, fw), origin)
-    inverse = (np.conj(K) / (np.abs(K) ** 2 + nsr)).astype(np.complex64)
-    out = sfft.irfft2(
-        sfft.rfft2(padded, axes=(0, 1), workers=-1) * inverse[..., None], s=(fh, fw), axes=(0, 1), workers=-1
-    )[pad : pad + h, pad : pad + w]
-    return out[..., 0] if flat else out
+    return padded, pad
 
 
 def _taper(n: int, start: int, length: int) -> np.ndarray:

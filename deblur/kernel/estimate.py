@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy import fft as sfft
 
-from .deconvolve import transfer
+from .deconvolve import divergence, gradients, transfer
 
 FFT_WORKERS = 1
 
@@ -53,28 +53,6 @@ def _fast_shape(h: int, w: int) -> tuple[int, int]:
     return sfft.next_fast_len(h, real=True), sfft.next_fast_len(w, real=True)
 
 
-def _grads(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Forward differences, periodic (what the FFT solvers assume), written into two new arrays without the
-    copies np.roll makes (the estimator's innermost loop)."""
-    gx, gy = np.empty_like(x), np.empty_like(x)
-    np.subtract(x[:, 1:], x[:, :-1], out=gx[:, :-1])
-    np.subtract(x[:, :1], x[:, -1:], out=gx[:, -1:])
-    np.subtract(x[1:], x[:-1], out=gy[:-1])
-    np.subtract(x[:1], x[-1:], out=gy[-1:])
-    return gx, gy
-
-
-def _divergence(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """Dxᵀgx + Dyᵀgy, the adjoint of `_grads` (backward differences, periodic), in space: one FFT instead of two."""
-    out = np.empty_like(gx)
-    np.subtract(gx[:, -1:], gx[:, :1], out=out[:, :1])
-    np.subtract(gx[:, :-1], gx[:, 1:], out=out[:, 1:])
-    out[1:] += gy[:-1]
-    out[:1] += gy[-1:]
-    out -= gy
-    return out
-
-
 class _Frame:
     """The FFT constants of one padded pyramid level."""
 
@@ -102,7 +80,7 @@ def _l0_latent(f: _Frame, k: np.ndarray, lam: float, cfg: EstimateConfig) -> np.
     KY, KK = np.conj(K) * f.Y, np.abs(K) ** 2
     x, beta = f.y, 2 * lam
     while beta < cfg.beta_max:
-        gx, gy = _grads(x)
+        gx, gy = gradients(x)
         keep = np.square(gx)
         keep += np.square(gy)
         keep = keep >= lam / beta  # a mask multiplied in: boolean indexing cost 3× as much
@@ -111,7 +89,7 @@ def _l0_latent(f: _Frame, k: np.ndarray, lam: float, cfg: EstimateConfig) -> np.
         if keep.any():
             gx *= keep
             gy *= keep
-            numerator = f.rfft(_divergence(gx, gy))
+            numerator = f.rfft(divergence(gx, gy))
             numerator *= beta
             numerator += KY
             numerator /= denominator
@@ -168,7 +146,7 @@ def clean_kernel(k: np.ndarray, frac: float = 0.05, min_mass: float = 0.1) -> np
 
 def _edge_threshold(x: np.ndarray, ksize: int) -> float:
     """The squared gradient magnitude above which each of 4 orientation bins keeps at least 20·ksize pixels."""
-    gx, gy = _grads(x)
+    gx, gy = gradients(x)
     mag = (gx * gx + gy * gy)[:-1, :-1]
     angle = np.arctan(gy[:-1, :-1] / np.where(gx[:-1, :-1] == 0, 1e-12, gx[:-1, :-1]))
     need = max(10, 20 * ksize)
@@ -210,10 +188,10 @@ def estimate_kernel(gray: np.ndarray, cfg: EstimateConfig = EstimateConfig()) ->
         frame = _Frame(yp)
         inner = np.zeros(yp.shape, np.float32)  # the photo itself, less half a kernel: no invented border
         inner[p + ks // 2 : p + ys.shape[0] - ks // 2, p + ks // 2 : p + ys.shape[1] - ks // 2] = 1
-        bx, by = (g * inner for g in _grads(yp))
+        bx, by = (g * inner for g in gradients(yp))
         lam = cfg.lam
         for _ in range(iters):
-            lx, ly = _grads(_l0_latent(frame, k, lam, cfg))
+            lx, ly = gradients(_l0_latent(frame, k, lam, cfg))
             if thr is None:
                 thr = _edge_threshold(yp, ks)
             keep = lx * lx + ly * ly >= thr
@@ -225,7 +203,7 @@ def estimate_kernel(gray: np.ndarray, cfg: EstimateConfig = EstimateConfig()) ->
             lam = max(lam / 1.1, 1e-4)
     refine = replace(cfg, cg_iters=cfg.refine_cg)
     for _ in range(cfg.refine_iters):
-        lx, ly = _grads(_l0_latent(frame, k, cfg.refine_lam, cfg))
+        lx, ly = gradients(_l0_latent(frame, k, cfg.refine_lam, cfg))
         keep = lx * lx + ly * ly >= thr
         k = clean_kernel(_kernel_lsq(frame, lx * keep * inner, ly * keep * inner, bx, by, k, refine))
     return k
