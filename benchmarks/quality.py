@@ -70,7 +70,7 @@ def main() -> None:
             }
             outputs |= {f"model {m}": e.deblur_image(blur) for m, e in engines.items()}
             for m in routes:  # a kernel-aware route: which way each pair went, beside its PSNR below
-                routes[m] += [d.reason + ("+tv" if d.deconvolution == "tv" else "") for d in engines[m].decisions]
+                routes[m] += [d.label for d in engines[m].decisions]
             for method, img in outputs.items():
                 psnr.setdefault(method, []).append(metrics.psnr(img, sharp))
                 ssim.setdefault(method, []).append(metrics.ssim(img, sharp))

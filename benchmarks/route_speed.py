@@ -68,8 +68,7 @@ def main() -> None:
         for what, image in images.items():
             t_net, t_route = timed(network, image, args.repeat), timed(route, image, args.repeat)
             d = route.decisions[0]
-            how = ", total variation" if d.deconvolution == "tv" else ""
-            reason = f"{d.reason} ({d.estimates} estimates{how})" if d.estimates else d.reason
+            reason = f"{d.label} ({d.estimates} estimates)" if d.estimates else d.label
             megapixels = image.shape[0] * image.shape[1] / 1e6
             rows.append(
                 [

@@ -115,7 +115,7 @@ def main() -> None:
                 outputs[f"model {m}"] = e.deblur_image(blurred)
                 seconds[m] += time.perf_counter() - start
                 if m in routes:  # a kernel-aware route: which way each photo went
-                    routes[m].update(d.reason for d in e.decisions)
+                    routes[m].update(d.label for d in e.decisions)
             for method, img in outputs.items():
                 psnr.setdefault(method, []).append(score(img, sharp, protocol)[0])
         base = float(np.mean(psnr["input"]))

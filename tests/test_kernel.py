@@ -215,7 +215,8 @@ def test_flat_noise_sigma_tells_texture_from_noise():
     """Fine texture reads as noise to Immerkær's whole-photo estimate; in the flattest tenth of the photo there is
     little texture and all of the noise. Half a photo of fine clean texture beside a smooth half: the whole-photo
     estimate reads 2.5 levels of noise (more than it reads of real noise of σ 2 on a smooth photo), the flat one
-    none; with noise of σ 2 levels added, the flat one reads 1.9, over the route's TV gate."""
+    none; with noise of σ 2 levels added, the flat one reads 1.9, over the route's TV gate, also with a third of
+    the frame clipped to black."""
     rng = np.random.default_rng(0)
     texture = cv2.GaussianBlur(rng.uniform(0, 1, (256, 128)).astype(np.float32), (0, 0), 0.7)
     smooth = np.tile(np.linspace(0.2, 0.8, 128, dtype=np.float32), (256, 1))
@@ -224,6 +225,9 @@ def test_flat_noise_sigma_tells_texture_from_noise():
     gate = ROUTES["deblur-shake-v1"].tv_from_sigma
     assert noise_sigma(clean) * 255 > 2 and flat_noise_sigma(clean) * 255 < gate / 2
     assert 1.6 < flat_noise_sigma(noisy) * 255 < 2.3 and flat_noise_sigma(noisy) * 255 > gate
+    night = noisy.copy()
+    night[:80] = 0  # a third of the frame clipped to black is flat, but not clean: its tiles are left out
+    assert flat_noise_sigma(night) * 255 > gate and flat_noise_sigma(np.zeros((64, 64), np.float32)) == 0
 
 
 def test_decide_leaves_sharp_photos_to_the_network():

@@ -123,7 +123,7 @@ class ImageDeblurrer:
             "seconds": 0.0,
             "blur": -1.0,
             "engine": self.engine_name,
-            "route": "",  # a kernel-aware route's choice for this photo (deblur.kernel.route.Decision.reason)
+            "route": "",  # a kernel-aware route's choice for this photo (deblur.kernel.route.Decision.label)
             "node": self.node,
             "started": time.time(),  # when this image's work began (the job's start-up ends at the earliest)
         }
@@ -146,7 +146,7 @@ class ImageDeblurrer:
                 return result
             out = self.engine.deblur_image(img.rgb)
             if decisions := getattr(self.engine, "decisions", None):
-                result["route"] = decisions[0].reason
+                result["route"] = decisions[0].label
             payload = encode(out, img, fmt, self.options.quality, self.options.png_compression)
             storage.write_bytes(storage.join(self.output, item["out"]), payload)
             result["bytes_out"] = len(payload)

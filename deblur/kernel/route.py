@@ -109,10 +109,15 @@ class Decision:
     blur_score: float | None  # None for a tiny photo, never scored
     agreement: float | None = None
     nsr: float | None = None
-    deconvolution: str | None = None  # wiener | tv (`deconvolve`), for the shake route
     sparsity: float | None = None  # the pick's deconvolved window ÷ the window, gradient ℓ1/ℓ2 (None: unconfirmed)
     kernel: np.ndarray | None = field(default=None, repr=False)
     estimates: int = 0  # how many schedules ran (2, or 4 when the first two disagreed)
+    deconvolution: str | None = None  # wiener | tv (`deconvolve`), for the shake route
+
+    @property
+    def label(self) -> str:
+        """The reason, "+tv" when the photo was deconvolved by total variation: what manifests and tables show."""
+        return f"{self.reason}+tv" if self.deconvolution == "tv" else self.reason
 
     def summary(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "kernel"}
@@ -176,7 +181,7 @@ def decide(rgb: np.ndarray, recipe: RouteRecipe, threads: int | None = None) -> 
         return Decision("network", "small", score, agreement, sparsity=sparsity, kernel=k, estimates=n)
     noisy = recipe.tv_fidelity and flat_noise_sigma(gray) * 255 >= recipe.tv_from_sigma
     method = "tv" if noisy else "wiener"
-    return Decision("kernel", "shake", score, agreement, nsr, method, sparsity=sparsity, kernel=k, estimates=n)
+    return Decision("kernel", "shake", score, agreement, nsr, sparsity, k, n, method)
 
 
 def deconvolve(rgb: np.ndarray, d: Decision, recipe: RouteRecipe) -> np.ndarray:
