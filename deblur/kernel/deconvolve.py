@@ -37,9 +37,9 @@ def flat_noise_sigma(image: np.ndarray, block: int = 16, percentile: float = 10)
     luma = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
     response = _immerkaer_response(luma)
     h, w = (response.shape[0] // block) * block, (response.shape[1] // block) * block
-    clipped = ((luma <= 0.5 / 255) | (luma >= 254.5 / 255))[1:-1, 1:-1][:h, :w]
     if not h or not w:
         return noise_sigma(image)
+    clipped = ((luma <= 0.5 / 255) | (luma >= 254.5 / 255))[1:-1, 1:-1][:h, :w]
     tiles = response[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
     usable = clipped.reshape(h // block, block, w // block, block).mean(axis=(1, 3)) <= 0.1
     if not usable.any():
@@ -142,10 +142,7 @@ def total_variation(
     h, w = img.shape[:2]
     fh, fw = padded.shape[:2]
     K = transfer(k, (fh, fw), origin)
-    ex, ey = np.zeros((fh, fw), np.float32), np.zeros((fh, fw), np.float32)
-    ex[0, 0], ex[0, -1] = -1, 1
-    ey[0, 0], ey[-1, 0] = -1, 1
-    DD = (np.abs(sfft.rfft2(ex)) ** 2 + np.abs(sfft.rfft2(ey)) ** 2).astype(np.float32)
+    DD = difference_power((fh, fw))
     KK = (fidelity * np.abs(K) ** 2).astype(np.float32)
     out = np.empty_like(img)
     for c in range(img.shape[2]):
@@ -162,6 +159,17 @@ def total_variation(
             x = sfft.irfft2(numerator / (KK + beta * DD), s=(fh, fw), workers=-1)
         out[..., c] = x[pad : pad + h, pad : pad + w]
     return out[..., 0] if flat else out
+
+
+def difference_power(shape: tuple[int, int], workers: int | None = None) -> np.ndarray:
+    """|F∂x|² + |F∂y|² on the rfft2 grid of `shape`, float32: the power of the (circular) forward differences
+    `gradients` takes, the gradient prior's term in TV's x-step and in the kernel estimator's latent-image step."""
+    ex, ey = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    ex[0, 0], ex[0, -1] = -1, 1
+    ey[0, 0], ey[-1, 0] = -1, 1
+    return (np.abs(sfft.rfft2(ex, workers=workers)) ** 2 + np.abs(sfft.rfft2(ey, workers=workers)) ** 2).astype(
+        np.float32
+    )
 
 
 def gradients(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

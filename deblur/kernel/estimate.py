@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy import fft as sfft
 
-from .deconvolve import divergence, gradients, transfer
+from .deconvolve import difference_power, divergence, gradients, transfer
 
 FFT_WORKERS = 1
 
@@ -58,13 +58,7 @@ class _Frame:
 
     def __init__(self, y: np.ndarray):
         self.y, self.shape = y, y.shape
-        ex = np.zeros(self.shape, np.float32)
-        ex[0, 0], ex[0, -1] = -1, 1
-        ey = np.zeros(self.shape, np.float32)
-        ey[0, 0], ey[-1, 0] = -1, 1
-        self.DD = (
-            np.abs(sfft.rfft2(ex, workers=FFT_WORKERS)) ** 2 + np.abs(sfft.rfft2(ey, workers=FFT_WORKERS)) ** 2
-        ).astype(np.float32)
+        self.DD = difference_power(self.shape, FFT_WORKERS)
         self.Y = sfft.rfft2(y, workers=FFT_WORKERS)
 
     def irfft(self, F: np.ndarray) -> np.ndarray:
