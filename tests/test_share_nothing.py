@@ -331,14 +331,14 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket, tmp_pa
     grows onto it: the new node deblurs images too (the summary's nodes)."""
     fs, _ = storage.filesystem(bucket)
     photos = _photos(24)
-    # two minutes' work and more on 2 cores: 192 photos at half size through the network alone (the pool is the
+    # four minutes' work and more on 2 cores: 288 photos at half size through the network alone (the pool is the
     # subject; 96 at full size through the shipped route, ~6 s a photo for its kernel estimate, took a quarter of
     # an hour)
     halves = [
         cv2.imencode(".jpg", cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))[1]
         for img in (cv2.imread(str(p)) for p in photos)
     ]
-    for k, data in enumerate(halves * 8):
+    for k, data in enumerate(halves * 12):
         fs.pipe_file(f"{bucket[5:]}/many/{k:03d}.jpg", data.tobytes())
     cmd = [sys.executable, "jobs/bulk.py", "--input", f"{bucket}/many", "--output", f"{bucket}/grown"]
     cmd += ["--model", "deblur-nafnet-v1", "--engine", "torch", "--workers", "6", "--gpus-per-worker", "0"]
@@ -350,12 +350,19 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket, tmp_pa
     try:
         # the node joins once the job has found the cluster, not once its first images are written: a raylet
         # joining 2 cores that 4 actors keep busy took up to three tries of `ray start` (its Python agents
-        # missed Ray's fixed 15 s to report their ports), and 192 small photos could be done by then
+        # missed Ray's fixed 15 s to report their ports, or it missed `ray start`'s 30 s to register), and in the
+        # full suite all three failed once: add-worker is called again while the job runs
         deadline = time.time() + 300
         while "joined a cluster of 3 node(s) (4 CPUs" not in log.read_text():
             assert proc.poll() is None and time.time() < deadline, (log.read_text(), proc.communicate())
             time.sleep(0.5)
-        nodes = bare_cluster.local.add_worker(bare_cluster.state, cpus=1)["nodes"]
+        nodes = None
+        while nodes is None and proc.poll() is None:
+            try:
+                nodes = bare_cluster.local.add_worker(bare_cluster.state, cpus=1)["nodes"]
+            except RuntimeError as e:  # three `ray start`s failed (seen in the full suite): the job still runs
+                print(f"add-worker failed, trying again while the job runs: {str(e)[:300]}", file=sys.stderr)
+        assert nodes is not None, "no node could join while the job ran"
         _, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -366,4 +373,4 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket, tmp_pa
     new = run_driver(bare_cluster, f"result = [n['NodeID'] for n in ray.nodes() if n['Resources'].get('node{nodes}')]")
     assert len(new) == 1 and summary["workers"] == 6, summary
     assert summary["nodes"].get(new[0], 0) > 0, (summary["nodes"], new)  # the joined node's actor took images
-    assert summary["done"] == len(photos) * 8
+    assert summary["done"] == len(photos) * 12
