@@ -330,7 +330,7 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket, tmp_pa
     actors, at most --workers 6); then a worker raylet joins (`cluster/local.py add-worker`), and the actor pool
     grows onto it: the new node deblurs images too (the summary's nodes)."""
     fs, _ = storage.filesystem(bucket)
-    photos = _photos(24)
+    photos, copies = _photos(24), 12
     # four minutes' work and more on 2 cores: 288 photos at half size through the network alone (the pool is the
     # subject; 96 at full size through the shipped route, ~6 s a photo for its kernel estimate, took a quarter of
     # an hour)
@@ -338,7 +338,7 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket, tmp_pa
         cv2.imencode(".jpg", cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))[1]
         for img in (cv2.imread(str(p)) for p in photos)
     ]
-    for k, data in enumerate(halves * 12):
+    for k, data in enumerate(halves * copies):
         fs.pipe_file(f"{bucket[5:]}/many/{k:03d}.jpg", data.tobytes())
     cmd = [sys.executable, "jobs/bulk.py", "--input", f"{bucket}/many", "--output", f"{bucket}/grown"]
     cmd += ["--model", "deblur-nafnet-v1", "--engine", "torch", "--workers", "6", "--gpus-per-worker", "0"]
@@ -373,4 +373,4 @@ def test_the_bulk_pool_grows_onto_a_node_that_joins(bare_cluster, bucket, tmp_pa
     new = run_driver(bare_cluster, f"result = [n['NodeID'] for n in ray.nodes() if n['Resources'].get('node{nodes}')]")
     assert len(new) == 1 and summary["workers"] == 6, summary
     assert summary["nodes"].get(new[0], 0) > 0, (summary["nodes"], new)  # the joined node's actor took images
-    assert summary["done"] == len(photos) * 12
+    assert summary["done"] == len(photos) * copies
